@@ -1,0 +1,401 @@
+//! Command requests on `moira.cmd.gate.<verb>` and their replies.
+//!
+//! A request body is MessagePack (named fields) or JSON: JSON when the
+//! `Content-Type` header says `application/json` or the body starts with `{`.
+//! The reply uses the same encoding as the request.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Inputs, OnTimeout};
+use crate::ids::{CommandId, GateId};
+use crate::subjects::Verb;
+use crate::view::GateView;
+
+/// Commands larger than this are refused before decoding.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenGate {
+    /// Command id; a retry with the same id has no second effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<CommandId>,
+    /// Gate id; giving one makes opening idempotent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_id: Option<GateId>,
+    pub actor: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Users who may decide.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// Roles (from the approvers registry) whose members may decide.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// Approvals required (N of M); default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<u32>,
+    /// Whether the requester may approve; default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_self_approval: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<OnTimeout>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveGate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<CommandId>,
+    pub gate_id: GateId,
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(default, skip_serializing_if = "Inputs::is_empty")]
+    pub inputs: Inputs,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyGate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<CommandId>,
+    pub gate_id: GateId,
+    pub actor: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushBackGate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<CommandId>,
+    pub gate_id: GateId,
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(default, skip_serializing_if = "Inputs::is_empty")]
+    pub inputs: Inputs,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelGate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<CommandId>,
+    pub gate_id: GateId,
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Open(OpenGate),
+    Approve(ApproveGate),
+    Deny(DenyGate),
+    PushBack(PushBackGate),
+    Cancel(CancelGate),
+}
+
+impl Command {
+    pub fn verb(&self) -> Verb {
+        match self {
+            Command::Open(_) => Verb::Open,
+            Command::Approve(_) => Verb::Approve,
+            Command::Deny(_) => Verb::Deny,
+            Command::PushBack(_) => Verb::PushBack,
+            Command::Cancel(_) => Verb::Cancel,
+        }
+    }
+
+    pub fn actor(&self) -> &str {
+        match self {
+            Command::Open(c) => &c.actor,
+            Command::Approve(c) => &c.actor,
+            Command::Deny(c) => &c.actor,
+            Command::PushBack(c) => &c.actor,
+            Command::Cancel(c) => &c.actor,
+        }
+    }
+
+    /// The command id, if the sender gave one.
+    pub fn id(&self) -> Option<CommandId> {
+        match self {
+            Command::Open(c) => c.id,
+            Command::Approve(c) => c.id,
+            Command::Deny(c) => c.id,
+            Command::PushBack(c) => c.id,
+            Command::Cancel(c) => c.id,
+        }
+    }
+
+    /// The gate the command is about (an open without `gate_id` has none yet).
+    pub fn gate_id(&self) -> Option<GateId> {
+        match self {
+            Command::Open(c) => c.gate_id,
+            Command::Approve(c) => Some(c.gate_id),
+            Command::Deny(c) => Some(c.gate_id),
+            Command::PushBack(c) => Some(c.gate_id),
+            Command::Cancel(c) => Some(c.gate_id),
+        }
+    }
+
+    pub fn signature(&self) -> Option<&String> {
+        match self {
+            Command::Open(c) => c.signature.as_ref(),
+            Command::Approve(c) => c.signature.as_ref(),
+            Command::Deny(c) => c.signature.as_ref(),
+            Command::PushBack(c) => c.signature.as_ref(),
+            Command::Cancel(c) => c.signature.as_ref(),
+        }
+    }
+
+    /// Encodes the body for `verb().subject()`.
+    pub fn encode(&self, format: Format) -> Vec<u8> {
+        match self {
+            Command::Open(c) => format.encode(c),
+            Command::Approve(c) => format.encode(c),
+            Command::Deny(c) => format.encode(c),
+            Command::PushBack(c) => format.encode(c),
+            Command::Cancel(c) => format.encode(c),
+        }
+    }
+
+    /// Decodes a request body for `verb`.
+    pub fn decode(verb: Verb, format: Format, body: &[u8]) -> Result<Command, CommandError> {
+        if body.len() > MAX_COMMAND_BYTES {
+            return Err(CommandError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the command is {} bytes; the limit is {MAX_COMMAND_BYTES} bytes",
+                    body.len()
+                ),
+            ));
+        }
+        Ok(match verb {
+            Verb::Open => Command::Open(format.decode(body)?),
+            Verb::Approve => Command::Approve(format.decode(body)?),
+            Verb::Deny => Command::Deny(format.decode(body)?),
+            Verb::PushBack => Command::PushBack(format.decode(body)?),
+            Verb::Cancel => Command::Cancel(format.decode(body)?),
+        })
+    }
+}
+
+/// The body encoding of a request (and so of its reply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    MsgPack,
+    Json,
+}
+
+impl Format {
+    /// JSON when the content type says so or the body looks like a JSON object.
+    pub fn detect(content_type: Option<&str>, body: &[u8]) -> Format {
+        let json_type = content_type.is_some_and(|t| t.trim().starts_with("application/json"));
+        let looks_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if json_type || looks_json {
+            Format::Json
+        } else {
+            Format::MsgPack
+        }
+    }
+
+    pub fn encode<T: Serialize>(self, value: &T) -> Vec<u8> {
+        match self {
+            Format::Json => serde_json::to_vec(value).unwrap_or_default(),
+            Format::MsgPack => rmp_serde::to_vec_named(value).unwrap_or_default(),
+        }
+    }
+
+    pub fn decode<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, CommandError> {
+        let res = match self {
+            Format::Json => serde_json::from_slice(body).map_err(|e| e.to_string()),
+            Format::MsgPack => rmp_serde::from_slice(body).map_err(|e| e.to_string()),
+        };
+        res.map_err(|e| {
+            let what = if self == Format::Json {
+                "JSON"
+            } else {
+                "MessagePack"
+            };
+            CommandError::new(
+                ErrorCode::BadRequest,
+                format!("could not decode the {what} body: {e}"),
+            )
+        })
+    }
+}
+
+/// The documented error codes of a refused command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body could not be decoded, or a field is invalid.
+    BadRequest,
+    /// The body is larger than [`MAX_COMMAND_BYTES`].
+    TooLarge,
+    /// No gate has this id.
+    NotFound,
+    /// The actor may not do this (not an approver, self-approval, …).
+    NotAllowed,
+    /// The gate has already been decided.
+    AlreadyDecided,
+    /// A required input is missing.
+    MissingInput,
+    /// The gate id is taken by a different gate, or writes kept conflicting.
+    Conflict,
+    /// The broker could not be reached or did not answer in time.
+    Unavailable,
+    /// Something unexpected failed inside the gate-keeper.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::NotAllowed => "not_allowed",
+            ErrorCode::AlreadyDecided => "already_decided",
+            ErrorCode::MissingInput => "missing_input",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message} ({})", code.as_str())]
+pub struct CommandError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl CommandError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The reply to every command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<CommandError>,
+}
+
+impl Reply {
+    pub fn ok(gate: GateView) -> Self {
+        Self {
+            ok: true,
+            gate: Some(gate),
+            error: None,
+        }
+    }
+    pub fn err(error: CommandError) -> Self {
+        Self {
+            ok: false,
+            gate: None,
+            error: Some(error),
+        }
+    }
+    pub fn into_result(self) -> Result<GateView, CommandError> {
+        match (self.ok, self.gate, self.error) {
+            (true, Some(gate), _) => Ok(gate),
+            (_, _, Some(e)) => Err(e),
+            _ => Err(CommandError::new(
+                ErrorCode::Internal,
+                "the reply had neither a gate nor an error",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_and_msgpack_decode_the_same_command() {
+        let gate_id = GateId::new();
+        let json = format!(
+            r#"{{"gate_id":"{gate_id}","actor":"ci-bot","comment":"green","inputs":{{"WINDOW":"sat"}}}}"#
+        );
+        assert_eq!(Format::detect(None, json.as_bytes()), Format::Json);
+        let a = Command::decode(Verb::Approve, Format::Json, json.as_bytes()).expect("json");
+        let packed = a.encode(Format::MsgPack);
+        assert_eq!(Format::detect(None, &packed), Format::MsgPack);
+        let b = Command::decode(Verb::Approve, Format::MsgPack, &packed).expect("msgpack");
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn bad_bodies_get_clear_errors() {
+        let e = Command::decode(Verb::Deny, Format::Json, b"{\"gate_id\":1}").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = Command::decode(
+            Verb::Approve,
+            Format::Json,
+            b"{\"gate_id\":\"x\",\"actor\":\"a\",\"coment\":1}",
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = Command::decode(Verb::Approve, Format::MsgPack, &[0xc1; 10]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let big = vec![b' '; MAX_COMMAND_BYTES + 1];
+        assert_eq!(
+            Command::decode(Verb::Open, Format::Json, &big)
+                .unwrap_err()
+                .code,
+            ErrorCode::TooLarge
+        );
+    }
+
+    #[test]
+    fn error_codes_serialize_snake_case() {
+        let r = Reply::err(CommandError::new(ErrorCode::AlreadyDecided, "x"));
+        let j = serde_json::to_string(&r).expect("json");
+        assert_eq!(
+            j,
+            r#"{"ok":false,"error":{"code":"already_decided","message":"x"}}"#
+        );
+    }
+}

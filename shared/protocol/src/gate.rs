@@ -1,0 +1,609 @@
+//! The gate state machine.
+//!
+//! [`decide`] holds every rule: given the current state and a command it
+//! returns the events to append, or why the command is refused. [`apply`]
+//! holds none: it folds an event into the state. Once a gate is terminal,
+//! later events (a timeout that raced a decision, say) are ignored, so the
+//! first terminal event on the subject wins.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::command::{
+    ApproveGate, CancelGate, Command, CommandError, DenyGate, ErrorCode, OpenGate, PushBackGate,
+};
+use crate::event::{Envelope, GateEvent, GateSpec, Inputs, OnTimeout, SCHEMA, TIMEOUT_ACTOR};
+use crate::ids::{is_subject_token, CommandId, GateId};
+
+/// Limits on user-supplied text, so one gate cannot bloat the stream.
+pub const MAX_TEXT: usize = 4096;
+pub const MAX_NAMES: usize = 64;
+/// The longest timeout accepted (one year).
+pub const MAX_TIMEOUT_MS: u64 = 366 * 24 * 3600 * 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateStatus {
+    Waiting,
+    Approved,
+    Denied,
+    TimedOut,
+    Cancelled,
+}
+
+impl GateStatus {
+    pub fn is_terminal(self) -> bool {
+        self != GateStatus::Waiting
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateStatus::Waiting => "waiting",
+            GateStatus::Approved => "approved",
+            GateStatus::Denied => "denied",
+            GateStatus::TimedOut => "timed_out",
+            GateStatus::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Waiting,
+            Self::Approved,
+            Self::Denied,
+            Self::TimedOut,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    pub by: String,
+    pub at: u64,
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushBack {
+    pub by: String,
+    pub at: u64,
+    pub comment: Option<String>,
+    pub inputs: Inputs,
+    /// The iteration that was pushed back.
+    pub iteration: u32,
+}
+
+/// The folded state of one gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateState {
+    pub id: GateId,
+    pub spec: GateSpec,
+    pub requested_by: String,
+    pub opened_at: u64,
+    pub timeout_at: Option<u64>,
+    pub status: GateStatus,
+    /// Starts at 1; each push-back adds one.
+    pub iteration: u32,
+    /// Approvals of the current iteration.
+    pub approvals: Vec<Approval>,
+    /// Inputs supplied in the current iteration (by approvals or push-back).
+    pub inputs: Inputs,
+    pub push_backs: Vec<PushBack>,
+    pub approved_by: Option<String>,
+    pub approved_at: Option<u64>,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<u64>,
+    pub reason: Option<String>,
+    /// True when the gate ended because its deadline passed.
+    pub timed_out: bool,
+    /// Commands already applied, so a retried command has no second effect.
+    pub applied: HashSet<CommandId>,
+}
+
+/// Why a command was refused.
+pub type Rejection = CommandError;
+
+fn reject(code: ErrorCode, message: impl Into<String>) -> Rejection {
+    CommandError::new(code, message)
+}
+
+/// What `decide` needs besides the state and the command. The caller does
+/// the I/O to fill it in (clock, approvers registry).
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub now: u64,
+    /// The command id to stamp on the events.
+    pub command_id: CommandId,
+    /// The gate id to use for an open that did not name one.
+    pub new_gate_id: GateId,
+    /// Roles of the command's actor, from the approvers registry.
+    pub actor_roles: Vec<String>,
+}
+
+/// The outcome of deciding a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Append these events.
+    Append(Vec<Envelope>),
+    /// Nothing to append: the command was applied before (same command id),
+    /// or an idempotent open found the same gate already there.
+    AlreadyDone,
+}
+
+/// Decides a command against the current state (`None`: no gate yet).
+pub fn decide(
+    state: Option<&GateState>,
+    cmd: &Command,
+    ctx: &Context,
+) -> Result<Decision, Rejection> {
+    check_actor(cmd.actor())?;
+    if let Some(state) = state {
+        if state.applied.contains(&ctx.command_id) {
+            return Ok(Decision::AlreadyDone);
+        }
+    }
+    let envelope = |gate_id: GateId, event: GateEvent| Envelope {
+        schema: SCHEMA,
+        id: ctx.command_id,
+        gate_id,
+        actor: cmd.actor().to_string(),
+        at: ctx.now,
+        event,
+        signature: cmd.signature().cloned(),
+    };
+    let event = match cmd {
+        Command::Open(c) => {
+            let spec = spec_from(c)?;
+            if let Some(existing) = state {
+                return if existing.spec == spec {
+                    Ok(Decision::AlreadyDone)
+                } else {
+                    Err(reject(
+                        ErrorCode::Conflict,
+                        format!("gate {} already exists with a different definition; choose another --id", existing.id),
+                    ))
+                };
+            }
+            let timeout_at = spec.timeout_ms.map(|t| ctx.now.saturating_add(t));
+            let gate_id = c.gate_id.unwrap_or(ctx.new_gate_id);
+            return Ok(Decision::Append(vec![envelope(
+                gate_id,
+                GateEvent::GateOpened { spec, timeout_at },
+            )]));
+        }
+        Command::Approve(c) => decide_approve(open_gate(state)?, c, ctx)?,
+        Command::Deny(c) => decide_deny(open_gate(state)?, c, ctx)?,
+        Command::PushBack(c) => decide_push_back(open_gate(state)?, c, ctx)?,
+        Command::Cancel(c) => decide_cancel(open_gate(state)?, c)?,
+    };
+    let gate_id = state.map(|s| s.id).unwrap_or(ctx.new_gate_id);
+    Ok(Decision::Append(vec![envelope(gate_id, event)]))
+}
+
+fn check_actor(actor: &str) -> Result<(), Rejection> {
+    if actor.trim().is_empty() {
+        return Err(reject(
+            ErrorCode::BadRequest,
+            "the command names no actor; set --as or MOIRA_USER",
+        ));
+    }
+    if actor.len() > 256 || actor.chars().any(char::is_control) {
+        return Err(reject(
+            ErrorCode::BadRequest,
+            "the actor name is too long or holds control characters",
+        ));
+    }
+    if actor.starts_with("moira:") {
+        return Err(reject(
+            ErrorCode::BadRequest,
+            "actor names starting with 'moira:' are reserved",
+        ));
+    }
+    Ok(())
+}
+
+/// The gate, if it exists and still waits for a decision.
+fn open_gate(state: Option<&GateState>) -> Result<&GateState, Rejection> {
+    let state = state.ok_or_else(|| {
+        reject(
+            ErrorCode::NotFound,
+            "no gate has this id; check it with 'moira gate list --status all'",
+        )
+    })?;
+    if state.status.is_terminal() {
+        let by = state.decided_by.as_deref().unwrap_or("?");
+        let what = match state.status {
+            GateStatus::Approved => format!("approved by {by}"),
+            GateStatus::Denied => format!("denied by {by}"),
+            GateStatus::TimedOut => "timed out".to_string(),
+            GateStatus::Cancelled => format!("cancelled by {by}"),
+            GateStatus::Waiting => "decided".to_string(),
+        };
+        return Err(reject(
+            ErrorCode::AlreadyDecided,
+            format!("gate {} was already {what}", state.id),
+        ));
+    }
+    Ok(state)
+}
+
+fn may_decide(state: &GateState, actor: &str, roles: &[String]) -> Result<(), Rejection> {
+    let a = &state.spec.approvers;
+    if a.is_open()
+        || a.users.iter().any(|u| u == actor)
+        || roles.iter().any(|r| a.roles.contains(r))
+    {
+        return Ok(());
+    }
+    let mut who = Vec::new();
+    if !a.users.is_empty() {
+        who.push(format!("users {}", a.users.join(", ")));
+    }
+    if !a.roles.is_empty() {
+        who.push(format!("roles {}", a.roles.join(", ")));
+    }
+    Err(reject(
+        ErrorCode::NotAllowed,
+        format!(
+            "{actor} may not decide gate {}; its approvers are {}",
+            state.id,
+            who.join(" and ")
+        ),
+    ))
+}
+
+fn check_text(what: &str, text: &str) -> Result<(), Rejection> {
+    if text.len() > MAX_TEXT {
+        return Err(reject(
+            ErrorCode::BadRequest,
+            format!("{what} is longer than {MAX_TEXT} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_inputs(state: &GateState, inputs: &Inputs) -> Result<(), Rejection> {
+    for (k, v) in inputs {
+        if !state.spec.inputs.contains(k) {
+            let known = if state.spec.inputs.is_empty() {
+                "this gate collects no inputs".to_string()
+            } else {
+                format!("this gate collects {}", state.spec.inputs.join(", "))
+            };
+            return Err(reject(
+                ErrorCode::BadRequest,
+                format!("unknown input '{k}': {known}"),
+            ));
+        }
+        check_text(&format!("input {k}"), v)?;
+    }
+    Ok(())
+}
+
+fn decide_approve(
+    state: &GateState,
+    c: &ApproveGate,
+    ctx: &Context,
+) -> Result<GateEvent, Rejection> {
+    may_decide(state, &c.actor, &ctx.actor_roles)?;
+    if !state.spec.allow_self_approval && c.actor == state.requested_by {
+        return Err(reject(
+            ErrorCode::NotAllowed,
+            format!(
+                "{} opened gate {} and it forbids self-approval; another approver must approve it",
+                c.actor, state.id
+            ),
+        ));
+    }
+    if state.approvals.iter().any(|a| a.by == c.actor) {
+        let left = state.spec.approvals_required as usize - state.approvals.len();
+        return Err(reject(
+            ErrorCode::NotAllowed,
+            format!(
+                "{} already approved gate {}; {left} more approval(s) needed from others",
+                c.actor, state.id
+            ),
+        ));
+    }
+    if let Some(comment) = &c.comment {
+        check_text("the comment", comment)?;
+    }
+    check_inputs(state, &c.inputs)?;
+    let completes = state.approvals.len() + 1 >= state.spec.approvals_required as usize;
+    if completes {
+        let mut merged = state.inputs.clone();
+        merged.extend(c.inputs.clone());
+        let missing: Vec<&str> = state
+            .spec
+            .required
+            .iter()
+            .filter(|r| merged.get(*r).is_none_or(|v| v.is_empty()))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            let flags: Vec<String> = missing.iter().map(|m| format!("--input {m}=…")).collect();
+            return Err(reject(
+                ErrorCode::MissingInput,
+                format!(
+                    "approving gate {} needs the input(s) {}; pass {}",
+                    state.id,
+                    missing.join(", "),
+                    flags.join(" ")
+                ),
+            ));
+        }
+        Ok(GateEvent::GateApproved {
+            comment: c.comment.clone(),
+            inputs: c.inputs.clone(),
+        })
+    } else {
+        Ok(GateEvent::ApprovalRecorded {
+            comment: c.comment.clone(),
+            inputs: c.inputs.clone(),
+        })
+    }
+}
+
+fn decide_deny(state: &GateState, c: &DenyGate, ctx: &Context) -> Result<GateEvent, Rejection> {
+    may_decide(state, &c.actor, &ctx.actor_roles)?;
+    if c.reason.trim().is_empty() {
+        return Err(reject(
+            ErrorCode::BadRequest,
+            "a denial needs a reason (--reason)",
+        ));
+    }
+    check_text("the reason", &c.reason)?;
+    Ok(GateEvent::GateDenied {
+        reason: c.reason.clone(),
+    })
+}
+
+fn decide_push_back(
+    state: &GateState,
+    c: &PushBackGate,
+    ctx: &Context,
+) -> Result<GateEvent, Rejection> {
+    may_decide(state, &c.actor, &ctx.actor_roles)?;
+    if let Some(comment) = &c.comment {
+        check_text("the comment", comment)?;
+    }
+    check_inputs(state, &c.inputs)?;
+    Ok(GateEvent::GatePushedBack {
+        comment: c.comment.clone(),
+        inputs: c.inputs.clone(),
+    })
+}
+
+fn decide_cancel(state: &GateState, c: &CancelGate) -> Result<GateEvent, Rejection> {
+    let a = &state.spec.approvers;
+    let allowed = c.actor == state.requested_by || a.is_open() || a.users.contains(&c.actor);
+    if !allowed {
+        return Err(reject(
+            ErrorCode::NotAllowed,
+            format!(
+                "only the requester ({}) or a named approver may cancel gate {}",
+                state.requested_by, state.id
+            ),
+        ));
+    }
+    if let Some(reason) = &c.reason {
+        check_text("the reason", reason)?;
+    }
+    Ok(GateEvent::GateCancelled {
+        reason: c.reason.clone(),
+    })
+}
+
+fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && s.len() <= 64
+}
+
+/// Validates an open command and turns it into the gate's fixed policy.
+pub fn spec_from(c: &OpenGate) -> Result<GateSpec, Rejection> {
+    let bad = |m: String| reject(ErrorCode::BadRequest, m);
+    if c.message.trim().is_empty() {
+        return Err(bad(
+            "a gate needs a message (--message) telling the approver what they decide".into(),
+        ));
+    }
+    check_text("the message", &c.message)?;
+    for t in [&c.title, &c.summary, &c.step].into_iter().flatten() {
+        check_text("a title, summary or step", t)?;
+    }
+    if let Some(run) = &c.run_id {
+        if !is_subject_token(run) {
+            return Err(bad(format!(
+                "run id '{run}' may hold only letters, digits, '-' and '_' (at most 128)"
+            )));
+        }
+    }
+    if c.metadata.len() > MAX_NAMES
+        || c.metadata
+            .iter()
+            .any(|(k, v)| k.len() > 128 || v.len() > MAX_TEXT)
+    {
+        return Err(bad(format!(
+            "metadata may hold at most {MAX_NAMES} entries of modest size"
+        )));
+    }
+    if c.approvers.len() > MAX_NAMES || c.roles.len() > MAX_NAMES || c.inputs.len() > MAX_NAMES {
+        return Err(bad(format!(
+            "at most {MAX_NAMES} approvers, roles and inputs each"
+        )));
+    }
+    for name in c.inputs.iter().chain(&c.required) {
+        if !valid_name(name) {
+            return Err(bad(format!("input name '{name}' must start with a letter or '_' and hold only letters, digits, '_' or '-'")));
+        }
+    }
+    let mut inputs = c.inputs.clone();
+    for r in &c.required {
+        // A required input is collected even if it was not listed separately.
+        if !inputs.contains(r) {
+            inputs.push(r.clone());
+        }
+    }
+    let approvals = c.approvals.unwrap_or(1);
+    if approvals == 0 {
+        return Err(bad("--approvals must be at least 1".into()));
+    }
+    let mut users = c.approvers.clone();
+    users.sort();
+    users.dedup();
+    if c.roles.is_empty() && !users.is_empty() && approvals as usize > users.len() {
+        return Err(bad(format!(
+            "{approvals} approvals required but only {} approver(s) named; name more approvers or a role",
+            users.len()
+        )));
+    }
+    if let Some(t) = c.timeout_ms {
+        if t == 0 || t > MAX_TIMEOUT_MS {
+            return Err(bad("the timeout must be between 1ms and 366 days".into()));
+        }
+    } else if c.on_timeout.is_some_and(|o| o != OnTimeout::Fail) {
+        return Err(bad("--on-timeout needs --timeout".into()));
+    }
+    Ok(GateSpec {
+        message: c.message.clone(),
+        title: c.title.clone(),
+        summary: c.summary.clone(),
+        metadata: c.metadata.clone(),
+        run_id: c.run_id.clone(),
+        step: c.step.clone(),
+        approvers: crate::event::Approvers {
+            users,
+            roles: c.roles.clone(),
+        },
+        approvals_required: approvals,
+        allow_self_approval: c.allow_self_approval.unwrap_or(true),
+        inputs,
+        required: c.required.clone(),
+        timeout_ms: c.timeout_ms,
+        on_timeout: c.on_timeout.unwrap_or_default(),
+    })
+}
+
+/// The event the server's scheduler writes when a gate's deadline passes.
+/// Its command id is derived from the gate id, so it is the same every time.
+pub fn timed_out_event(gate_id: GateId, timeout_at: u64, on_timeout: OnTimeout) -> Envelope {
+    Envelope {
+        schema: SCHEMA,
+        id: CommandId(uuid::Uuid::new_v5(&gate_id.0, b"timeout")),
+        gate_id,
+        actor: TIMEOUT_ACTOR.to_string(),
+        at: timeout_at,
+        event: GateEvent::GateTimedOut { on_timeout },
+        signature: None,
+    }
+}
+
+/// Folds one event into the state. Holds no rules beyond "nothing before
+/// the open, nothing after the end".
+pub fn apply(state: &mut Option<GateState>, env: &Envelope) {
+    let Some(s) = state else {
+        if let GateEvent::GateOpened { spec, timeout_at } = &env.event {
+            *state = Some(GateState {
+                id: env.gate_id,
+                spec: spec.clone(),
+                requested_by: env.actor.clone(),
+                opened_at: env.at,
+                timeout_at: *timeout_at,
+                status: GateStatus::Waiting,
+                iteration: 1,
+                approvals: Vec::new(),
+                inputs: BTreeMap::new(),
+                push_backs: Vec::new(),
+                approved_by: None,
+                approved_at: None,
+                decided_by: None,
+                decided_at: None,
+                reason: None,
+                timed_out: false,
+                applied: HashSet::from([env.id]),
+            });
+        }
+        return;
+    };
+    if s.status.is_terminal() {
+        return;
+    }
+    s.applied.insert(env.id);
+    let approval = |comment: &Option<String>| Approval {
+        by: env.actor.clone(),
+        at: env.at,
+        comment: comment.clone(),
+    };
+    match &env.event {
+        GateEvent::GateOpened { .. } => {}
+        GateEvent::ApprovalRecorded { comment, inputs } => {
+            s.approvals.push(approval(comment));
+            s.inputs.extend(inputs.clone());
+        }
+        GateEvent::GateApproved { comment, inputs } => {
+            s.approvals.push(approval(comment));
+            s.inputs.extend(inputs.clone());
+            s.status = GateStatus::Approved;
+            s.approved_by = Some(env.actor.clone());
+            s.approved_at = Some(env.at);
+            s.decided_by = Some(env.actor.clone());
+            s.decided_at = Some(env.at);
+        }
+        GateEvent::GateDenied { reason } => {
+            s.status = GateStatus::Denied;
+            s.reason = Some(reason.clone());
+            s.decided_by = Some(env.actor.clone());
+            s.decided_at = Some(env.at);
+        }
+        GateEvent::GatePushedBack { comment, inputs } => {
+            s.push_backs.push(PushBack {
+                by: env.actor.clone(),
+                at: env.at,
+                comment: comment.clone(),
+                inputs: inputs.clone(),
+                iteration: s.iteration,
+            });
+            s.iteration += 1;
+            s.approvals.clear();
+            s.inputs = inputs.clone();
+        }
+        GateEvent::GateTimedOut { on_timeout } => {
+            s.timed_out = true;
+            s.decided_by = Some(env.actor.clone());
+            s.decided_at = Some(env.at);
+            match on_timeout {
+                OnTimeout::Fail => s.status = GateStatus::TimedOut,
+                OnTimeout::Approve => {
+                    s.status = GateStatus::Approved;
+                    s.approved_by = Some(env.actor.clone());
+                    s.approved_at = Some(env.at);
+                }
+                OnTimeout::Deny => {
+                    s.status = GateStatus::Denied;
+                    s.reason = Some("timed out".to_string());
+                }
+            }
+        }
+        GateEvent::GateCancelled { reason } => {
+            s.status = GateStatus::Cancelled;
+            s.reason = reason.clone();
+            s.decided_by = Some(env.actor.clone());
+            s.decided_at = Some(env.at);
+        }
+    }
+}
+
+/// Folds a whole history.
+pub fn fold<'a>(events: impl IntoIterator<Item = &'a Envelope>) -> Option<GateState> {
+    let mut state = None;
+    for e in events {
+        apply(&mut state, e);
+    }
+    state
+}
+
+#[cfg(test)]
+#[path = "gate_tests.rs"]
+mod tests;

@@ -1,0 +1,417 @@
+//! Given/when/then tests of the gate state machine, without a server.
+use crate::view::GateView;
+
+use super::*;
+use crate::command::{ApproveGate, CancelGate, DenyGate, OpenGate, PushBackGate};
+
+const NOW: u64 = 1_000_000;
+
+struct Given {
+    state: Option<GateState>,
+    gate: GateId,
+}
+
+fn ctx(roles: &[&str]) -> Context {
+    Context {
+        now: NOW,
+        command_id: CommandId::new(),
+        new_gate_id: GateId::new(),
+        actor_roles: roles.iter().map(|r| r.to_string()).collect(),
+    }
+}
+
+fn open(c: OpenGate) -> Given {
+    let cx = ctx(&[]);
+    let gate = c.gate_id.unwrap_or(cx.new_gate_id);
+    let mut g = Given { state: None, gate };
+    g.when_ok(Command::Open(c), &[]);
+    g
+}
+
+fn basic() -> OpenGate {
+    OpenGate {
+        actor: "alice".into(),
+        message: "Deploy v1?".into(),
+        ..Default::default()
+    }
+}
+
+impl Given {
+    fn when(&self, cmd: Command, roles: &[&str]) -> Result<Decision, Rejection> {
+        let mut cx = ctx(roles);
+        cx.new_gate_id = self.gate;
+        decide(self.state.as_ref(), &cmd, &cx)
+    }
+
+    fn when_ok(&mut self, cmd: Command, roles: &[&str]) -> Vec<Envelope> {
+        match self.when(cmd, roles) {
+            Ok(Decision::Append(events)) => {
+                for e in &events {
+                    apply(&mut self.state, e);
+                }
+                events
+            }
+            other => panic!("expected events, got {other:?}"),
+        }
+    }
+
+    fn refused(&self, cmd: Command, roles: &[&str]) -> ErrorCode {
+        match self.when(cmd, roles) {
+            Err(e) => e.code,
+            Ok(d) => panic!("expected a refusal, got {d:?}"),
+        }
+    }
+
+    fn state(&self) -> &GateState {
+        self.state.as_ref().expect("gate exists")
+    }
+
+    fn approve(&self, actor: &str) -> Command {
+        Command::Approve(ApproveGate {
+            gate_id: self.gate,
+            actor: actor.into(),
+            ..Default::default()
+        })
+    }
+}
+
+#[test]
+fn open_then_approve() {
+    let mut g = open(basic());
+    assert_eq!(g.state().status, GateStatus::Waiting);
+    assert_eq!(g.state().requested_by, "alice");
+    let ev = g.when_ok(g.approve("bob"), &[]);
+    assert_eq!(ev[0].event.kind(), "GateApproved");
+    assert_eq!(g.state().status, GateStatus::Approved);
+    assert_eq!(g.state().approved_by.as_deref(), Some("bob"));
+}
+
+#[test]
+fn deny_needs_reason_and_records_it() {
+    let mut g = open(basic());
+    let deny = |r: &str| {
+        Command::Deny(DenyGate {
+            gate_id: g.gate,
+            actor: "bob".into(),
+            reason: r.into(),
+            ..Default::default()
+        })
+    };
+    assert_eq!(g.refused(deny("  "), &[]), ErrorCode::BadRequest);
+    let d = deny("error budget spent");
+    g.when_ok(d, &[]);
+    assert_eq!(g.state().status, GateStatus::Denied);
+    assert_eq!(g.state().reason.as_deref(), Some("error budget spent"));
+}
+
+#[test]
+fn n_of_m_needs_distinct_approvers() {
+    let mut g = open(OpenGate {
+        approvers: vec!["bob".into(), "carol".into(), "dan".into()],
+        approvals: Some(2),
+        ..basic()
+    });
+    let ev = g.when_ok(g.approve("bob"), &[]);
+    assert_eq!(ev[0].event.kind(), "ApprovalRecorded");
+    assert_eq!(g.state().status, GateStatus::Waiting);
+    assert_eq!(g.refused(g.approve("bob"), &[]), ErrorCode::NotAllowed);
+    assert_eq!(g.refused(g.approve("eve"), &[]), ErrorCode::NotAllowed);
+    g.when_ok(g.approve("carol"), &[]);
+    assert_eq!(g.state().status, GateStatus::Approved);
+    assert_eq!(g.state().approvals.len(), 2);
+    assert_eq!(g.state().approved_by.as_deref(), Some("carol"));
+}
+
+#[test]
+fn more_approvals_than_named_approvers_is_refused() {
+    let c = OpenGate {
+        approvers: vec!["bob".into()],
+        approvals: Some(2),
+        ..basic()
+    };
+    let g = Given {
+        state: None,
+        gate: GateId::new(),
+    };
+    assert_eq!(g.refused(Command::Open(c), &[]), ErrorCode::BadRequest);
+}
+
+#[test]
+fn roles_come_from_the_context() {
+    let mut g = open(OpenGate {
+        roles: vec!["owner".into()],
+        ..basic()
+    });
+    assert_eq!(g.refused(g.approve("bob"), &["dev"]), ErrorCode::NotAllowed);
+    g.when_ok(g.approve("bob"), &["dev", "owner"]);
+    assert_eq!(g.state().status, GateStatus::Approved);
+}
+
+#[test]
+fn self_approval_can_be_forbidden() {
+    let mut g = open(OpenGate {
+        allow_self_approval: Some(false),
+        ..basic()
+    });
+    assert_eq!(g.refused(g.approve("alice"), &[]), ErrorCode::NotAllowed);
+    g.when_ok(g.approve("bob"), &[]);
+    assert_eq!(g.state().status, GateStatus::Approved);
+    // allowed by default
+    let mut g = open(basic());
+    g.when_ok(g.approve("alice"), &[]);
+    assert_eq!(g.state().status, GateStatus::Approved);
+}
+
+#[test]
+fn required_inputs_must_be_given() {
+    let mut g = open(OpenGate {
+        inputs: vec!["WINDOW".into(), "NOTE".into()],
+        required: vec!["WINDOW".into()],
+        ..basic()
+    });
+    assert_eq!(g.refused(g.approve("bob"), &[]), ErrorCode::MissingInput);
+    let unknown = Command::Approve(ApproveGate {
+        gate_id: g.gate,
+        actor: "bob".into(),
+        inputs: [("WINDOWS".to_string(), "sat".to_string())].into(),
+        ..Default::default()
+    });
+    assert_eq!(g.refused(unknown, &[]), ErrorCode::BadRequest);
+    let ok = Command::Approve(ApproveGate {
+        gate_id: g.gate,
+        actor: "bob".into(),
+        inputs: [("WINDOW".to_string(), "sat".to_string())].into(),
+        ..Default::default()
+    });
+    g.when_ok(ok, &[]);
+    assert_eq!(
+        g.state().inputs.get("WINDOW").map(String::as_str),
+        Some("sat")
+    );
+}
+
+#[test]
+fn required_must_be_valid_names() {
+    let g = Given {
+        state: None,
+        gate: GateId::new(),
+    };
+    let c = OpenGate {
+        required: vec!["bad name".into()],
+        ..basic()
+    };
+    assert_eq!(g.refused(Command::Open(c), &[]), ErrorCode::BadRequest);
+}
+
+#[test]
+fn push_back_returns_to_waiting_with_next_iteration() {
+    let mut g = open(OpenGate {
+        inputs: vec!["FEEDBACK".into()],
+        approvals: Some(1),
+        ..basic()
+    });
+    let pb = Command::PushBack(PushBackGate {
+        gate_id: g.gate,
+        actor: "bob".into(),
+        comment: Some("fix the plan".into()),
+        inputs: [("FEEDBACK".to_string(), "too risky".to_string())].into(),
+        ..Default::default()
+    });
+    g.when_ok(pb, &[]);
+    let s = g.state();
+    assert_eq!((s.status, s.iteration), (GateStatus::Waiting, 2));
+    assert_eq!(
+        s.push_backs[0].inputs.get("FEEDBACK").map(String::as_str),
+        Some("too risky")
+    );
+    assert_eq!(
+        s.inputs.get("FEEDBACK").map(String::as_str),
+        Some("too risky")
+    );
+    g.when_ok(g.approve("bob"), &[]);
+    assert_eq!(
+        (g.state().status, g.state().iteration),
+        (GateStatus::Approved, 2)
+    );
+}
+
+#[test]
+fn cancel_by_requester_only_or_approver() {
+    let mut g = open(OpenGate {
+        approvers: vec!["bob".into()],
+        ..basic()
+    });
+    let cancel = |who: &str| {
+        Command::Cancel(CancelGate {
+            gate_id: g.gate,
+            actor: who.into(),
+            reason: None,
+            ..Default::default()
+        })
+    };
+    assert_eq!(g.refused(cancel("eve"), &[]), ErrorCode::NotAllowed);
+    let c = cancel("alice");
+    g.when_ok(c, &[]);
+    assert_eq!(g.state().status, GateStatus::Cancelled);
+}
+
+#[test]
+fn decided_gates_refuse_more_commands() {
+    let mut g = open(basic());
+    g.when_ok(g.approve("bob"), &[]);
+    assert_eq!(
+        g.refused(g.approve("carol"), &[]),
+        ErrorCode::AlreadyDecided
+    );
+    let deny = Command::Deny(DenyGate {
+        gate_id: g.gate,
+        actor: "carol".into(),
+        reason: "late".into(),
+        ..Default::default()
+    });
+    assert_eq!(g.refused(deny, &[]), ErrorCode::AlreadyDecided);
+}
+
+#[test]
+fn unknown_gate_is_not_found() {
+    let g = Given {
+        state: None,
+        gate: GateId::new(),
+    };
+    assert_eq!(g.refused(g.approve("bob"), &[]), ErrorCode::NotFound);
+}
+
+#[test]
+fn idempotent_open_same_spec_is_a_no_op_and_different_spec_conflicts() {
+    let id = GateId::new();
+    let g = open(OpenGate {
+        gate_id: Some(id),
+        ..basic()
+    });
+    assert_eq!(
+        g.when(
+            Command::Open(OpenGate {
+                gate_id: Some(id),
+                ..basic()
+            }),
+            &[]
+        ),
+        Ok(Decision::AlreadyDone)
+    );
+    let other = OpenGate {
+        gate_id: Some(id),
+        message: "something else".into(),
+        ..basic()
+    };
+    assert_eq!(g.refused(Command::Open(other), &[]), ErrorCode::Conflict);
+}
+
+#[test]
+fn a_retried_command_has_no_second_effect() {
+    let mut g = open(OpenGate {
+        approvers: vec!["bob".into(), "carol".into()],
+        approvals: Some(2),
+        ..basic()
+    });
+    let mut cx = ctx(&[]);
+    let cmd = g.approve("bob");
+    let Ok(Decision::Append(events)) = decide(g.state.as_ref(), &cmd, &cx) else {
+        panic!("approve")
+    };
+    apply(&mut g.state, &events[0]);
+    cx.now += 1;
+    assert_eq!(
+        decide(g.state.as_ref(), &cmd, &cx),
+        Ok(Decision::AlreadyDone)
+    );
+}
+
+#[test]
+fn first_terminal_event_wins() {
+    let mut g = open(OpenGate {
+        timeout_ms: Some(1000),
+        ..basic()
+    });
+    assert_eq!(g.state().timeout_at, Some(NOW + 1000));
+    g.when_ok(g.approve("bob"), &[]);
+    apply(
+        &mut g.state,
+        &timed_out_event(g.gate, NOW + 1000, OnTimeout::Fail),
+    );
+    assert_eq!(g.state().status, GateStatus::Approved);
+    assert!(!g.state().timed_out);
+}
+
+#[test]
+fn timeout_actions() {
+    for (action, status) in [
+        (OnTimeout::Fail, GateStatus::TimedOut),
+        (OnTimeout::Approve, GateStatus::Approved),
+        (OnTimeout::Deny, GateStatus::Denied),
+    ] {
+        let mut g = open(OpenGate {
+            timeout_ms: Some(5),
+            on_timeout: Some(action),
+            ..basic()
+        });
+        let ev = timed_out_event(g.gate, NOW + 5, g.state().spec.on_timeout);
+        apply(&mut g.state, &ev);
+        assert_eq!(g.state().status, status);
+        assert!(g.state().timed_out);
+    }
+}
+
+#[test]
+fn on_timeout_without_timeout_is_refused() {
+    let g = Given {
+        state: None,
+        gate: GateId::new(),
+    };
+    let c = OpenGate {
+        on_timeout: Some(OnTimeout::Approve),
+        ..basic()
+    };
+    assert_eq!(g.refused(Command::Open(c), &[]), ErrorCode::BadRequest);
+}
+
+#[test]
+fn reserved_and_empty_actors_are_refused() {
+    let g = open(basic());
+    assert_eq!(g.refused(g.approve(""), &[]), ErrorCode::BadRequest);
+    assert_eq!(
+        g.refused(g.approve("moira:timeout"), &[]),
+        ErrorCode::BadRequest
+    );
+}
+
+#[test]
+fn view_has_the_documented_fields() {
+    let mut g = open(OpenGate {
+        title: Some("Release".into()),
+        ..basic()
+    });
+    g.when_ok(g.approve("bob"), &[]);
+    let v = serde_json::to_value(GateView::from(g.state())).expect("json");
+    for key in [
+        "id",
+        "status",
+        "message",
+        "title",
+        "run_id",
+        "step",
+        "requested_by",
+        "opened_at",
+        "timeout_at",
+        "iteration",
+        "approvals_required",
+        "approvals",
+        "approved_by",
+        "approved_at",
+        "reason",
+        "inputs",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(v["status"], "approved");
+    assert_eq!(v["approvals"][0]["by"], "bob");
+}

@@ -1,0 +1,117 @@
+//! Ids are UUIDs in their hyphenated lowercase form, which is a valid single
+//! NATS subject token (no `.`, `*`, `>` or whitespace).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Namespace for deterministic gate ids derived from a run, step and attempt.
+const GATE_NAMESPACE: Uuid = Uuid::from_u128(0x6d6f_6972_612d_6761_7465_2d6e_732d_7631);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "'{input}' is not a valid id: expected a UUID such as 0190f5e2-8b1c-7d3a-9f00-1a2b3c4d5e6f"
+)]
+pub struct IdError {
+    pub input: String,
+}
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// A new time-ordered id (UUID v7).
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.as_hyphenated().fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::try_parse(s.trim())
+                    .map(Self)
+                    .map_err(|_| IdError { input: s.to_string() })
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// The id of one gate; `moira.gate.ev.<gate_id>` holds its events.
+    GateId
+);
+uuid_id!(
+    /// The id of one command, used as `Nats-Msg-Id` so retries do not apply twice.
+    CommandId
+);
+
+impl GateId {
+    /// The deterministic id of the gate a runner opens for a step, so that a
+    /// runner that restarts re-attaches to the same gate.
+    pub fn for_step(run_id: &str, step: &str, attempt: u32) -> Self {
+        let name = format!("{run_id}\n{step}\n{attempt}");
+        Self(Uuid::new_v5(&GATE_NAMESPACE, name.as_bytes()))
+    }
+}
+
+/// Run ids are free-form in this crate (the runner owns their format), but
+/// they travel inside subjects, so they must be a single safe token.
+pub fn is_subject_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_reject_garbage() {
+        let id = GateId::new();
+        assert_eq!(id.to_string().parse::<GateId>(), Ok(id));
+        assert!("nope".parse::<GateId>().is_err());
+        assert!("a.b".parse::<GateId>().is_err());
+    }
+
+    #[test]
+    fn step_gate_ids_are_deterministic() {
+        assert_eq!(
+            GateId::for_step("r1", "deploy", 1),
+            GateId::for_step("r1", "deploy", 1)
+        );
+        assert_ne!(
+            GateId::for_step("r1", "deploy", 1),
+            GateId::for_step("r1", "deploy", 2)
+        );
+    }
+
+    #[test]
+    fn subject_tokens() {
+        assert!(is_subject_token("run-1_A"));
+        assert!(!is_subject_token("a.b"));
+        assert!(!is_subject_token("a b"));
+        assert!(!is_subject_token(""));
+        assert!(!is_subject_token("*"));
+    }
+}

@@ -1,0 +1,28 @@
+//! moira's wire protocol and the pure gate state machine.
+//!
+//! Nothing in this crate does I/O: services wrap it with NATS calls.
+//!
+//! # Layout
+//! - [`ids`]: gate, run and command ids (UUID based, subject-safe).
+//! - [`subjects`]: every subject, stream name and header name in one place.
+//! - [`event`]: gate events, their envelope and the MessagePack codec.
+//! - [`command`]: command requests and replies (MessagePack or JSON).
+//! - [`gate`]: the gate state, `decide` (all the rules) and `apply` (none).
+//! - [`view`]: the JSON shape of a gate shown to people and tools.
+//! - [`time`]: millisecond timestamps and duration parsing.
+
+#![forbid(unsafe_code)]
+
+pub mod command;
+pub mod event;
+pub mod gate;
+pub mod ids;
+pub mod subjects;
+pub mod time;
+pub mod view;
+
+pub use command::{Command, CommandError, ErrorCode, Reply};
+pub use event::{Envelope, GateEvent};
+pub use gate::{apply, decide, fold, Context, Decision, GateState, GateStatus, Rejection};
+pub use ids::{CommandId, GateId, IdError};
+pub use view::GateView;

@@ -1,0 +1,111 @@
+//! The JSON shape of a gate: what `moira gate show --json` prints, each item
+//! of `moira gate list --json`, and the `gate` field of every command reply.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Approvers, Inputs, OnTimeout};
+use crate::gate::{GateState, GateStatus};
+use crate::ids::GateId;
+use crate::time::rfc3339;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalView {
+    pub by: String,
+    pub at: String,
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushBackView {
+    pub by: String,
+    pub at: String,
+    pub comment: Option<String>,
+    pub inputs: Inputs,
+    pub iteration: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateView {
+    pub id: GateId,
+    pub status: GateStatus,
+    pub message: String,
+    pub title: Option<String>,
+    pub summary: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub run_id: Option<String>,
+    pub step: Option<String>,
+    pub requested_by: String,
+    pub opened_at: String,
+    pub timeout_at: Option<String>,
+    pub on_timeout: OnTimeout,
+    pub iteration: u32,
+    pub approvers: Approvers,
+    pub approvals_required: u32,
+    pub allow_self_approval: bool,
+    /// Names of the inputs this gate collects, and which are required.
+    pub input_names: Vec<String>,
+    pub required_inputs: Vec<String>,
+    pub approvals: Vec<ApprovalView>,
+    pub approved_by: Option<String>,
+    pub approved_at: Option<String>,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<String>,
+    pub reason: Option<String>,
+    pub timed_out: bool,
+    pub inputs: Inputs,
+    pub push_backs: Vec<PushBackView>,
+}
+
+impl From<&GateState> for GateView {
+    fn from(s: &GateState) -> Self {
+        GateView {
+            id: s.id,
+            status: s.status,
+            message: s.spec.message.clone(),
+            title: s.spec.title.clone(),
+            summary: s.spec.summary.clone(),
+            metadata: s.spec.metadata.clone(),
+            run_id: s.spec.run_id.clone(),
+            step: s.spec.step.clone(),
+            requested_by: s.requested_by.clone(),
+            opened_at: rfc3339(s.opened_at),
+            timeout_at: s.timeout_at.map(rfc3339),
+            on_timeout: s.spec.on_timeout,
+            iteration: s.iteration,
+            approvers: s.spec.approvers.clone(),
+            approvals_required: s.spec.approvals_required,
+            allow_self_approval: s.spec.allow_self_approval,
+            input_names: s.spec.inputs.clone(),
+            required_inputs: s.spec.required.clone(),
+            approvals: s
+                .approvals
+                .iter()
+                .map(|a| ApprovalView {
+                    by: a.by.clone(),
+                    at: rfc3339(a.at),
+                    comment: a.comment.clone(),
+                })
+                .collect(),
+            approved_by: s.approved_by.clone(),
+            approved_at: s.approved_at.map(rfc3339),
+            decided_by: s.decided_by.clone(),
+            decided_at: s.decided_at.map(rfc3339),
+            reason: s.reason.clone(),
+            timed_out: s.timed_out,
+            inputs: s.inputs.clone(),
+            push_backs: s
+                .push_backs
+                .iter()
+                .map(|p| PushBackView {
+                    by: p.by.clone(),
+                    at: rfc3339(p.at),
+                    comment: p.comment.clone(),
+                    inputs: p.inputs.clone(),
+                    iteration: p.iteration,
+                })
+                .collect(),
+        }
+    }
+}
