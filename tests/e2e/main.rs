@@ -1,1 +1,3 @@
+//! End-to-end tests: real nats-server, real moira processes.
 
+mod gates;

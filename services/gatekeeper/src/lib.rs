@@ -1,1 +1,122 @@
+//! moira-gatekeeper: answers gate commands and appends gate events.
+//!
+//! Any number of gate-keepers can run; they share nothing but the stream.
+//! Each subscribes to `moira.cmd.gate.*` in the queue group `gatekeeper`,
+//! so each command is answered by one of them, and concurrent writes to one
+//! gate are settled by the stream's per-subject sequence check.
+//!
+//! # Layout
+//! - [`streams`]: create or verify the `MOIRA_GATES` stream.
+//! - [`registry`]: the approvers registry (users and their roles).
+//! - `append`: optimistic appends, atomic open-with-timeout batches.
+//! - `handler`: read, decide, append, reply.
 
+#![forbid(unsafe_code)]
+
+mod append;
+mod handler;
+pub mod registry;
+pub mod streams;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use moira_client::Client;
+use moira_protocol::subjects::{GATEKEEPER_QUEUE, GATE_COMMANDS_ALL};
+
+pub use registry::Registry;
+
+/// Commands handled at once by one gate-keeper.
+const MAX_IN_FLIGHT: usize = 1024;
+/// How long a stopping gate-keeper waits for commands in flight.
+const DRAIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats_url: String,
+    pub approvers: Option<PathBuf>,
+    /// Replicas for a newly created stream (1 for one node, 3 on a cluster).
+    pub replicas: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            approvers: None,
+            replicas: 1,
+        }
+    }
+}
+
+/// Runs until `shutdown` is cancelled, then finishes the commands in flight.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let registry = match &config.approvers {
+        Some(path) => Registry::load(path)?,
+        None => Registry::default(),
+    };
+    let client = Client::connect_named(&config.nats_url, "moira-gatekeeper").await?;
+    streams::ensure_gate_stream(&jetstream(&client), config.replicas).await?;
+    let mut sub = client
+        .nats()
+        .queue_subscribe(GATE_COMMANDS_ALL, GATEKEEPER_QUEUE.to_string())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to {GATE_COMMANDS_ALL}: {e}"))?;
+    client
+        .nats()
+        .flush()
+        .await
+        .map_err(|e| anyhow::anyhow!("flush: {e}"))?;
+    tracing::info!(url = %config.nats_url, approvers = registry.len(), "moira-gatekeeper ready");
+
+    let handler = Arc::new(handler::Handler {
+        client: client.clone(),
+        registry: Arc::new(registry),
+    });
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            msg = sub.next() => match msg {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let Some(reply_to) = msg.reply.clone() else {
+            tracing::warn!(subject = %msg.subject, "ignoring a command with no reply subject (use a request)");
+            continue;
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let handler = handler.clone();
+        let nats = client.nats().clone();
+        tokio::spawn(async move {
+            let body = handler
+                .handle(&msg.subject, msg.headers.as_ref(), &msg.payload)
+                .await;
+            if let Err(e) = nats.publish(reply_to, body.into()).await {
+                tracing::warn!("could not send a reply: {e}");
+            }
+            drop(permit);
+        });
+    }
+    // Stop taking commands, then let the ones in flight finish.
+    let _ = sub.unsubscribe().await;
+    let drained = tokio::time::timeout(DRAIN, slots.acquire_many(MAX_IN_FLIGHT as u32)).await;
+    if drained.is_err() {
+        tracing::warn!("stopping with commands still in flight after {DRAIN:?}");
+    }
+    let _ = client.nats().flush().await;
+    tracing::info!("moira-gatekeeper stopped");
+    Ok(())
+}
+
+fn jetstream(client: &Client) -> async_nats::jetstream::Context {
+    async_nats::jetstream::new(client.nats().clone())
+}

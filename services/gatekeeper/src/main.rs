@@ -1,1 +1,76 @@
-fn main() {}
+//! `moira-gatekeeper`: see the crate docs of `moira_gatekeeper`.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// Answers moira gate commands (open, approve, deny, push-back, cancel).
+#[derive(Parser, Debug)]
+#[command(name = "moira-gatekeeper", version)]
+struct Args {
+    /// NATS server URL (several may be given, comma-separated).
+    #[arg(long, env = "MOIRA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Approvers registry (TOML): `[users.<name>]` tables with `roles = [...]`.
+    #[arg(long, env = "MOIRA_APPROVERS")]
+    approvers: Option<PathBuf>,
+    /// Replicas for the gate stream when this gate-keeper creates it.
+    #[arg(long, env = "MOIRA_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    replicas: u8,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    init_tracing();
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    let config = moira_gatekeeper::Config {
+        nats_url: args.nats_url,
+        approvers: args.approvers,
+        replicas: args.replicas as usize,
+    };
+    match moira_gatekeeper::run(config, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("moira-gatekeeper: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MOIRA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// First SIGINT/SIGTERM: drain and stop. Second: exit at once.
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGTERM: {e}");
+                    return;
+                }
+            };
+        for n in 0.. {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            if n == 0 {
+                tracing::info!("stopping (signal again to exit at once)");
+                shutdown.cancel();
+            } else {
+                std::process::exit(130);
+            }
+        }
+    });
+}

@@ -1,1 +1,280 @@
+//! A typed async client for moira gates, over async-nats.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), moira_client::ClientError> {
+//! use moira_client::{Client, OpenGate};
+//! let client = Client::connect("nats://127.0.0.1:4222").await?;
+//! let gate = client.open(OpenGate { actor: "ci".into(), message: "Deploy?".into(), ..Default::default() }).await?;
+//! let decided = client.wait(gate.id, None).await?;
+//! println!("{:?}", decided.status);
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`Client`] (this file): connecting, version check, commands.
+//! - `store`: reading gates from the stream (one gate, a listing, a feed).
+//! - `waiter`: waiting on any number of gates with one live subscription.
 
+#![forbid(unsafe_code)]
+
+mod store;
+mod waiter;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{ConnectOptions, Event};
+use bytes::Bytes;
+use tokio::sync::{watch, OnceCell};
+
+pub use moira_protocol as protocol;
+pub use moira_protocol::command::{
+    ApproveGate, CancelGate, DenyGate, Format, OpenGate, PushBackGate,
+};
+pub use moira_protocol::{
+    Command, CommandError, ErrorCode, GateId, GateState, GateStatus, GateView,
+};
+pub use store::{GateRecord, ListFilter, StoredEvent};
+pub use waiter::Follower;
+
+use moira_protocol::command::Reply;
+use moira_protocol::subjects::{CONTENT_TYPE_MSGPACK, HDR_CONTENT_TYPE};
+use moira_protocol::CommandId;
+
+/// The oldest nats-server moira works with.
+pub const MIN_SERVER_VERSION: (u32, u32, u32) = (2, 14, 0);
+/// How long a command waits for a gate-keeper's reply before retrying.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+const COMMAND_ATTEMPTS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach NATS at {url}: {reason}; start a broker (`moira dev`) or pass --nats-url / MOIRA_NATS_URL")]
+    Connect { url: String, reason: String },
+    #[error("the NATS server at {url} is version {found}; moira needs nats-server 2.14 or later (`./just tools` installs 2.15.1)")]
+    ServerTooOld { url: String, found: String },
+    #[error("no gate-keeper answered on {subject}: {reason}; is moira-gatekeeper (or `moira dev`) running?")]
+    NoGatekeeper { subject: String, reason: String },
+    #[error("{0}")]
+    Rejected(CommandError),
+    #[error("no gate has id {0}; list gates with `moira gate list --status all`")]
+    NotFound(GateId),
+    #[error("the gate streams are missing; start a gate-keeper once (it creates them), or run `moira dev`")]
+    NoStream,
+    #[error("timed out after {0:?} waiting for the gate")]
+    WaitTimedOut(Duration),
+    #[error("NATS error: {0}")]
+    Nats(String),
+}
+
+impl ClientError {
+    /// The error code when a gate-keeper refused the command.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Rejected(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn nats_err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Nats(e.to_string())
+}
+
+/// A connection to moira. Cheap to clone; clones share one connection and
+/// one live subscription for waiting.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) nats: async_nats::Client,
+    pub(crate) js: async_nats::jetstream::Context,
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) hub: OnceCell<Arc<waiter::Hub>>,
+    /// Bumped on every (re)connect, so waiters re-check their gates.
+    pub(crate) connects: watch::Receiver<u64>,
+}
+
+fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
+    let mut it = v
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().ok());
+    Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
+}
+
+impl Client {
+    /// Connects and checks the server version.
+    pub async fn connect(url: &str) -> Result<Client, ClientError> {
+        Self::connect_named(url, "moira").await
+    }
+
+    /// Connects with a connection name shown in the server's monitoring.
+    pub async fn connect_named(url: &str, name: &str) -> Result<Client, ClientError> {
+        let (tx, rx) = watch::channel(0u64);
+        let opts = ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(3))
+            .max_reconnects(None)
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    match event {
+                        Event::Connected => {
+                            tx.send_modify(|n| *n += 1);
+                        }
+                        Event::Disconnected => {
+                            tracing::warn!("disconnected from NATS; reconnecting")
+                        }
+                        other => tracing::debug!("nats: {other}"),
+                    }
+                }
+            });
+        let nats = opts.connect(url).await.map_err(|e| ClientError::Connect {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        let version = nats.server_info().version;
+        if parse_version(&version).is_none_or(|v| v < MIN_SERVER_VERSION) {
+            return Err(ClientError::ServerTooOld {
+                url: url.to_string(),
+                found: version,
+            });
+        }
+        let js = async_nats::jetstream::new(nats.clone());
+        Ok(Client {
+            nats,
+            js,
+            inner: Arc::new(Inner {
+                hub: OnceCell::new(),
+                connects: rx,
+            }),
+        })
+    }
+
+    /// The underlying NATS connection.
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    /// Sends a command and returns the gate as stored after it.
+    ///
+    /// The command gets an id if it has none; on a timeout it is sent again
+    /// with the same id, which the gate-keeper applies at most once.
+    pub async fn send(&self, mut cmd: Command) -> Result<GateView, ClientError> {
+        let id = cmd.id().unwrap_or_default();
+        set_id(&mut cmd, id);
+        let subject = cmd.verb().subject();
+        let body = Bytes::from(cmd.encode(Format::MsgPack));
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(HDR_CONTENT_TYPE, CONTENT_TYPE_MSGPACK);
+        let mut last = String::new();
+        for _ in 0..COMMAND_ATTEMPTS {
+            let req = async_nats::Request::new()
+                .payload(body.clone())
+                .headers(headers.clone())
+                .timeout(Some(COMMAND_TIMEOUT));
+            match self.nats.send_request(subject.clone(), req).await {
+                Ok(msg) => {
+                    let reply: Reply = Format::MsgPack.decode(&msg.payload).map_err(|e| {
+                        ClientError::Nats(format!("undecodable reply: {}", e.message))
+                    })?;
+                    return reply
+                        .into_result()
+                        .map_err(|e| match (e.code, cmd.gate_id()) {
+                            (ErrorCode::NotFound, Some(g)) => ClientError::NotFound(g),
+                            _ => ClientError::Rejected(e),
+                        });
+                }
+                Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    return Err(ClientError::NoGatekeeper {
+                        subject,
+                        reason: "no responders".into(),
+                    });
+                }
+                Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
+                    last = format!("no reply within {COMMAND_TIMEOUT:?}");
+                }
+                Err(e) => return Err(nats_err(e)),
+            }
+        }
+        Err(ClientError::NoGatekeeper {
+            subject,
+            reason: last,
+        })
+    }
+
+    pub async fn open(&self, c: OpenGate) -> Result<GateView, ClientError> {
+        self.send(Command::Open(c)).await
+    }
+    pub async fn approve(&self, c: ApproveGate) -> Result<GateView, ClientError> {
+        self.send(Command::Approve(c)).await
+    }
+    pub async fn deny(&self, c: DenyGate) -> Result<GateView, ClientError> {
+        self.send(Command::Deny(c)).await
+    }
+    pub async fn push_back(&self, c: PushBackGate) -> Result<GateView, ClientError> {
+        self.send(Command::PushBack(c)).await
+    }
+    pub async fn cancel(&self, c: CancelGate) -> Result<GateView, ClientError> {
+        self.send(Command::Cancel(c)).await
+    }
+
+    /// The gate as stored now.
+    pub async fn show(&self, id: GateId) -> Result<GateView, ClientError> {
+        match self.read_gate(id).await? {
+            Some(rec) => Ok(GateView::from(&rec.state)),
+            None => Err(ClientError::NotFound(id)),
+        }
+    }
+
+    /// Waits until the gate is decided (approved, denied, timed out or
+    /// cancelled) and returns it. A push-back keeps waiting.
+    pub async fn wait(
+        &self,
+        id: GateId,
+        timeout: Option<Duration>,
+    ) -> Result<GateView, ClientError> {
+        let mut f = self.follow(id).await?;
+        let fut = f.wait_until(|s| s.status.is_terminal());
+        let state = match timeout {
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .map_err(|_| ClientError::WaitTimedOut(t))??,
+            None => fut.await?,
+        };
+        Ok(GateView::from(&*state))
+    }
+
+    /// Follows one gate's state as it changes, with no polling.
+    pub async fn follow(&self, id: GateId) -> Result<Follower, ClientError> {
+        let hub = self
+            .inner
+            .hub
+            .get_or_try_init(|| waiter::Hub::start(self.clone()))
+            .await?
+            .clone();
+        hub.follow(id).await
+    }
+}
+
+fn set_id(cmd: &mut Command, id: CommandId) {
+    match cmd {
+        Command::Open(c) => c.id = Some(id),
+        Command::Approve(c) => c.id = Some(id),
+        Command::Deny(c) => c.id = Some(id),
+        Command::PushBack(c) => c.id = Some(id),
+        Command::Cancel(c) => c.id = Some(id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions() {
+        assert_eq!(super::parse_version("2.15.1"), Some((2, 15, 1)));
+        assert_eq!(super::parse_version("2.12.0-RC.1"), Some((2, 12, 0)));
+        assert_eq!(super::parse_version("junk"), None);
+    }
+}

