@@ -1,1 +1,131 @@
-fn main() {}
+//! `moira`: the command-line tool for people and scripts.
+//!
+//! Exit codes: 0 success; 1 any error; 2 a usage error. `gate wait` and
+//! `gate open --wait` end with 0 approved, 3 denied, 4 timed out,
+//! 5 cancelled.
+
+#![forbid(unsafe_code)]
+
+mod dev;
+mod gate;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "moira",
+    version,
+    about = "Approval gates for pipelines, over NATS JetStream"
+)]
+pub struct Cli {
+    /// NATS server URL [env: MOIRA_NATS_URL] [default: nats://127.0.0.1:4222]
+    #[arg(long, global = true, env = "MOIRA_NATS_URL", hide_env = true)]
+    pub nats_url: Option<String>,
+    /// Act as this user [env: MOIRA_USER] [default: the OS user]
+    #[arg(
+        long = "as",
+        global = true,
+        env = "MOIRA_USER",
+        hide_env = true,
+        value_name = "USER"
+    )]
+    pub actor: Option<String>,
+    /// Print JSON instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Top,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Top {
+    /// Open, decide, list and watch gates
+    #[command(subcommand)]
+    Gate(gate::GateCmd),
+    /// Run a one-machine stack: a nats-server child and a gate-keeper
+    Dev(dev::DevArgs),
+}
+
+impl Cli {
+    pub fn url(&self) -> String {
+        self.nats_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_URL.to_string())
+    }
+
+    /// The acting user: --as, MOIRA_USER, then the OS user.
+    pub fn actor(&self) -> anyhow::Result<String> {
+        if let Some(a) = self.actor.as_ref().filter(|a| !a.trim().is_empty()) {
+            return Ok(a.clone());
+        }
+        for var in ["USER", "LOGNAME", "USERNAME"] {
+            if let Ok(u) = std::env::var(var) {
+                if !u.trim().is_empty() {
+                    return Ok(u);
+                }
+            }
+        }
+        anyhow::bail!("cannot tell who you are; pass --as USER or set MOIRA_USER")
+    }
+}
+
+/// An error with a chosen exit code (usage errors found after parsing).
+#[derive(Debug)]
+pub struct Exit(pub u8, pub String);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+impl std::error::Error for Exit {}
+
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    Exit(2, msg.into()).into()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MOIRA_LOG").unwrap_or_else(|_| {
+        // `moira dev` shows the services' logs; other commands stay quiet.
+        let default = if matches!(cli.command, Top::Dev(_)) {
+            "info"
+        } else {
+            "warn"
+        };
+        tracing_subscriber::EnvFilter::new(default)
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("moira: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Top::Gate(cmd) => gate::run(&cli, cmd).await,
+            Top::Dev(args) => dev::run(&cli, args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if let Some(Exit(code, msg)) = e.downcast_ref::<Exit>() {
+                eprintln!("moira: {msg}");
+                return ExitCode::from(*code);
+            }
+            eprintln!("moira: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

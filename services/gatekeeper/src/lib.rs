@@ -56,13 +56,26 @@ impl Default for Config {
 
 /// Runs until `shutdown` is cancelled, then finishes the commands in flight.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start(config).await?.serve(shutdown).await
+}
+
+/// A gate-keeper that is connected and subscribed: commands sent from now
+/// on are queued for it.
+pub struct Gatekeeper {
+    client: Client,
+    registry: Registry,
+    sub: async_nats::Subscriber,
+}
+
+/// Connects, creates or verifies the streams, and subscribes.
+pub async fn start(config: Config) -> anyhow::Result<Gatekeeper> {
     let registry = match &config.approvers {
         Some(path) => Registry::load(path)?,
         None => Registry::default(),
     };
     let client = Client::connect_named(&config.nats_url, "moira-gatekeeper").await?;
     streams::ensure_gate_stream(&jetstream(&client), config.replicas).await?;
-    let mut sub = client
+    let sub = client
         .nats()
         .queue_subscribe(GATE_COMMANDS_ALL, GATEKEEPER_QUEUE.to_string())
         .await
@@ -73,48 +86,63 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .map_err(|e| anyhow::anyhow!("flush: {e}"))?;
     tracing::info!(url = %config.nats_url, approvers = registry.len(), "moira-gatekeeper ready");
+    Ok(Gatekeeper {
+        client,
+        registry,
+        sub,
+    })
+}
 
-    let handler = Arc::new(handler::Handler {
-        client: client.clone(),
-        registry: Arc::new(registry),
-    });
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            msg = sub.next() => match msg {
-                Some(m) => m,
-                None => break,
-            },
-        };
-        let Some(reply_to) = msg.reply.clone() else {
-            tracing::warn!(subject = %msg.subject, "ignoring a command with no reply subject (use a request)");
-            continue;
-        };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        let handler = handler.clone();
-        let nats = client.nats().clone();
-        tokio::spawn(async move {
-            let body = handler
-                .handle(&msg.subject, msg.headers.as_ref(), &msg.payload)
-                .await;
-            if let Err(e) = nats.publish(reply_to, body.into()).await {
-                tracing::warn!("could not send a reply: {e}");
-            }
-            drop(permit);
+impl Gatekeeper {
+    /// Answers commands until `shutdown` is cancelled, then drains.
+    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Gatekeeper {
+            client,
+            registry,
+            mut sub,
+        } = self;
+        let handler = Arc::new(handler::Handler {
+            client: client.clone(),
+            registry: Arc::new(registry),
         });
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                msg = sub.next() => match msg {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
+            let Some(reply_to) = msg.reply.clone() else {
+                tracing::warn!(subject = %msg.subject, "ignoring a command with no reply subject (use a request)");
+                continue;
+            };
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let handler = handler.clone();
+            let nats = client.nats().clone();
+            tokio::spawn(async move {
+                let body = handler
+                    .handle(&msg.subject, msg.headers.as_ref(), &msg.payload)
+                    .await;
+                if let Err(e) = nats.publish(reply_to, body.into()).await {
+                    tracing::warn!("could not send a reply: {e}");
+                }
+                drop(permit);
+            });
+        }
+        // Stop taking commands, then let the ones in flight finish.
+        let _ = sub.unsubscribe().await;
+        let drained = tokio::time::timeout(DRAIN, slots.acquire_many(MAX_IN_FLIGHT as u32)).await;
+        if drained.is_err() {
+            tracing::warn!("stopping with commands still in flight after {DRAIN:?}");
+        }
+        let _ = client.nats().flush().await;
+        tracing::info!("moira-gatekeeper stopped");
+        Ok(())
     }
-    // Stop taking commands, then let the ones in flight finish.
-    let _ = sub.unsubscribe().await;
-    let drained = tokio::time::timeout(DRAIN, slots.acquire_many(MAX_IN_FLIGHT as u32)).await;
-    if drained.is_err() {
-        tracing::warn!("stopping with commands still in flight after {DRAIN:?}");
-    }
-    let _ = client.nats().flush().await;
-    tracing::info!("moira-gatekeeper stopped");
-    Ok(())
 }
 
 fn jetstream(client: &Client) -> async_nats::jetstream::Context {

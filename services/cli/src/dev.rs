@@ -1,0 +1,201 @@
+//! `moira dev`: the whole stack on one machine. Starts a nats-server child
+//! with JetStream in a local data folder (unless --nats-url names a running
+//! server) and runs a gate-keeper in-process, until Ctrl-C.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use crate::Cli;
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Folder for the broker's data and log
+    #[arg(long, default_value = ".moira/dev")]
+    data: PathBuf,
+    /// Port for the nats-server child
+    #[arg(long, default_value_t = 4222)]
+    port: u16,
+    /// Approvers registry (TOML) for the gate-keeper
+    #[arg(long, env = "MOIRA_APPROVERS")]
+    approvers: Option<PathBuf>,
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
+    let shutdown = CancellationToken::new();
+    spawn_signals(shutdown.clone());
+
+    let (url, mut broker) = match &cli.nats_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let child = start_broker(args).await?;
+            (format!("nats://127.0.0.1:{}", args.port), Some(child))
+        }
+    };
+
+    let gk_config = moira_gatekeeper::Config {
+        nats_url: url.clone(),
+        approvers: args.approvers.clone(),
+        replicas: 1,
+    };
+    let mut gatekeeper = match moira_gatekeeper::start(gk_config).await {
+        Ok(gk) => tokio::spawn(gk.serve(shutdown.clone())),
+        Err(e) => {
+            stop_broker(&mut broker).await;
+            return Err(e.context("the gate-keeper could not start"));
+        }
+    };
+    eprintln!();
+    eprintln!("moira dev is running");
+    eprintln!("  NATS:         {url}");
+    eprintln!(
+        "  data:         {}",
+        if broker.is_some() {
+            args.data.display().to_string()
+        } else {
+            "(external server)".into()
+        }
+    );
+    eprintln!("  gate-keeper:  in-process");
+    eprintln!();
+    eprintln!("In another terminal:");
+    eprintln!("  export MOIRA_NATS_URL={url}");
+    eprintln!("  moira gate open --message 'Deploy?' --wait");
+    eprintln!("  moira gate list");
+    eprintln!();
+    eprintln!("Press Ctrl-C to stop.");
+    println!("{url}");
+
+    let result = tokio::select! {
+        _ = shutdown.cancelled() => {
+            // The gate-keeper drains on the same token, within its own bound.
+            flatten(gatekeeper.await)
+        }
+        r = &mut gatekeeper => flatten(r),
+    };
+    shutdown.cancel();
+    stop_broker(&mut broker).await;
+    eprintln!("moira dev stopped");
+    result
+}
+
+fn flatten(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<u8> {
+    match r {
+        Ok(Ok(())) => Ok(0),
+        Ok(Err(e)) => Err(e.context("the gate-keeper stopped")),
+        Err(e) => Err(anyhow::anyhow!("the gate-keeper task failed: {e}")),
+    }
+}
+
+async fn start_broker(args: &DevArgs) -> anyhow::Result<Child> {
+    let bin = moira_testkit::find_nats_server()?;
+    let store = args.data.join("jetstream");
+    std::fs::create_dir_all(&store)
+        .with_context(|| format!("cannot create {}", store.display()))?;
+    let log_path = args.data.join("nats-server.log");
+    let mut log = tokio::fs::File::create(&log_path)
+        .await
+        .with_context(|| format!("cannot write {}", log_path.display()))?;
+    let mut child = Command::new(&bin.path)
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &args.port.to_string(),
+            "-js",
+            "--server_name",
+            "moira-dev",
+            "-sd",
+        ])
+        .arg(&store)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.path.display()))?;
+    let stderr = child.stderr.take().context("no stderr from nats-server")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    let wait_ready = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = log.write_all(format!("{line}\n").as_bytes()).await;
+            let ready = line.contains("Server is ready");
+            seen.push(line);
+            if ready {
+                return true;
+            }
+        }
+        false
+    };
+    let ready = tokio::time::timeout(START_TIMEOUT, wait_ready)
+        .await
+        .unwrap_or(false);
+    if !ready {
+        let _ = child.kill().await;
+        let hint = if seen.iter().any(|l| l.contains("address already in use")) {
+            format!(
+                "port {} is taken; pass --port N, or use that server with --nats-url",
+                args.port
+            )
+        } else {
+            format!("see {}", log_path.display())
+        };
+        anyhow::bail!("nats-server did not start: {hint}\n{}", seen.join("\n"));
+    }
+    // Keep copying the broker's log to the file.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = log.write_all(format!("{line}\n").as_bytes()).await;
+        }
+    });
+    Ok(child)
+}
+
+/// SIGTERM so JetStream shuts down cleanly; SIGKILL if it lingers.
+async fn stop_broker(broker: &mut Option<Child>) {
+    let Some(child) = broker.as_mut() else { return };
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+fn spawn_signals(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        for n in 0.. {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            if n == 0 {
+                eprintln!("\nstopping moira dev (Ctrl-C again to exit at once)");
+                shutdown.cancel();
+            } else {
+                std::process::exit(130);
+            }
+        }
+    });
+}

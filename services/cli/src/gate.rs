@@ -1,0 +1,393 @@
+//! `moira gate …`
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use futures_util::StreamExt;
+
+use moira_client::protocol::event::{Decoded, OnTimeout};
+use moira_client::protocol::time::parse_duration;
+use moira_client::{
+    ApproveGate, CancelGate, Client, ClientError, DenyGate, GateId, GateStatus, GateView,
+    ListFilter, OpenGate, PushBackGate,
+};
+
+use crate::render;
+use crate::Cli;
+
+#[derive(Subcommand, Debug)]
+pub enum GateCmd {
+    /// Open a gate and print its id
+    Open(OpenArgs),
+    /// List gates (waiting ones unless --status says otherwise)
+    List(ListArgs),
+    /// Show one gate
+    Show { id: GateId },
+    /// Approve a gate
+    Approve {
+        id: GateId,
+        #[arg(long)]
+        comment: Option<String>,
+        /// An input value, NAME=VALUE (repeatable)
+        #[arg(long = "input", value_name = "NAME=VALUE", value_parser = parse_kv)]
+        inputs: Vec<(String, String)>,
+    },
+    /// Deny a gate
+    Deny {
+        id: GateId,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Send a gate back to waiting (iteration + 1), recording inputs
+    PushBack {
+        id: GateId,
+        #[arg(long = "input", value_name = "NAME=VALUE", value_parser = parse_kv)]
+        inputs: Vec<(String, String)>,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Cancel a gate
+    Cancel {
+        id: GateId,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Wait until a gate is decided; exit 0 approved, 3 denied, 4 timed out, 5 cancelled
+    Wait {
+        id: GateId,
+        /// Give up after this long (exit 1), e.g. 30s, 10m
+        #[arg(long, value_parser = parse_dur)]
+        timeout: Option<Duration>,
+    },
+    /// Print gate events as they happen
+    Watch {
+        #[arg(long = "run", value_name = "ID")]
+        run_id: Option<String>,
+        /// Replay stored events first
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct OpenArgs {
+    /// What the approver decides
+    #[arg(long)]
+    message: String,
+    #[arg(long)]
+    title: Option<String>,
+    /// Longer description (e.g. a plan summary)
+    #[arg(long)]
+    summary: Option<String>,
+    #[arg(long = "run", value_name = "ID")]
+    run_id: Option<String>,
+    #[arg(long)]
+    step: Option<String>,
+    /// Deadline, e.g. 30s, 24h
+    #[arg(long, value_parser = parse_dur)]
+    timeout: Option<Duration>,
+    /// What the deadline does
+    #[arg(long, value_parser = ["fail", "approve", "deny"])]
+    on_timeout: Option<String>,
+    /// A user who may decide (repeatable)
+    #[arg(long = "approver", value_name = "USER")]
+    approvers: Vec<String>,
+    /// A role whose members may decide (repeatable)
+    #[arg(long = "role", value_name = "ROLE")]
+    roles: Vec<String>,
+    /// Approvals required (N of M)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    approvals: u32,
+    /// The requester may not approve their own gate
+    #[arg(long)]
+    no_self_approval: bool,
+    /// An input to collect from the approver (repeatable)
+    #[arg(long = "input", value_name = "NAME")]
+    inputs: Vec<String>,
+    /// An input that must be given to approve (repeatable)
+    #[arg(long = "required", value_name = "NAME")]
+    required: Vec<String>,
+    /// Metadata, KEY=VALUE (repeatable)
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    metadata: Vec<(String, String)>,
+    /// Gate id; opening again with the same id and definition is a no-op
+    #[arg(long)]
+    id: Option<GateId>,
+    /// Wait for the decision; exit like `moira gate wait`
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[arg(long, default_value = "waiting", value_parser = ["waiting", "approved", "denied", "timed_out", "cancelled", "all"])]
+    status: String,
+    #[arg(long = "run", value_name = "ID")]
+    run_id: Option<String>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not NAME=VALUE")),
+    }
+}
+
+fn parse_dur(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+/// Exit codes of `wait` and `open --wait`.
+pub fn exit_code(status: GateStatus) -> u8 {
+    match status {
+        GateStatus::Approved => 0,
+        GateStatus::Denied => 3,
+        GateStatus::TimedOut => 4,
+        GateStatus::Cancelled => 5,
+        GateStatus::Waiting => 1,
+    }
+}
+
+pub async fn run(cli: &Cli, cmd: &GateCmd) -> anyhow::Result<u8> {
+    let client = Client::connect(&cli.url()).await?;
+    match cmd {
+        GateCmd::Open(a) => open(cli, &client, a).await,
+        GateCmd::List(a) => {
+            let status = if a.status == "all" {
+                None
+            } else {
+                GateStatus::parse(&a.status)
+            };
+            let gates = client
+                .list(&ListFilter {
+                    status,
+                    run_id: a.run_id.clone(),
+                })
+                .await?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&gates)?);
+            } else if gates.is_empty() {
+                eprintln!(
+                    "no {} gates",
+                    if a.status == "all" { "" } else { &a.status }
+                );
+            } else {
+                print!("{}", render::table(&gates));
+            }
+            Ok(0)
+        }
+        GateCmd::Show { id } => {
+            let gate = client.show(*id).await?;
+            print_gate(cli, &gate)?;
+            Ok(0)
+        }
+        GateCmd::Approve {
+            id,
+            comment,
+            inputs,
+        } => {
+            let gate = client
+                .approve(ApproveGate {
+                    gate_id: *id,
+                    actor: cli.actor()?,
+                    comment: comment.clone(),
+                    inputs: inputs.iter().cloned().collect(),
+                    ..Default::default()
+                })
+                .await?;
+            decided(cli, &gate)
+        }
+        GateCmd::Deny { id, reason } => {
+            let gate = client
+                .deny(DenyGate {
+                    gate_id: *id,
+                    actor: cli.actor()?,
+                    reason: reason.clone(),
+                    ..Default::default()
+                })
+                .await?;
+            decided(cli, &gate)
+        }
+        GateCmd::PushBack {
+            id,
+            inputs,
+            comment,
+        } => {
+            let gate = client
+                .push_back(PushBackGate {
+                    gate_id: *id,
+                    actor: cli.actor()?,
+                    comment: comment.clone(),
+                    inputs: inputs.iter().cloned().collect(),
+                    ..Default::default()
+                })
+                .await?;
+            decided(cli, &gate)
+        }
+        GateCmd::Cancel { id, reason } => {
+            let gate = client
+                .cancel(CancelGate {
+                    gate_id: *id,
+                    actor: cli.actor()?,
+                    reason: reason.clone(),
+                    ..Default::default()
+                })
+                .await?;
+            decided(cli, &gate)
+        }
+        GateCmd::Wait { id, timeout } => wait(cli, &client, *id, *timeout).await,
+        GateCmd::Watch { run_id, all } => watch(cli, &client, run_id.as_deref(), *all).await,
+    }
+}
+
+async fn open(cli: &Cli, client: &Client, a: &OpenArgs) -> anyhow::Result<u8> {
+    let on_timeout = a.on_timeout.as_deref().and_then(OnTimeout::parse);
+    let gate = client
+        .open(OpenGate {
+            gate_id: Some(a.id.unwrap_or_default()),
+            actor: cli.actor()?,
+            message: a.message.clone(),
+            title: a.title.clone(),
+            summary: a.summary.clone(),
+            metadata: a.metadata.iter().cloned().collect::<BTreeMap<_, _>>(),
+            run_id: a.run_id.clone(),
+            step: a.step.clone(),
+            approvers: a.approvers.clone(),
+            roles: a.roles.clone(),
+            approvals: Some(a.approvals),
+            allow_self_approval: Some(!a.no_self_approval),
+            inputs: a.inputs.clone(),
+            required: a.required.clone(),
+            timeout_ms: a
+                .timeout
+                .map(|d| d.as_millis().min(u64::MAX as u128) as u64),
+            on_timeout,
+            ..Default::default()
+        })
+        .await?;
+    if cli.json && !a.wait {
+        println!("{}", serde_json::to_string(&gate)?);
+    } else {
+        println!("{}", gate.id);
+    }
+    if a.wait {
+        return wait(cli, client, gate.id, None).await;
+    }
+    Ok(0)
+}
+
+fn print_gate(cli: &Cli, gate: &GateView) -> anyhow::Result<()> {
+    if cli.json {
+        println!("{}", serde_json::to_string(gate)?);
+    } else {
+        print!("{}", render::gate(gate));
+    }
+    Ok(())
+}
+
+fn decided(cli: &Cli, gate: &GateView) -> anyhow::Result<u8> {
+    if cli.json {
+        println!("{}", serde_json::to_string(gate)?);
+    } else {
+        println!("{}", render::outcome(gate));
+    }
+    Ok(0)
+}
+
+async fn wait(
+    cli: &Cli,
+    client: &Client,
+    id: GateId,
+    timeout: Option<Duration>,
+) -> anyhow::Result<u8> {
+    let mut follower = client.follow(id).await?;
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut seen_iteration = follower.current().map(|s| s.iteration).unwrap_or(1);
+    if !cli.json {
+        if let Some(s) = follower.current().filter(|s| !s.status.is_terminal()) {
+            eprintln!("waiting for gate {id}: {}", s.spec.message);
+        }
+    }
+    loop {
+        if let Some(state) = follower.current() {
+            if state.status.is_terminal() {
+                let view = GateView::from(&*state);
+                if cli.json {
+                    println!("{}", serde_json::to_string(&view)?);
+                } else {
+                    println!("{}", render::outcome(&view));
+                }
+                return Ok(exit_code(view.status));
+            }
+            if state.iteration > seen_iteration {
+                seen_iteration = state.iteration;
+                if let Some(pb) = state.push_backs.last() {
+                    eprintln!(
+                        "pushed back by {}{}; still waiting (iteration {})",
+                        pb.by,
+                        pb.comment
+                            .as_deref()
+                            .map(|c| format!(": {c}"))
+                            .unwrap_or_default(),
+                        state.iteration
+                    );
+                }
+            }
+        }
+        let next = follower.changed();
+        match deadline {
+            Some(d) => {
+                if tokio::time::timeout_at(d, next).await.is_err() {
+                    let t = timeout.unwrap_or_default();
+                    return Err(ClientError::WaitTimedOut(t).into());
+                }
+            }
+            None => {
+                next.await?;
+            }
+        }
+    }
+}
+
+async fn watch(cli: &Cli, client: &Client, run_id: Option<&str>, all: bool) -> anyhow::Result<u8> {
+    let mut feed = Box::pin(client.watch(all).await?);
+    // Gate id -> run id, learned from opened events or read on first sight.
+    let mut runs: BTreeMap<GateId, Option<String>> = BTreeMap::new();
+    if !cli.json {
+        eprintln!("watching gate events (Ctrl-C to stop)");
+    }
+    while let Some(ev) = feed.next().await {
+        let ev = ev?;
+        let Decoded::Event(env) = &ev.event else {
+            continue;
+        };
+        if let Some(want) = run_id {
+            let run = match runs.get(&env.gate_id) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = match &env.event {
+                        moira_client::protocol::GateEvent::GateOpened { spec, .. } => {
+                            spec.run_id.clone()
+                        }
+                        _ => client.show(env.gate_id).await.ok().and_then(|g| g.run_id),
+                    };
+                    runs.insert(env.gate_id, r.clone());
+                    r
+                }
+            };
+            if run.as_deref() != Some(want) {
+                continue;
+            }
+        }
+        if cli.json {
+            println!(
+                "{}",
+                serde_json::to_string(&render::EventLine::from_stored(ev.seq, env))?
+            );
+        } else {
+            println!("{}", render::event_line(env));
+        }
+    }
+    Ok(0)
+}
