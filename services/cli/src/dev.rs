@@ -33,7 +33,11 @@ pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
     let shutdown = CancellationToken::new();
     spawn_signals(shutdown.clone());
 
-    let (url, mut broker) = match &cli.nats_url {
+    // Only an explicit --nats-url means "use that server"; an exported
+    // MOIRA_NATS_URL (as the banner suggests) must not stop dev from
+    // starting its own broker.
+    let external = cli.nats_url.as_ref().filter(|_| cli.nats_url_on_command_line);
+    let (url, mut broker) = match external {
         Some(url) => (url.clone(), None),
         None => {
             let child = start_broker(args).await?;

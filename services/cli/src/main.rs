@@ -12,7 +12,8 @@ mod render;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
@@ -40,6 +41,9 @@ pub struct Cli {
     pub json: bool,
     #[command(subcommand)]
     pub command: Top,
+    /// Whether --nats-url was typed on the command line (not from the env).
+    #[arg(skip)]
+    pub nats_url_on_command_line: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,7 +94,12 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    cli.nats_url_on_command_line = matches.value_source("nats_url") == Some(ValueSource::CommandLine);
     let filter = tracing_subscriber::EnvFilter::try_from_env("MOIRA_LOG").unwrap_or_else(|_| {
         // `moira dev` shows the services' logs; other commands stay quiet.
         let default = if matches!(cli.command, Top::Dev(_)) {

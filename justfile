@@ -1,0 +1,33 @@
+# moira's one entry point. On a fresh clone use ./just (it installs the pinned
+# `just` into .tools/ first); with just on PATH, plain `just` works the same.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes
+default:
+    @just --list
+
+# Install the pinned nats-server (and just) into .tools/ if missing
+tools:
+    scripts/tools.sh all
+
+# Build every binary (debug)
+build: tools
+    cargo build --workspace --bins
+
+# Run all unit and end-to-end tests against real nats-servers
+test: build
+    cargo test --workspace --no-fail-fast
+
+# Formatting and clippy, warnings are errors
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Start the dev stack, open a gate, approve it from a second command
+demo: build
+    scripts/demo.sh
+
+# Run the one-machine stack in the foreground (Ctrl-C stops it)
+dev *ARGS: build
+    target/debug/moira dev {{ARGS}}

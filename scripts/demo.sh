@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# A guided tour: start `moira dev`, open a gate as alice and wait on it, then
+# approve it as bob from a second command, and watch alice's wait return.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+moira="$root/target/debug/moira"
+work=$(mktemp -d "${TMPDIR:-/tmp}/moira-demo.XXXXXX")
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export MOIRA_NATS_URL="nats://127.0.0.1:$port"
+dev_pid=""; wait_pid=""
+
+cleanup() {
+  [ -n "$wait_pid" ] && kill "$wait_pid" 2>/dev/null || true
+  if [ -n "$dev_pid" ]; then
+    kill -INT "$dev_pid" 2>/dev/null || true
+    wait "$dev_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# run moira ARGS…: show the command as a user would type it, then run it.
+run() { shift; printf '$ moira %s\n' "$*"; "$moira" "$@"; }
+
+# wait_for FILE TEXT SECONDS PID: until FILE holds TEXT; fail if PID exits first.
+wait_for() {
+  local deadline=$((SECONDS + $3))
+  until grep -q -- "$2" "$1" 2>/dev/null; do
+    if ! kill -0 "$4" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+      grep -q -- "$2" "$1" 2>/dev/null && return 0
+      echo "demo: gave up waiting for '$2' in $1:" >&2; cat "$1" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+}
+
+say "1. Start the one-machine stack: a nats-server child and a gate-keeper"
+printf '$ moira dev --port %s --data %s\n' "$port" "$work/dev"
+"$moira" dev --port "$port" --data "$work/dev" >"$work/dev.out" 2>"$work/dev.err" &
+dev_pid=$!
+wait_for "$work/dev.err" "Press Ctrl-C" 60 "$dev_pid"
+sed -n '/moira dev is running/,/data:/p' "$work/dev.err"
+
+say "2. alice opens a gate that bob must approve, with a required input, and waits"
+printf '$ moira --as alice gate open --message "Deploy v1.0.0 to production?" --approver bob --input WINDOW --required WINDOW --no-self-approval --timeout 10m --wait\n'
+"$moira" --as alice gate open --message "Deploy v1.0.0 to production?" --title "release v1.0.0" \
+  --approver bob --input WINDOW --required WINDOW --no-self-approval --timeout 10m --wait \
+  >"$work/alice.out" 2>"$work/alice.err" &
+wait_pid=$!
+wait_for "$work/alice.err" "waiting for gate" 30 "$wait_pid"
+id=$(head -1 "$work/alice.out")
+echo "(alice's terminal) gate id: $id"
+cat "$work/alice.err"
+
+say "3. Anyone can see what is waiting"
+run moira gate list
+
+say "4. bob forgets the required input: refused, nothing changes"
+run moira --as bob gate approve "$id" || echo "(exit $?)"
+
+say "5. bob approves from another command, supplying the required input"
+run moira --as bob gate approve "$id" --input WINDOW=sat-02:00 --comment "checks are green"
+
+say "6. alice's wait returns at once with exit code 0 (approved)"
+set +e; wait "$wait_pid"; code=$?; set -e; wait_pid=""
+cat "$work/alice.out" | tail -n +2
+echo "(alice's wait exited with $code)"
+
+say "7. The stored decision"
+run moira gate show "$id"
+
+say "Done. Stopping moira dev."
+[ "$code" -eq 0 ]
