@@ -52,3 +52,94 @@ pub fn moira(url: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A loopback TCP proxy in front of a nats-server, so a test can cut one
+/// client's connection (and refuse reconnects) while the server stays up.
+pub struct Proxy {
+    pub port: u16,
+    enabled: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target_port: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind proxy: {e}"));
+        let port = listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("proxy addr: {e}"));
+        let (tx, _) = tokio::sync::watch::channel(true);
+        let enabled = std::sync::Arc::new(tx);
+        let en = enabled.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !*en.borrow() {
+                    drop(inbound);
+                    continue;
+                }
+                let mut rx = en.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.wait_for(|on| !on) => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            enabled,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        self.enabled.send_replace(false);
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.enabled.send_replace(true);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Retries `f` while no gate-keeper is subscribed yet (after a restart),
+/// up to `timeout`.
+pub async fn retry_until_served<T, F, Fut>(
+    timeout: Duration,
+    mut f: F,
+) -> Result<T, moira_client::ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, moira_client::ClientError>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match f().await {
+            Err(
+                moira_client::ClientError::NoGatekeeper { .. } | moira_client::ClientError::Nats(_),
+            ) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,3 +1,51 @@
-//! End-to-end tests: real nats-server, real moira processes.
+//! End-to-end tests: real nats-servers, real moira processes.
 
+mod bad_input;
+mod cli;
+mod concurrency;
 mod gates;
+mod waiting;
+
+use moira_client::{Client, OpenGate};
+use moira_tests::{gatekeeper, NatsServer, Proc};
+
+/// One nats-server, one gate-keeper process and a connected client.
+pub struct Stack {
+    pub server: NatsServer,
+    pub gk: Proc,
+    pub client: Client,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Self::with_gatekeeper_args(&[]).await
+    }
+
+    pub async fn with_gatekeeper_args(args: &[&str]) -> Stack {
+        let server = NatsServer::start();
+        let gk = gatekeeper(&server.url(), args);
+        let client = Client::connect(&server.url()).await.expect("connect");
+        Stack { server, gk, client }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+}
+
+pub fn open(actor: &str, msg: &str) -> OpenGate {
+    OpenGate {
+        actor: actor.into(),
+        message: msg.into(),
+        ..Default::default()
+    }
+}
+
+/// Counts the stored events of a gate that can end it.
+pub async fn terminal_events(client: &Client, id: moira_client::GateId) -> usize {
+    let (events, _) = client.read_events(id).await.expect("read events");
+    events
+        .iter()
+        .filter(|e| matches!(&e.event, moira_client::protocol::event::Decoded::Event(env) if env.event.is_terminal()))
+        .count()
+}

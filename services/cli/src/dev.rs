@@ -36,7 +36,10 @@ pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
     // Only an explicit --nats-url means "use that server"; an exported
     // MOIRA_NATS_URL (as the banner suggests) must not stop dev from
     // starting its own broker.
-    let external = cli.nats_url.as_ref().filter(|_| cli.nats_url_on_command_line);
+    let external = cli
+        .nats_url
+        .as_ref()
+        .filter(|_| cli.nats_url_on_command_line);
     let (url, mut broker) = match external {
         Some(url) => (url.clone(), None),
         None => {

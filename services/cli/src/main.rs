@@ -99,7 +99,8 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    cli.nats_url_on_command_line = matches.value_source("nats_url") == Some(ValueSource::CommandLine);
+    cli.nats_url_on_command_line =
+        matches.value_source("nats_url") == Some(ValueSource::CommandLine);
     let filter = tracing_subscriber::EnvFilter::try_from_env("MOIRA_LOG").unwrap_or_else(|_| {
         // `moira dev` shows the services' logs; other commands stay quiet.
         let default = if matches!(cli.command, Top::Dev(_)) {

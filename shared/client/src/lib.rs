@@ -131,10 +131,19 @@ impl Client {
                     }
                 }
             });
-        let nats = opts.connect(url).await.map_err(|e| ClientError::Connect {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })?;
+        // Accept "url1,url2,…" as well as one URL.
+        let servers: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let nats = opts
+            .connect(servers)
+            .await
+            .map_err(|e| ClientError::Connect {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
         let version = nats.server_info().version;
         if parse_version(&version).is_none_or(|v| v < MIN_SERVER_VERSION) {
             return Err(ClientError::ServerTooOld {

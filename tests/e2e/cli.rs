@@ -1,0 +1,427 @@
+//! The `moira` CLI as a user runs it: output, exit codes, errors.
+
+use std::io::{BufRead, BufReader, Write};
+use std::time::Duration;
+
+use moira_tests::{bin, moira, ProcBuilder};
+use serde_json::Value;
+
+use crate::Stack;
+
+fn ok(out: (i32, String, String)) -> String {
+    assert_eq!(out.0, 0, "stdout: {}\nstderr: {}", out.1, out.2);
+    out.1
+}
+
+fn open_gate(url: &str, extra: &[&str]) -> String {
+    let mut args = vec!["--as", "alice", "gate", "open", "--message", "Deploy?"];
+    args.extend_from_slice(extra);
+    ok(moira(url, &args)).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_exit_codes_follow_the_outcome() {
+    let s = Stack::start().await;
+    let url = s.url();
+
+    let approved = open_gate(&url, &[]);
+    ok(moira(
+        &url,
+        &[
+            "--as",
+            "bob",
+            "gate",
+            "approve",
+            &approved,
+            "--comment",
+            "lgtm",
+        ],
+    ));
+    assert_eq!(moira(&url, &["gate", "wait", &approved]).0, 0);
+
+    let denied = open_gate(&url, &[]);
+    ok(moira(
+        &url,
+        &["--as", "bob", "gate", "deny", &denied, "--reason", "freeze"],
+    ));
+    let (code, out, _) = moira(&url, &["gate", "wait", &denied]);
+    assert_eq!(code, 3);
+    assert!(out.contains("freeze"), "{out}");
+
+    let timed_out = open_gate(&url, &["--timeout", "1s"]);
+    assert_eq!(moira(&url, &["gate", "wait", &timed_out]).0, 4);
+
+    let cancelled = open_gate(&url, &[]);
+    ok(moira(
+        &url,
+        &[
+            "--as",
+            "alice",
+            "gate",
+            "cancel",
+            &cancelled,
+            "--reason",
+            "superseded",
+        ],
+    ));
+    assert_eq!(moira(&url, &["gate", "wait", &cancelled]).0, 5);
+
+    // `open --wait` prints the id first and exits like `wait`.
+    let (code, out, _) = moira(
+        &url,
+        &[
+            "--as",
+            "alice",
+            "gate",
+            "open",
+            "--message",
+            "x",
+            "--timeout",
+            "1s",
+            "--on-timeout",
+            "deny",
+            "--wait",
+        ],
+    );
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.lines()
+            .next()
+            .is_some_and(|l| l.parse::<moira_client::GateId>().is_ok()),
+        "{out}"
+    );
+
+    // A local --timeout on wait gives up with exit 1.
+    let waiting = open_gate(&url, &[]);
+    let (code, _, err) = moira(&url, &["gate", "wait", &waiting, "--timeout", "300ms"]);
+    assert_eq!(code, 1, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_wait_keeps_waiting_through_a_push_back() {
+    let s = Stack::start().await;
+    let url = s.url();
+    let waiter = ProcBuilder::new(bin("moira"), "moira gate open --wait")
+        .args([
+            "--nats-url",
+            &url,
+            "--as",
+            "alice",
+            "gate",
+            "open",
+            "--message",
+            "Review",
+            "--input",
+            "FEEDBACK",
+            "--wait",
+        ])
+        .spawn()
+        .expect("spawn");
+    let id = waiter
+        .wait_for_line("-", Duration::from_secs(20))
+        .trim()
+        .to_string();
+    waiter.wait_for_line("waiting for gate", Duration::from_secs(20));
+    ok(moira(
+        &url,
+        &[
+            "--as",
+            "bob",
+            "gate",
+            "push-back",
+            &id,
+            "--input",
+            "FEEDBACK=more tests",
+            "--comment",
+            "not yet",
+        ],
+    ));
+    waiter.wait_for_line("pushed back by bob", Duration::from_secs(20));
+    ok(moira(&url, &["--as", "bob", "gate", "approve", &id]));
+    let mut waiter = waiter;
+    let status = waiter.wait(Duration::from_secs(20)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+    let shown: Value =
+        serde_json::from_str(&ok(moira(&url, &["--json", "gate", "show", &id]))).expect("json");
+    assert_eq!(shown["iteration"], 2);
+    assert_eq!(shown["push_backs"][0]["inputs"]["FEEDBACK"], "more tests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_show_and_json_shapes() {
+    let s = Stack::start().await;
+    let url = s.url();
+    let a = open_gate(
+        &url,
+        &[
+            "--run",
+            "r1",
+            "--step",
+            "deploy",
+            "--title",
+            "Release",
+            "--approvals",
+            "2",
+            "--approver",
+            "bob",
+            "--approver",
+            "carol",
+        ],
+    );
+    let b = open_gate(&url, &["--run", "r2"]);
+    ok(moira(&url, &["--as", "bob", "gate", "approve", &b]));
+
+    let table = ok(moira(&url, &["gate", "list"]));
+    assert!(table.contains(&a) && !table.contains(&b), "{table}");
+    let all: Value = serde_json::from_str(&ok(moira(
+        &url,
+        &["--json", "gate", "list", "--status", "all"],
+    )))
+    .expect("json");
+    assert_eq!(all.as_array().map(Vec::len), Some(2));
+    let r1: Value = serde_json::from_str(&ok(moira(
+        &url,
+        &["--json", "gate", "list", "--status", "all", "--run", "r1"],
+    )))
+    .expect("json");
+    assert_eq!(r1[0]["id"], a.as_str());
+    let approved: Value = serde_json::from_str(&ok(moira(
+        &url,
+        &["--json", "gate", "list", "--status", "approved"],
+    )))
+    .expect("json");
+    assert_eq!(approved[0]["id"], b.as_str());
+
+    let g: Value =
+        serde_json::from_str(&ok(moira(&url, &["--json", "gate", "show", &a]))).expect("json");
+    for key in [
+        "id",
+        "status",
+        "message",
+        "title",
+        "run_id",
+        "step",
+        "requested_by",
+        "opened_at",
+        "timeout_at",
+        "iteration",
+        "approvals_required",
+        "approvals",
+        "approved_by",
+        "approved_at",
+        "reason",
+        "inputs",
+    ] {
+        assert!(g.get(key).is_some(), "gate JSON lacks {key}: {g}");
+    }
+    assert_eq!(
+        (
+            g["status"].as_str(),
+            g["approvals_required"].as_u64(),
+            g["step"].as_str()
+        ),
+        (Some("waiting"), Some(2), Some("deploy"))
+    );
+    let text = ok(moira(&url, &["gate", "show", &a]));
+    assert!(
+        text.contains("WAITING") && text.contains("users bob, carol"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_events_as_they_happen() {
+    let s = Stack::start().await;
+    let url = s.url();
+    let watcher = ProcBuilder::new(bin("moira"), "moira gate watch")
+        .args(["--nats-url", &url, "--json", "gate", "watch", "--run", "r7"])
+        .spawn()
+        .expect("spawn");
+    let other = open_gate(&url, &["--run", "other"]);
+    let id = open_gate(&url, &["--run", "r7"]);
+    ok(moira(&url, &["--as", "bob", "gate", "approve", &other]));
+    ok(moira(&url, &["--as", "bob", "gate", "approve", &id]));
+    let line = watcher.wait_for_line("GateApproved", Duration::from_secs(20));
+    let v: Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(v["gate_id"], id.as_str());
+    assert_eq!(v["actor"], "bob");
+    assert!(
+        !watcher.output().iter().any(|l| l.contains(&other)),
+        "events of other runs are filtered out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_and_usage_errors_have_their_exit_codes() {
+    let s = Stack::start().await;
+    let url = s.url();
+    let id = open_gate(&url, &["--no-self-approval", "--required", "WINDOW"]);
+    let (code, _, err) = moira(
+        &url,
+        &[
+            "--as",
+            "alice",
+            "gate",
+            "approve",
+            &id,
+            "--input",
+            "WINDOW=now",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("self-approval"), "{err}");
+    let (code, _, err) = moira(&url, &["--as", "bob", "gate", "approve", &id]);
+    assert_eq!(code, 1);
+    assert!(err.contains("WINDOW"), "{err}");
+    // Usage errors: missing --reason, a bad id, a bad duration, a bad K=V.
+    assert_eq!(moira(&url, &["gate", "deny", &id]).0, 2);
+    assert_eq!(moira(&url, &["gate", "show", "not-an-id"]).0, 2);
+    assert_eq!(
+        moira(
+            &url,
+            &["gate", "open", "--message", "x", "--timeout", "soon"]
+        )
+        .0,
+        2
+    );
+    assert_eq!(
+        moira(&url, &["gate", "approve", &id, "--input", "novalue"]).0,
+        2
+    );
+    assert_eq!(moira(&url, &["gate", "frobnicate"]).0, 2);
+    // An unknown gate.
+    let (code, _, err) = moira(
+        &url,
+        &["gate", "show", &moira_client::GateId::new().to_string()],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("no gate has id"), "{err}");
+    // Still waiting, untouched.
+    let g: Value =
+        serde_json::from_str(&ok(moira(&url, &["--json", "gate", "show", &id]))).expect("json");
+    assert_eq!(g["status"], "waiting");
+}
+
+#[test]
+fn a_broker_that_is_down_gets_a_clear_error() {
+    let port = moira_testkit::free_port();
+    let (code, _, err) = moira(&format!("nats://127.0.0.1:{port}"), &["gate", "list"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot reach NATS") && err.contains("moira dev"),
+        "{err}"
+    );
+    let gk = ProcBuilder::new(bin("moira-gatekeeper"), "gatekeeper")
+        .args(["--nats-url", &format!("nats://127.0.0.1:{port}")])
+        .spawn()
+        .expect("spawn");
+    gk.wait_for_line("cannot reach NATS", Duration::from_secs(20));
+}
+
+/// A fake server that speaks just enough of the NATS handshake to announce
+/// an old version.
+fn fake_old_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut w = conn.try_clone().expect("clone");
+                let info = r#"INFO {"server_id":"old","server_name":"old","version":"2.9.10","go":"go1.19","host":"127.0.0.1","port":4222,"headers":true,"max_payload":1048576,"proto":1}"#;
+                let _ = w.write_all(format!("{info}\r\n").as_bytes());
+                for line in BufReader::new(conn).lines().map_while(Result::ok) {
+                    if line.starts_with("PING") {
+                        let _ = w.write_all(b"PONG\r\n");
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn an_old_server_version_is_refused_clearly() {
+    let port = fake_old_server();
+    let url = format!("nats://127.0.0.1:{port}");
+    let (code, _, err) = moira(&url, &["gate", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("2.9.10") && err.contains("2.14"), "{err}");
+    let mut gk = ProcBuilder::new(bin("moira-gatekeeper"), "gatekeeper")
+        .args(["--nats-url", &url])
+        .spawn()
+        .expect("spawn");
+    gk.wait_for_line("needs nats-server 2.14", Duration::from_secs(20));
+    assert_eq!(
+        gk.wait(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(1)
+    );
+}
+
+#[test]
+fn the_deploy_configs_really_start() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repo root");
+    let server = moira_testkit::find_nats_server().expect("nats-server").path;
+    let store = moira_testkit::TempDir::new("moira-deploy").expect("tmp");
+    // Ports are moved to free ones and the relative store folders land in a
+    // temporary working folder; everything else is the files' own.
+    let dev = ProcBuilder::new(&server, "dev.conf")
+        .args([
+            "-c",
+            &root.join("deploy/nats/dev.conf").display().to_string(),
+        ])
+        .args(["-p", &moira_testkit::free_port().to_string(), "-m", "0"])
+        .current_dir(store.path())
+        .spawn()
+        .expect("spawn");
+    dev.wait_for_line("Server is ready", Duration::from_secs(20));
+
+    let cports: Vec<u16> = (0..3).map(|_| moira_testkit::free_port()).collect();
+    let routes = cports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes: Vec<_> = (1..=3)
+        .map(|i| {
+            ProcBuilder::new(&server, &format!("cluster-n{i}.conf"))
+                .args([
+                    "-c",
+                    &root
+                        .join(format!("deploy/nats/cluster-n{i}.conf"))
+                        .display()
+                        .to_string(),
+                ])
+                .args(["-p", &moira_testkit::free_port().to_string()])
+                .args([
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{}", cports[i - 1]),
+                    "--routes",
+                    &routes,
+                ])
+                .current_dir(store.path())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for n in &nodes {
+        n.wait_for_line("Server is ready", Duration::from_secs(30));
+    }
+    let leader = [
+        "JetStream cluster new metadata leader",
+        "Self is new JetStream cluster metadata leader",
+    ];
+    let elected = (0..100).any(|_| {
+        nodes.iter().any(|n| {
+            n.try_wait_for(&leader, 1, Duration::from_millis(100))
+                .is_some()
+        })
+    });
+    assert!(
+        elected,
+        "the cluster from deploy/nats elected a JetStream meta leader"
+    );
+}
