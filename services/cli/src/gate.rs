@@ -19,7 +19,7 @@ use crate::Cli;
 #[derive(Subcommand, Debug)]
 pub enum GateCmd {
     /// Open a gate and print its id
-    Open(OpenArgs),
+    Open(Box<OpenArgs>),
     /// List gates (waiting ones unless --status says otherwise)
     List(ListArgs),
     /// Show one gate

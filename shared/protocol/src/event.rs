@@ -114,7 +114,7 @@ pub struct GateSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GateEvent {
     GateOpened {
-        spec: GateSpec,
+        spec: Box<GateSpec>,
         /// Absolute deadline (ms) when the gate has a timeout.
         #[serde(default)]
         timeout_at: Option<u64>,
@@ -188,6 +188,9 @@ pub enum DecodeError {
 
 /// What a stored message decoded to.
 #[derive(Debug, Clone, PartialEq)]
+// Nearly every message decodes to an event, so boxing it would only add
+// an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Decoded {
     Event(Envelope),
     /// A kind (or schema) this build does not know: log and skip it.

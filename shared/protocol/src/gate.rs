@@ -168,7 +168,10 @@ pub fn decide(
             let gate_id = c.gate_id.unwrap_or(ctx.new_gate_id);
             return Ok(Decision::Append(vec![envelope(
                 gate_id,
-                GateEvent::GateOpened { spec, timeout_at },
+                GateEvent::GateOpened {
+                    spec: Box::new(spec),
+                    timeout_at,
+                },
             )]));
         }
         Command::Approve(c) => decide_approve(open_gate(state)?, c, ctx)?,
@@ -507,7 +510,7 @@ pub fn apply(state: &mut Option<GateState>, env: &Envelope) {
         if let GateEvent::GateOpened { spec, timeout_at } = &env.event {
             *state = Some(GateState {
                 id: env.gate_id,
-                spec: spec.clone(),
+                spec: (**spec).clone(),
                 requested_by: env.actor.clone(),
                 opened_at: env.at,
                 timeout_at: *timeout_at,
