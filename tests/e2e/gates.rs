@@ -321,3 +321,28 @@ async fn timeout_fires_after_the_server_was_down_across_the_deadline() {
     assert_eq!(done.status, GateStatus::TimedOut);
     assert_eq!(terminal_events(&client, gate.id).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_opens_of_one_id_store_one_gate() {
+    let s = Stack::start().await;
+    let id = moira_client::GateId::new();
+    let spec = OpenGate {
+        gate_id: Some(id),
+        timeout_ms: Some(3_600_000),
+        ..open("runner", "Deploy?")
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (c, spec) = (
+            Client::connect(&s.url()).await.expect("connect"),
+            spec.clone(),
+        );
+        tasks.push(tokio::spawn(async move { c.open(spec).await }));
+    }
+    for t in tasks {
+        let g = t.await.expect("join").expect("every open succeeds");
+        assert_eq!((g.id, g.status), (id, GateStatus::Waiting));
+    }
+    let (events, _) = s.client.read_events(id).await.expect("events");
+    assert_eq!(events.len(), 1, "one GateOpened for ten opens");
+}

@@ -10,10 +10,11 @@ use moira_client::{Client, OpenGate};
 use moira_tests::{gatekeeper, NatsServer, Proc};
 
 /// One nats-server, one gate-keeper process and a connected client.
+/// Fields drop in order: the client and gate-keeper stop before the server.
 pub struct Stack {
-    pub server: NatsServer,
-    pub gk: Proc,
     pub client: Client,
+    pub gk: Proc,
+    pub server: NatsServer,
 }
 
 impl Stack {

@@ -98,7 +98,12 @@ impl Handler {
                 };
                 match result {
                     Ok(_) => apply(&mut state, env),
-                    Err(AppendError::Conflict | AppendError::Unknown) => {
+                    Err(AppendError::Conflict) => {
+                        stored = false;
+                        break;
+                    }
+                    Err(AppendError::Unknown) => {
+                        tracing::warn!(%gate_id, "no publish acknowledgement; reading the gate again");
                         stored = false;
                         break;
                     }

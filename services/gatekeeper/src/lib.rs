@@ -35,6 +35,8 @@ pub use registry::Registry;
 const MAX_IN_FLIGHT: usize = 1024;
 /// How long a stopping gate-keeper waits for commands in flight.
 const DRAIN: Duration = Duration::from_secs(10);
+/// Bound on each NATS call made while stopping.
+const SHUTDOWN_IO: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -133,13 +135,20 @@ impl Gatekeeper {
                 drop(permit);
             });
         }
-        // Stop taking commands, then let the ones in flight finish.
-        let _ = sub.unsubscribe().await;
+        // Stop taking commands, then let the ones in flight finish. Every
+        // step is bounded: the broker may be down while we stop, and then
+        // an unbounded flush would wait for a reconnect forever.
+        let _ = tokio::time::timeout(SHUTDOWN_IO, sub.unsubscribe()).await;
         let drained = tokio::time::timeout(DRAIN, slots.acquire_many(MAX_IN_FLIGHT as u32)).await;
         if drained.is_err() {
             tracing::warn!("stopping with commands still in flight after {DRAIN:?}");
         }
-        let _ = client.nats().flush().await;
+        if tokio::time::timeout(SHUTDOWN_IO, client.nats().flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("could not flush to NATS while stopping (is the broker down?)");
+        }
         tracing::info!("moira-gatekeeper stopped");
         Ok(())
     }
