@@ -431,13 +431,8 @@ fn a_gatekeeper_stops_promptly_even_when_the_broker_is_gone() {
     let mut server = moira_tests::NatsServer::start();
     let mut gk = moira_tests::gatekeeper(&server.url(), &[]);
     server.stop();
-    let started = std::time::Instant::now();
+    // Without a bound on the shutdown flush this waited for a reconnect
+    // until the fixture's SIGKILL, which is not a successful exit.
     let status = gk.stop(Duration::from_secs(20)).expect("it exits");
     assert!(status.success(), "a clean exit, not a SIGKILL: {status:?}");
-    // The bound is generous; without the fix it waited for a reconnect forever.
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        started.elapsed()
-    );
 }
