@@ -31,7 +31,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
     let shutdown = CancellationToken::new();
-    spawn_signals(shutdown.clone());
+    moira_gatekeeper::signals::cancel_on_signals(
+        shutdown.clone(),
+        "stopping moira dev (Ctrl-C again to exit at once)",
+    );
 
     // Only an explicit --nats-url means "use that server"; an exported
     // MOIRA_NATS_URL (as the banner suggests) must not stop dev from
@@ -183,26 +186,4 @@ async fn stop_broker(broker: &mut Option<Child>) {
     {
         let _ = child.kill().await;
     }
-}
-
-fn spawn_signals(shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            return;
-        };
-        for n in 0.. {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term.recv() => {},
-            }
-            if n == 0 {
-                eprintln!("\nstopping moira dev (Ctrl-C again to exit at once)");
-                shutdown.cancel();
-            } else {
-                std::process::exit(130);
-            }
-        }
-    });
 }

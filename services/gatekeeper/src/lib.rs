@@ -16,6 +16,7 @@
 mod append;
 mod handler;
 pub mod registry;
+pub mod signals;
 pub mod streams;
 
 use std::path::PathBuf;

@@ -25,7 +25,10 @@ async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     init_tracing();
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone());
+    moira_gatekeeper::signals::cancel_on_signals(
+        shutdown.clone(),
+        "stopping (signal again to exit at once)",
+    );
     let config = moira_gatekeeper::Config {
         nats_url: args.nats_url,
         approvers: args.approvers,
@@ -47,30 +50,4 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-}
-
-/// First SIGINT/SIGTERM: drain and stop. Second: exit at once.
-fn spawn_signal_handler(shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("cannot listen for SIGTERM: {e}");
-                    return;
-                }
-            };
-        for n in 0.. {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term.recv() => {},
-            }
-            if n == 0 {
-                tracing::info!("stopping (signal again to exit at once)");
-                shutdown.cancel();
-            } else {
-                std::process::exit(130);
-            }
-        }
-    });
 }

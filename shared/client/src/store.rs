@@ -157,21 +157,29 @@ impl Client {
 
     /// Every gate that matches the filter, oldest first. Reads all gate
     /// events once through an ordered consumer.
-    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<GateView>, ClientError> {
+    /// An ordered consumer over every gate event subject.
+    async fn gate_events_consumer(
+        &self,
+        deliver_policy: DeliverPolicy,
+    ) -> Result<async_nats::jetstream::consumer::Consumer<push::OrderedConfig>, ClientError> {
         let stream = self
             .js
             .get_stream(GATES_STREAM)
             .await
             .map_err(|_| ClientError::NoStream)?;
-        let consumer = stream
+        stream
             .create_consumer(push::OrderedConfig {
                 deliver_subject: self.nats.new_inbox(),
                 filter_subject: GATE_EVENTS_ALL.to_string(),
-                deliver_policy: DeliverPolicy::All,
+                deliver_policy,
                 ..Default::default()
             })
             .await
-            .map_err(nats_err)?;
+            .map_err(nats_err)
+    }
+
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<GateView>, ClientError> {
+        let consumer = self.gate_events_consumer(DeliverPolicy::All).await?;
         let mut gates: HashMap<GateId, Option<GateState>> = HashMap::new();
         if consumer.cached_info().num_pending > 0 {
             let mut messages = consumer.messages().await.map_err(nats_err)?;
@@ -212,24 +220,12 @@ impl Client {
         from_start: bool,
     ) -> Result<impl futures_util::Stream<Item = Result<StoredEvent, ClientError>>, ClientError>
     {
-        let stream = self
-            .js
-            .get_stream(GATES_STREAM)
-            .await
-            .map_err(|_| ClientError::NoStream)?;
-        let consumer = stream
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: self.nats.new_inbox(),
-                filter_subject: GATE_EVENTS_ALL.to_string(),
-                deliver_policy: if from_start {
-                    DeliverPolicy::All
-                } else {
-                    DeliverPolicy::New
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(nats_err)?;
+        let policy = if from_start {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::New
+        };
+        let consumer = self.gate_events_consumer(policy).await?;
         let messages = consumer.messages().await.map_err(nats_err)?;
         Ok(messages.filter_map(|msg| async move {
             let msg = match msg {

@@ -10,6 +10,22 @@ use crate::tempdir::TempDir;
 const READY: &str = "Server is ready";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Loopback, JetStream, a store folder and a server name.
+fn node_args(port: u16, store: &TempDir, name: &str) -> Vec<String> {
+    let args = [
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-js",
+        "-sd",
+        &store.path().display().to_string(),
+        "--server_name",
+        name,
+    ];
+    args.iter().map(|a| a.to_string()).collect()
+}
+
 fn binary() -> PathBuf {
     match find_nats_server() {
         Ok(b) => b.path,
@@ -32,17 +48,7 @@ impl NatsServer {
     pub fn start() -> Self {
         let store = TempDir::new("moira-nats").unwrap_or_else(|e| panic!("temp dir: {e}"));
         let port = free_port();
-        let args = vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "-js".into(),
-            "-sd".into(),
-            store.path().display().to_string(),
-            "--server_name".into(),
-            format!("moira-test-{port}"),
-        ];
+        let args = node_args(port, &store, &format!("moira-test-{port}"));
         let mut s = Self {
             proc: None,
             args,
@@ -127,23 +133,15 @@ impl Cluster {
             let store =
                 TempDir::new("moira-nats-cluster").unwrap_or_else(|e| panic!("temp dir: {e}"));
             let port = client_ports[i];
-            let args = vec![
-                "-a".into(),
-                "127.0.0.1".into(),
-                "-p".into(),
-                port.to_string(),
-                "-js".into(),
-                "-sd".into(),
-                store.path().display().to_string(),
-                "--server_name".into(),
-                format!("n{}-{port}", i + 1),
+            let mut args = node_args(port, &store, &format!("n{}-{port}", i + 1));
+            args.extend([
                 "--cluster_name".into(),
                 format!("moira-test-{}", client_ports[0]),
                 "--cluster".into(),
                 format!("nats://127.0.0.1:{}", cluster_ports[i]),
                 "--routes".into(),
                 routes.clone(),
-            ];
+            ]);
             let mut node = NatsServer {
                 proc: None,
                 args,
