@@ -31,3 +31,8 @@ demo: build
 # Run the one-machine stack in the foreground (Ctrl-C stops it)
 dev *ARGS: build
     target/debug/moira dev {{ARGS}}
+
+# Benchmarks against the broker's floor, release build: `bench` (full) or `bench quick`
+bench MODE="full": tools
+    cargo build --release -p moira-bench -p moira-gatekeeper -p moira-cli
+    target/release/moira-bench {{MODE}}

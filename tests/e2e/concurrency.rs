@@ -117,3 +117,68 @@ async fn commands_are_answered_while_one_of_two_gatekeepers_is_killed() {
         GateStatus::Waiting
     );
 }
+
+/// Commands land on either of two gate-keepers, each with its own cache of
+/// gate states. An approval that is valid again after a push-back must
+/// never be refused on a stale "you already approved".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gatekeepers_never_refuse_on_stale_state() {
+    let s = Stack::start().await;
+    let _second = gatekeeper(&s.url(), &[]);
+    let others: Vec<Client> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(Client::connect(&s.url()).await.expect("connect"));
+        }
+        v
+    };
+    let gate = s
+        .client
+        .open(moira_client::OpenGate {
+            approvers: vec!["bob".into(), "carol".into()],
+            approvals: Some(2),
+            ..open("alice", "Rounds")
+        })
+        .await
+        .expect("open");
+    for round in 0..20 {
+        let c = &others[round % others.len()];
+        let v = c
+            .approve(ApproveGate {
+                gate_id: gate.id,
+                actor: "bob".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: bob's approval refused: {e}"));
+        assert_eq!((v.status, v.approvals.len()), (GateStatus::Waiting, 1));
+        let v = others[(round + 1) % others.len()]
+            .push_back(moira_client::PushBackGate {
+                gate_id: gate.id,
+                actor: "carol".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: push-back refused: {e}"));
+        assert_eq!(v.iteration as usize, round + 2);
+    }
+    let done = s
+        .client
+        .approve(ApproveGate {
+            gate_id: gate.id,
+            actor: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("bob");
+    let done = s
+        .client
+        .approve(ApproveGate {
+            gate_id: done.id,
+            actor: "carol".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("carol");
+    assert_eq!((done.status, done.iteration), (GateStatus::Approved, 21));
+}

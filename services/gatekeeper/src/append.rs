@@ -120,7 +120,9 @@ pub async fn append(
 }
 
 /// Opens a gate that has a deadline: the `GateOpened` event and its timeout
-/// schedule are stored together or not at all.
+/// schedule are stored together or not at all. Returns the sequence of the
+/// `GateOpened` event (a batch is stored contiguously, and the ack names
+/// its last message, the schedule).
 pub async fn append_open_with_timeout(
     nats: &async_nats::Client,
     env: &Envelope,
@@ -148,5 +150,6 @@ pub async fn append_open_with_timeout(
     second.insert(HDR_BATCH_COMMIT, "1");
     second.insert(HDR_SCHEDULE, format!("@at {}", rfc3339(*deadline)).as_str());
     second.insert(HDR_SCHEDULE_TARGET, gate_events(&env.gate_id).as_str());
-    request(nats, gate_schedule(&env.gate_id), second, fired.encode()).await
+    let last = request(nats, gate_schedule(&env.gate_id), second, fired.encode()).await?;
+    Ok(last.saturating_sub(1))
 }

@@ -1,4 +1,4 @@
-//! Answering one command: read the gate, decide, append, reply.
+//! Answering one command: get the gate's state, decide, append, reply.
 
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use moira_protocol::time::now_ms;
 use moira_protocol::{Command, CommandError, ErrorCode, GateId, GateState, GateView};
 
 use crate::append::{append, append_open_with_timeout, AppendError};
+use crate::cache::Cache;
 use crate::registry::Registry;
 
 /// How many times a command is decided again after losing a write race.
@@ -22,6 +23,7 @@ const MAX_ATTEMPTS: usize = 200;
 pub struct Handler {
     pub client: Client,
     pub registry: Arc<Registry>,
+    pub cache: Arc<Cache>,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> CommandError {
@@ -66,25 +68,45 @@ impl Handler {
             (None, None) => GateId::new(),
         };
         let roles = self.registry.roles_of(cmd.actor());
+        // Where the state comes from: an open assumes a new gate (the write's
+        // expected sequence 0 checks it), other commands use the cache.
+        let mut fresh_read = false;
         for attempt in 0..MAX_ATTEMPTS {
-            let (state, last_seq) = self.read(gate_id).await?;
+            let (state, last_seq) = if fresh_read {
+                self.read(gate_id).await?
+            } else {
+                match self.cache.get(&gate_id) {
+                    Some(c) => (Some(c.state), c.last_seq),
+                    None if matches!(cmd, Command::Open(_)) => (None, 0),
+                    None => {
+                        fresh_read = true;
+                        self.read(gate_id).await?
+                    }
+                }
+            };
             let ctx = Context {
                 now: now_ms(),
                 command_id,
                 new_gate_id: gate_id,
                 actor_roles: roles.clone(),
             };
-            let events = match decide(state.as_ref(), &cmd, &ctx)? {
-                Decision::AlreadyDone => {
+            let events = match decide(state.as_ref(), &cmd, &ctx) {
+                // Never refuse on a state that may be stale: confirm first.
+                Err(_) if !fresh_read => {
+                    fresh_read = true;
+                    continue;
+                }
+                Err(rejection) => return Err(rejection),
+                Ok(Decision::AlreadyDone) => {
                     let state = state.ok_or_else(|| {
                         err(ErrorCode::Internal, "decided nothing on a missing gate")
                     })?;
                     return Ok(GateView::from(&state));
                 }
-                Decision::Append(events) => events,
+                Ok(Decision::Append(events)) => events,
             };
             let mut state = state;
-            let mut stored = true;
+            let mut stored_at = None;
             for env in &events {
                 let result = match &env.event {
                     GateEvent::GateOpened { .. } => {
@@ -97,27 +119,34 @@ impl Handler {
                     }
                 };
                 match result {
-                    Ok(_) => apply(&mut state, env),
+                    Ok(seq) => {
+                        apply(&mut state, env);
+                        stored_at = Some(seq);
+                    }
                     Err(AppendError::Conflict) => {
-                        stored = false;
+                        stored_at = None;
                         break;
                     }
                     Err(AppendError::Unknown) => {
                         tracing::warn!(%gate_id, "no publish acknowledgement; reading the gate again");
-                        stored = false;
+                        stored_at = None;
                         break;
                     }
                     Err(AppendError::Refused(m)) => return Err(err(ErrorCode::Internal, m)),
                     Err(AppendError::Unavailable(m)) => return Err(err(ErrorCode::Unavailable, m)),
                 }
             }
-            if stored {
+            if let Some(seq) = stored_at {
                 let state = state
                     .ok_or_else(|| err(ErrorCode::Internal, "the gate vanished after writing"))?;
-                return Ok(GateView::from(&state));
+                let view = GateView::from(&state);
+                self.cache.put(state, seq);
+                return Ok(view);
             }
             // Lost a race (or the ack): read again; decide sees our own
             // command id if the write did land.
+            self.cache.forget(&gate_id);
+            fresh_read = true;
             if attempt > 2 {
                 tokio::task::yield_now().await;
             }

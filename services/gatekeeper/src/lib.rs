@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod append;
+mod cache;
 mod handler;
 pub mod registry;
 pub mod signals;
@@ -104,9 +105,11 @@ impl Gatekeeper {
             registry,
             mut sub,
         } = self;
+        let cache = Arc::new(cache::Cache::default());
         let handler = Arc::new(handler::Handler {
             client: client.clone(),
             registry: Arc::new(registry),
+            cache,
         });
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         loop {

@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+mod reads;
 mod store;
 mod waiter;
 
@@ -92,6 +93,8 @@ pub struct Client {
 
 pub(crate) struct Inner {
     pub(crate) hub: OnceCell<Arc<waiter::Hub>>,
+    /// Shared with the hub's reader handle: one reply inbox per connection.
+    pub(crate) reads: Arc<OnceCell<Arc<reads::ReadMux>>>,
     /// Bumped on every (re)connect, so waiters re-check their gates.
     pub(crate) connects: watch::Receiver<u64>,
 }
@@ -157,6 +160,7 @@ impl Client {
             js,
             inner: Arc::new(Inner {
                 hub: OnceCell::new(),
+                reads: Arc::default(),
                 connects: rx,
             }),
         })
@@ -270,7 +274,11 @@ impl Client {
 
 fn set_id(cmd: &mut Command, id: CommandId) {
     match cmd {
-        Command::Open(c) => c.id = Some(id),
+        Command::Open(c) => {
+            c.id = Some(id);
+            // New gates get time-ordered (v7) ids; a retry keeps this one.
+            c.gate_id.get_or_insert_with(GateId::new);
+        }
         Command::Approve(c) => c.id = Some(id),
         Command::Deny(c) => c.id = Some(id),
         Command::PushBack(c) => c.id = Some(id),

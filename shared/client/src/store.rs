@@ -15,6 +15,7 @@ use moira_protocol::subjects::{
 };
 use moira_protocol::{Envelope, GateId, GateState, GateStatus, GateView};
 
+use crate::reads::ReadMux;
 use crate::{nats_err, Client, ClientError};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -92,8 +93,12 @@ impl Client {
         let mut last_seq = 0;
         let mut from = 1u64;
         loop {
-            let inbox = self.nats.new_inbox();
-            let mut sub = self.nats.subscribe(inbox.clone()).await.map_err(nats_err)?;
+            let mux = self
+                .inner
+                .reads
+                .get_or_try_init(|| ReadMux::start(&self.nats))
+                .await?;
+            let (inbox, mut replies) = mux.register();
             let req = serde_json::json!({ "seq": from, "next_by_subj": subject, "batch": BATCH });
             self.nats
                 .publish_with_reply(api.clone(), inbox, req.to_string().into())
@@ -102,7 +107,7 @@ impl Client {
             let mut got = 0;
             let mut more = false;
             loop {
-                let msg = tokio::time::timeout(READ_TIMEOUT, sub.next())
+                let msg = tokio::time::timeout(READ_TIMEOUT, replies.rx.recv())
                     .await
                     .map_err(|_| {
                         ClientError::Nats(format!(

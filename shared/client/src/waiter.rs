@@ -49,6 +49,7 @@ impl Hub {
             js: client.js.clone(),
             inner: Arc::new(Inner {
                 hub: Default::default(),
+                reads: client.inner.reads.clone(),
                 connects: client.inner.connects.clone(),
             }),
         };

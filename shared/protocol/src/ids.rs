@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+pub use uuid::Uuid;
 
 /// Namespace for deterministic gate ids derived from a run, step and attempt.
 const GATE_NAMESPACE: Uuid = Uuid::from_u128(0x6d6f_6972_612d_6761_7465_2d6e_732d_7631);
