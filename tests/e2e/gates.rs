@@ -346,3 +346,39 @@ async fn concurrent_opens_of_one_id_store_one_gate() {
     let (events, _) = s.client.read_events(id).await.expect("events");
     assert_eq!(events.len(), 1, "one GateOpened for ten opens");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_and_follow_sees_new_and_existing_gates() {
+    let s = Stack::start().await;
+    // New gate: every event arrives on the live feed.
+    let (g, mut f) = s
+        .client
+        .open_and_follow(open("alice", "New"))
+        .await
+        .expect("open");
+    assert_eq!(f.current().map(|x| x.status), Some(GateStatus::Waiting));
+    s.client
+        .approve(approve(g.id, "bob"))
+        .await
+        .expect("approve");
+    let done = f
+        .wait_until(|x| x.status.is_terminal())
+        .await
+        .expect("woken");
+    assert_eq!(done.status, GateStatus::Approved);
+
+    // An idempotent re-open of a decided gate stores nothing new, so the
+    // follower must learn its state by reading it.
+    let other = Client::connect(&s.url()).await.expect("connect");
+    let spec = OpenGate {
+        gate_id: Some(moira_client::GateId::new()),
+        ..open("alice", "Again")
+    };
+    let first = other.open(spec.clone()).await.expect("open");
+    other
+        .approve(approve(first.id, "bob"))
+        .await
+        .expect("approve");
+    let (_, f) = s.client.open_and_follow(spec).await.expect("re-open");
+    assert_eq!(f.current().map(|x| x.status), Some(GateStatus::Approved));
+}

@@ -166,7 +166,11 @@ pub async fn run(cli: &Cli, cmd: &GateCmd) -> anyhow::Result<u8> {
                 })
                 .await?;
             if cli.json {
-                println!("{}", serde_json::to_string(&gates)?);
+                // Streamed: a list of 100,000 gates is tens of megabytes.
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                serde_json::to_writer(&mut out, &gates)?;
+                std::io::Write::write_all(&mut out, b"\n")?;
+                std::io::Write::flush(&mut out)?;
             } else if gates.is_empty() {
                 eprintln!(
                     "no {} gates",
@@ -243,36 +247,38 @@ pub async fn run(cli: &Cli, cmd: &GateCmd) -> anyhow::Result<u8> {
 
 async fn open(cli: &Cli, client: &Client, a: &OpenArgs) -> anyhow::Result<u8> {
     let on_timeout = a.on_timeout.as_deref().and_then(OnTimeout::parse);
-    let gate = client
-        .open(OpenGate {
-            gate_id: Some(a.id.unwrap_or_default()),
-            actor: cli.actor()?,
-            message: a.message.clone(),
-            title: a.title.clone(),
-            summary: a.summary.clone(),
-            metadata: a.metadata.iter().cloned().collect::<BTreeMap<_, _>>(),
-            run_id: a.run_id.clone(),
-            step: a.step.clone(),
-            approvers: a.approvers.clone(),
-            roles: a.roles.clone(),
-            approvals: Some(a.approvals),
-            allow_self_approval: Some(!a.no_self_approval),
-            inputs: a.inputs.clone(),
-            required: a.required.clone(),
-            timeout_ms: a
-                .timeout
-                .map(|d| d.as_millis().min(u64::MAX as u128) as u64),
-            on_timeout,
-            ..Default::default()
-        })
-        .await?;
-    if cli.json && !a.wait {
+    let spec = OpenGate {
+        gate_id: Some(a.id.unwrap_or_default()),
+        actor: cli.actor()?,
+        message: a.message.clone(),
+        title: a.title.clone(),
+        summary: a.summary.clone(),
+        metadata: a.metadata.iter().cloned().collect::<BTreeMap<_, _>>(),
+        run_id: a.run_id.clone(),
+        step: a.step.clone(),
+        approvers: a.approvers.clone(),
+        roles: a.roles.clone(),
+        approvals: Some(a.approvals),
+        allow_self_approval: Some(!a.no_self_approval),
+        inputs: a.inputs.clone(),
+        required: a.required.clone(),
+        timeout_ms: a
+            .timeout
+            .map(|d| d.as_millis().min(u64::MAX as u128) as u64),
+        on_timeout,
+        ..Default::default()
+    };
+    if a.wait {
+        // Following from before the open: no decision can slip past.
+        let (gate, follower) = client.open_and_follow(spec).await?;
+        println!("{}", gate.id);
+        return wait_on(cli, follower, None).await;
+    }
+    let gate = client.open(spec).await?;
+    if cli.json {
         println!("{}", serde_json::to_string(&gate)?);
     } else {
         println!("{}", gate.id);
-    }
-    if a.wait {
-        return wait(cli, client, gate.id, None).await;
     }
     Ok(0)
 }
@@ -301,7 +307,15 @@ async fn wait(
     id: GateId,
     timeout: Option<Duration>,
 ) -> anyhow::Result<u8> {
-    let mut follower = client.follow(id).await?;
+    wait_on(cli, client.follow(id).await?, timeout).await
+}
+
+async fn wait_on(
+    cli: &Cli,
+    mut follower: moira_client::Follower,
+    timeout: Option<Duration>,
+) -> anyhow::Result<u8> {
+    let id = follower.id();
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut seen_iteration = follower.current().map(|s| s.iteration).unwrap_or(1);
     if !cli.json {

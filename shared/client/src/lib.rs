@@ -262,13 +262,31 @@ impl Client {
 
     /// Follows one gate's state as it changes, with no polling.
     pub async fn follow(&self, id: GateId) -> Result<Follower, ClientError> {
-        let hub = self
+        self.hub().await?.follow(id).await
+    }
+
+    /// Opens a gate and follows it. The follower is registered before the
+    /// open is sent, so the gate's events all arrive on the live feed and
+    /// no catch-up read is needed (unless the gate already existed).
+    pub async fn open_and_follow(
+        &self,
+        mut c: OpenGate,
+    ) -> Result<(GateView, Follower), ClientError> {
+        let id = *c.gate_id.get_or_insert_with(GateId::new);
+        let hub = self.hub().await?;
+        let follower = hub.clone().register(id);
+        let view = self.open(c).await?;
+        hub.ensure_state(id).await?;
+        Ok((view, follower))
+    }
+
+    async fn hub(&self) -> Result<Arc<waiter::Hub>, ClientError> {
+        Ok(self
             .inner
             .hub
             .get_or_try_init(|| waiter::Hub::start(self.clone()))
             .await?
-            .clone();
-        hub.follow(id).await
+            .clone())
     }
 }
 

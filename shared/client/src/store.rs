@@ -9,7 +9,7 @@ use async_nats::HeaderMap;
 use futures_util::StreamExt;
 
 use moira_protocol::event::Decoded;
-use moira_protocol::gate::apply;
+use moira_protocol::gate::{apply, apply_owned};
 use moira_protocol::subjects::{
     gate_events, GATES_STREAM, GATE_EVENTS_ALL, HDR_LAST_SEQUENCE, HDR_SEQUENCE,
 };
@@ -193,8 +193,8 @@ impl Client {
                 let info = msg.info().map_err(nats_err)?;
                 let (seq, pending) = (info.stream_sequence, info.pending);
                 if let Some(ev) = decode_stored(&msg.subject, seq, None, &msg.payload) {
-                    if let Decoded::Event(env) = &ev.event {
-                        apply(gates.entry(ev.gate_id).or_default(), env);
+                    if let Decoded::Event(env) = ev.event {
+                        apply_owned(gates.entry(ev.gate_id).or_default(), env);
                     }
                 }
                 if pending == 0 {
@@ -202,8 +202,8 @@ impl Client {
                 }
             }
         }
-        let mut out: Vec<&GateState> = gates
-            .values()
+        let mut out: Vec<GateState> = gates
+            .into_values()
             .flatten()
             .filter(|g| filter.status.is_none_or(|s| g.status == s))
             .filter(|g| {

@@ -155,6 +155,19 @@ impl Hub {
     }
 
     pub(crate) async fn follow(self: Arc<Self>, id: GateId) -> Result<Follower, ClientError> {
+        let follower = self.clone().register(id);
+        // Subscribed (the hub's subscription predates this read on the same
+        // connection), so nothing stored after this read can be missed.
+        self.reread(id).await?;
+        if follower.rx.borrow().is_none() {
+            return Err(ClientError::NotFound(id));
+        }
+        Ok(follower)
+    }
+
+    /// Starts following a gate without reading it: for a gate this process
+    /// is about to open, whose events will all come on the live feed.
+    pub(crate) fn register(self: Arc<Self>, id: GateId) -> Follower {
         let rx = {
             let mut entries = self.lock();
             let entry = entries.entry(id).or_insert_with(|| Entry {
@@ -166,18 +179,17 @@ impl Hub {
             entry.followers += 1;
             entry.tx.subscribe()
         };
-        // Subscribed (the hub's subscription predates this read on the same
-        // connection), so nothing stored after this read can be missed.
-        let follower = Follower {
-            hub: self.clone(),
-            id,
-            rx,
-        };
-        self.reread(id).await?;
-        if follower.rx.borrow().is_none() {
-            return Err(ClientError::NotFound(id));
+        Follower { hub: self, id, rx }
+    }
+
+    /// Reads the gate unless the live feed already gave us its state.
+    pub(crate) async fn ensure_state(&self, id: GateId) -> Result<(), ClientError> {
+        let known = self.lock().get(&id).is_some_and(|e| e.state.is_some());
+        if known {
+            Ok(())
+        } else {
+            self.reread(id).await
         }
-        Ok(follower)
     }
 
     fn release(&self, id: GateId) {

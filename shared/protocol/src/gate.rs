@@ -6,7 +6,7 @@
 //! later events (a timeout that raced a decision, say) are ignored, so the
 //! first terminal event on the subject wins.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use crate::command::{
     ApproveGate, CancelGate, Command, CommandError, DenyGate, ErrorCode, OpenGate, PushBackGate,
@@ -97,7 +97,8 @@ pub struct GateState {
     /// True when the gate ended because its deadline passed.
     pub timed_out: bool,
     /// Commands already applied, so a retried command has no second effect.
-    pub applied: HashSet<CommandId>,
+    /// A gate sees a handful of commands, so a Vec beats a set here.
+    pub applied: Vec<CommandId>,
 }
 
 /// Why a command was refused.
@@ -503,37 +504,74 @@ pub fn timed_out_event(gate_id: GateId, timeout_at: u64, on_timeout: OnTimeout) 
     }
 }
 
+/// Like [`apply`], for a caller that owns the event: the gate's policy is
+/// moved rather than copied (listing many gates folds every one).
+pub fn apply_owned(state: &mut Option<GateState>, env: Envelope) {
+    if state.is_none() {
+        if let GateEvent::GateOpened { spec, timeout_at } = env.event {
+            *state = Some(opened(
+                env.gate_id,
+                *spec,
+                timeout_at,
+                env.actor,
+                env.at,
+                env.id,
+            ));
+        }
+        return;
+    }
+    apply(state, &env);
+}
+
+fn opened(
+    id: GateId,
+    spec: GateSpec,
+    timeout_at: Option<u64>,
+    by: String,
+    at: u64,
+    cmd: CommandId,
+) -> GateState {
+    GateState {
+        id,
+        spec,
+        requested_by: by,
+        opened_at: at,
+        timeout_at,
+        status: GateStatus::Waiting,
+        iteration: 1,
+        approvals: Vec::new(),
+        inputs: BTreeMap::new(),
+        push_backs: Vec::new(),
+        approved_by: None,
+        approved_at: None,
+        decided_by: None,
+        decided_at: None,
+        reason: None,
+        timed_out: false,
+        applied: vec![cmd],
+    }
+}
+
 /// Folds one event into the state. Holds no rules beyond "nothing before
 /// the open, nothing after the end".
 pub fn apply(state: &mut Option<GateState>, env: &Envelope) {
     let Some(s) = state else {
         if let GateEvent::GateOpened { spec, timeout_at } = &env.event {
-            *state = Some(GateState {
-                id: env.gate_id,
-                spec: (**spec).clone(),
-                requested_by: env.actor.clone(),
-                opened_at: env.at,
-                timeout_at: *timeout_at,
-                status: GateStatus::Waiting,
-                iteration: 1,
-                approvals: Vec::new(),
-                inputs: BTreeMap::new(),
-                push_backs: Vec::new(),
-                approved_by: None,
-                approved_at: None,
-                decided_by: None,
-                decided_at: None,
-                reason: None,
-                timed_out: false,
-                applied: HashSet::from([env.id]),
-            });
+            *state = Some(opened(
+                env.gate_id,
+                (**spec).clone(),
+                *timeout_at,
+                env.actor.clone(),
+                env.at,
+                env.id,
+            ));
         }
         return;
     };
     if s.status.is_terminal() {
         return;
     }
-    s.applied.insert(env.id);
+    s.applied.push(env.id);
     let approval = |comment: &Option<String>| Approval {
         by: env.actor.clone(),
         at: env.at,

@@ -60,49 +60,56 @@ pub struct GateView {
 
 impl From<&GateState> for GateView {
     fn from(s: &GateState) -> Self {
+        GateView::from(s.clone())
+    }
+}
+
+impl From<GateState> for GateView {
+    fn from(s: GateState) -> Self {
+        let spec = s.spec;
         GateView {
             id: s.id,
             status: s.status,
-            message: s.spec.message.clone(),
-            title: s.spec.title.clone(),
-            summary: s.spec.summary.clone(),
-            metadata: s.spec.metadata.clone(),
-            run_id: s.spec.run_id.clone(),
-            step: s.spec.step.clone(),
-            requested_by: s.requested_by.clone(),
+            message: spec.message,
+            title: spec.title,
+            summary: spec.summary,
+            metadata: spec.metadata,
+            run_id: spec.run_id,
+            step: spec.step,
+            requested_by: s.requested_by,
             opened_at: rfc3339(s.opened_at),
             timeout_at: s.timeout_at.map(rfc3339),
-            on_timeout: s.spec.on_timeout,
+            on_timeout: spec.on_timeout,
             iteration: s.iteration,
-            approvers: s.spec.approvers.clone(),
-            approvals_required: s.spec.approvals_required,
-            allow_self_approval: s.spec.allow_self_approval,
-            input_names: s.spec.inputs.clone(),
-            required_inputs: s.spec.required.clone(),
+            approvers: spec.approvers,
+            approvals_required: spec.approvals_required,
+            allow_self_approval: spec.allow_self_approval,
+            input_names: spec.inputs,
+            required_inputs: spec.required,
             approvals: s
                 .approvals
-                .iter()
+                .into_iter()
                 .map(|a| ApprovalView {
-                    by: a.by.clone(),
+                    by: a.by,
                     at: rfc3339(a.at),
-                    comment: a.comment.clone(),
+                    comment: a.comment,
                 })
                 .collect(),
-            approved_by: s.approved_by.clone(),
+            approved_by: s.approved_by,
             approved_at: s.approved_at.map(rfc3339),
-            decided_by: s.decided_by.clone(),
+            decided_by: s.decided_by,
             decided_at: s.decided_at.map(rfc3339),
-            reason: s.reason.clone(),
+            reason: s.reason,
             timed_out: s.timed_out,
-            inputs: s.inputs.clone(),
+            inputs: s.inputs,
             push_backs: s
                 .push_backs
-                .iter()
+                .into_iter()
                 .map(|p| PushBackView {
-                    by: p.by.clone(),
+                    by: p.by,
                     at: rfc3339(p.at),
-                    comment: p.comment.clone(),
-                    inputs: p.inputs.clone(),
+                    comment: p.comment,
+                    inputs: p.inputs,
                     iteration: p.iteration,
                 })
                 .collect(),
