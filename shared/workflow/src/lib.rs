@@ -1,0 +1,435 @@
+//! Workflow files: the YAML format, validation, and `${{ }}` templates.
+//!
+//! [`Workflow::parse`] reads and validates a file; every problem is found
+//! before anything runs, with the step and field it is about.
+//!
+//! # Layout
+//! - this file: the format and its validation;
+//! - [`expr`]: templates and conditions.
+
+#![forbid(unsafe_code)]
+
+pub mod expr;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use moira_protocol::event::OnTimeout;
+use moira_protocol::ids::is_subject_token;
+use moira_protocol::time::parse_duration;
+
+pub use expr::{Path, Template};
+
+/// The use: value of a gate step.
+pub const GATE_USE: &str = "moira.gate";
+/// Output keys every gate step has (besides its inputs).
+pub const GATE_OUTPUTS: [&str; 3] = ["approved_by", "approved_at", "reason"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    #[error("the workflow is not valid YAML for moira: {0}")]
+    Yaml(String),
+    #[error("the workflow has problems:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// A YAML scalar used as text (`tag: v1`, `retries: 3`, `debug: true`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+    Float(f64),
+}
+
+impl Scalar {
+    pub fn text(&self) -> String {
+        match self {
+            Scalar::Text(t) => t.clone(),
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+            Scalar::Float(f) => f.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDeny {
+    /// The run is rejected and the gate's dependents are aborted.
+    #[default]
+    Fail,
+    /// Dependents run and can read the denial.
+    Continue,
+    /// The gate's dependents are skipped; other branches go on.
+    Skip,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproversSpec {
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// `with:` of a `use: moira.gate` step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateWith {
+    pub message: String,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub on_timeout: Option<OnTimeout>,
+    #[serde(default)]
+    pub approvers: ApproversSpec,
+    #[serde(default)]
+    pub approvals: Option<u32>,
+    #[serde(default)]
+    pub allow_self_approval: Option<bool>,
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    #[serde(default)]
+    pub required: Vec<String>,
+    /// False: the gate is approved at once, with the same outputs.
+    #[serde(default)]
+    pub when: Option<String>,
+    #[serde(default)]
+    pub notify: Vec<String>,
+}
+
+/// `approval:` on a step: review its result after it ran.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Review {
+    pub prompt: String,
+    #[serde(default, alias = "inputs")]
+    pub input: Vec<String>,
+    #[serde(default)]
+    pub approvers: ApproversSpec,
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub name: String,
+    #[serde(default)]
+    pub run: Option<String>,
+    #[serde(default, rename = "use")]
+    pub uses: Option<String>,
+    #[serde(default)]
+    pub with: Option<GateWith>,
+    #[serde(default)]
+    pub approval: Option<Review>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub when: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default)]
+    pub on_deny: OnDeny,
+    #[serde(default)]
+    pub continue_on_failure: bool,
+}
+
+impl Step {
+    pub fn is_gate(&self) -> bool {
+        self.uses.as_deref() == Some(GATE_USE)
+    }
+    pub fn gate(&self) -> Option<&GateWith> {
+        self.with.as_ref().filter(|_| self.is_gate())
+    }
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout.as_deref().and_then(|t| parse_duration(t).ok())
+    }
+    /// The condition that decides whether the step runs (or, for a gate,
+    /// whether it asks anyone).
+    pub fn condition(&self) -> Option<&str> {
+        self.when
+            .as_deref()
+            .or_else(|| self.gate().and_then(|g| g.when.as_deref()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workflow {
+    pub name: String,
+    #[serde(default)]
+    pub vars: BTreeMap<String, Scalar>,
+    pub steps: Vec<Step>,
+}
+
+impl Workflow {
+    /// Parses and validates a workflow, with `overrides` (from `--var`)
+    /// replacing or adding variables.
+    pub fn parse(
+        yaml: &str,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Workflow, WorkflowError> {
+        let mut wf: Workflow =
+            serde_yaml::from_str(yaml).map_err(|e| WorkflowError::Yaml(e.to_string()))?;
+        for (k, v) in overrides {
+            wf.vars.insert(k.clone(), Scalar::Text(v.clone()));
+        }
+        let problems = wf.problems();
+        if problems.is_empty() {
+            Ok(wf)
+        } else {
+            Err(WorkflowError::Invalid(problems))
+        }
+    }
+
+    pub fn step(&self, name: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+
+    pub fn var(&self, name: &str) -> Option<String> {
+        self.vars.get(name).map(Scalar::text)
+    }
+
+    /// Every step that depends on `name`, directly or not.
+    pub fn dependents(&self, name: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut frontier = vec![name.to_string()];
+        while let Some(n) = frontier.pop() {
+            for s in &self.steps {
+                if s.depends_on.contains(&n) && out.insert(s.name.clone()) {
+                    frontier.push(s.name.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Every step that `name` depends on, directly or not.
+    pub fn ancestors(&self, name: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut frontier = vec![name.to_string()];
+        while let Some(n) = frontier.pop() {
+            if let Some(s) = self.step(&n) {
+                for d in &s.depends_on {
+                    if out.insert(d.clone()) {
+                        frontier.push(d.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.name.trim().is_empty() {
+            p.push("the workflow needs a name".to_string());
+        }
+        if self.steps.is_empty() {
+            p.push("the workflow has no steps".to_string());
+        }
+        let mut seen = HashMap::new();
+        for s in &self.steps {
+            if !is_subject_token(&s.name) || s.name.len() > 64 {
+                p.push(format!(
+                    "step name '{}' may hold only letters, digits, '-' and '_' (at most 64)",
+                    s.name
+                ));
+            }
+            if seen.insert(s.name.as_str(), ()).is_some() {
+                p.push(format!("two steps are named '{}'", s.name));
+            }
+        }
+        for s in &self.steps {
+            let at = format!("step '{}'", s.name);
+            match (&s.run, &s.uses) {
+                (Some(_), Some(_)) => p.push(format!("{at}: has both run: and use:; pick one")),
+                (None, None) => p.push(format!("{at}: needs run: (a command) or use: {GATE_USE}")),
+                (None, Some(u)) if u != GATE_USE => p.push(format!(
+                    "{at}: unknown use: '{u}'; the only one is {GATE_USE}"
+                )),
+                _ => {}
+            }
+            if s.is_gate() {
+                match &s.with {
+                    None => p.push(format!("{at}: a gate needs with: (at least a message)")),
+                    Some(g) => {
+                        if g.message.trim().is_empty() {
+                            p.push(format!("{at}: with.message is empty"));
+                        }
+                        for r in &g.required {
+                            if !g.inputs.contains(r) {
+                                p.push(format!(
+                                    "{at}: required input '{r}' is not listed in inputs"
+                                ));
+                            }
+                        }
+                        if g.approvals == Some(0) {
+                            p.push(format!("{at}: approvals must be at least 1"));
+                        }
+                        if g.on_timeout.is_some() && g.timeout.is_none() {
+                            p.push(format!("{at}: on_timeout needs a timeout"));
+                        }
+                        check_duration(&mut p, &at, "with.timeout", g.timeout.as_deref());
+                    }
+                }
+                if s.approval.is_some() {
+                    p.push(format!(
+                        "{at}: approval: reviews a step that ran; a gate step cannot have one"
+                    ));
+                }
+            } else if s.with.is_some() {
+                p.push(format!("{at}: with: belongs to use: {GATE_USE} steps"));
+            }
+            if let Some(r) = &s.approval {
+                if r.prompt.trim().is_empty() {
+                    p.push(format!("{at}: approval.prompt is empty"));
+                }
+                check_duration(&mut p, &at, "approval.timeout", r.timeout.as_deref());
+            }
+            check_duration(&mut p, &at, "timeout", s.timeout.as_deref());
+            for d in &s.depends_on {
+                if self.step(d).is_none() {
+                    p.push(format!("{at}: depends on unknown step '{d}'"));
+                }
+                if d == &s.name {
+                    p.push(format!("{at}: depends on itself"));
+                }
+            }
+            self.check_templates(&mut p, s);
+        }
+        if let Some(cycle) = self.cycle() {
+            p.push(format!(
+                "the steps depend on each other in a cycle: {}",
+                cycle.join(" -> ")
+            ));
+        }
+        p
+    }
+
+    fn check_templates(&self, p: &mut Vec<String>, s: &Step) {
+        let at = format!("step '{}'", s.name);
+        let mut texts: Vec<(&str, &str)> = Vec::new();
+        if let Some(r) = &s.run {
+            texts.push(("run", r));
+        }
+        if let Some(w) = &s.when {
+            texts.push(("when", w));
+        }
+        if let Some(g) = s.gate() {
+            texts.push(("with.message", &g.message));
+            if let Some(t) = &g.title {
+                texts.push(("with.title", t));
+            }
+            if let Some(w) = &g.when {
+                texts.push(("with.when", w));
+            }
+        }
+        if let Some(r) = &s.approval {
+            texts.push(("approval.prompt", &r.prompt));
+        }
+        let env: Vec<(String, String)> = s
+            .env
+            .iter()
+            .map(|(k, v)| (format!("env.{k}"), v.text()))
+            .collect();
+        let ancestors = self.ancestors(&s.name);
+        for (field, text) in texts
+            .into_iter()
+            .chain(env.iter().map(|(f, t)| (f.as_str(), t.as_str())))
+        {
+            let tpl = match Template::parse(text) {
+                Ok(t) => t,
+                Err(e) => {
+                    p.push(format!("{at}: {field}: {e}"));
+                    continue;
+                }
+            };
+            for path in tpl.paths() {
+                match &path {
+                    Path::Var(n) if !self.vars.contains_key(n) => {
+                        p.push(format!("{at}: {field}: unknown variable vars.{n}; define it under vars: or pass --var {n}=…"))
+                    }
+                    Path::Output { step, .. } | Path::Status { step } if self.step(step).is_none() => {
+                        p.push(format!("{at}: {field}: {path} names an unknown step"))
+                    }
+                    Path::Output { step, .. } | Path::Status { step } if !ancestors.contains(step) => p.push(format!(
+                        "{at}: {field}: {path} is read before that step is sure to have run; add '{step}' to depends_on"
+                    )),
+                    Path::Output { step, key } => {
+                        if let Some(g) = self.step(step).and_then(Step::gate) {
+                            if !GATE_OUTPUTS.contains(&key.as_str()) && !g.inputs.contains(key) {
+                                p.push(format!(
+                                    "{at}: {field}: gate '{step}' has no output '{key}'; it has {} and its inputs",
+                                    GATE_OUTPUTS.join(", ")
+                                ));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// A dependency cycle, if there is one (Kahn's algorithm leaves it).
+    fn cycle(&self) -> Option<Vec<String>> {
+        let known: BTreeSet<&str> = self.steps.iter().map(|s| s.name.as_str()).collect();
+        let mut indegree: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in &self.steps {
+            indegree.insert(
+                &s.name,
+                s.depends_on
+                    .iter()
+                    .filter(|d| known.contains(d.as_str()) && *d != &s.name)
+                    .count(),
+            );
+        }
+        let mut ready: Vec<&str> = indegree
+            .iter()
+            .filter(|(_, n)| **n == 0)
+            .map(|(k, _)| *k)
+            .collect();
+        while let Some(n) = ready.pop() {
+            indegree.remove(n);
+            for s in &self.steps {
+                if s.depends_on.iter().any(|d| d == n) {
+                    if let Some(c) = indegree.get_mut(s.name.as_str()) {
+                        *c -= 1;
+                        if *c == 0 {
+                            ready.push(&s.name);
+                        }
+                    }
+                }
+            }
+        }
+        if indegree.is_empty() {
+            None
+        } else {
+            Some(indegree.keys().map(|k| k.to_string()).collect())
+        }
+    }
+}
+
+fn check_duration(p: &mut Vec<String>, at: &str, field: &str, value: Option<&str>) {
+    if let Some(v) = value {
+        if let Err(e) = parse_duration(v) {
+            p.push(format!("{at}: {field}: {e}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+use super::*;
+
+const RELEASE: &str = r#"
+name: release
+vars: { tag: v1.0.0, env: prod }
+steps:
+  - name: build
+    run: ./build.sh ${{ vars.tag }}
+  - name: approve-deploy
+    use: moira.gate
+    with:
+      message: "Deploy ${{ vars.tag }} to production?"
+      timeout: 24h
+      on_timeout: fail
+      approvers: { roles: [owner], users: [bob] }
+      approvals: 1
+      allow_self_approval: false
+      inputs: [WINDOW]
+      required: [WINDOW]
+      when: ${{ vars.env == 'prod' }}
+    on_deny: fail
+    depends_on: [build]
+  - name: deploy
+    run: ./deploy.sh --window "$WINDOW" --by "${{ steps.approve-deploy.outputs.approved_by }}"
+    depends_on: [approve-deploy]
+  - name: plan
+    run: ./plan.sh
+    approval:
+      prompt: "Review the plan"
+      input: [FEEDBACK]
+"#;
+
+fn invalid(yaml: &str) -> Vec<String> {
+    match Workflow::parse(yaml, &BTreeMap::new()) {
+        Err(WorkflowError::Invalid(p)) => p,
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_documented_example_parses() {
+    let wf = Workflow::parse(RELEASE, &BTreeMap::new()).expect("valid");
+    assert_eq!(wf.steps.len(), 4);
+    let gate = wf
+        .step("approve-deploy")
+        .and_then(Step::gate)
+        .expect("gate");
+    assert_eq!(gate.required, vec!["WINDOW".to_string()]);
+    assert_eq!(
+        wf.step("plan")
+            .and_then(|s| s.approval.as_ref())
+            .map(|r| r.input.clone()),
+        Some(vec!["FEEDBACK".into()])
+    );
+    assert_eq!(
+        wf.dependents("build"),
+        BTreeSet::from(["approve-deploy".to_string(), "deploy".to_string()])
+    );
+    assert_eq!(
+        wf.ancestors("deploy"),
+        BTreeSet::from(["approve-deploy".to_string(), "build".to_string()])
+    );
+}
+
+#[test]
+fn vars_can_be_overridden() {
+    let wf = Workflow::parse(
+        RELEASE,
+        &BTreeMap::from([("tag".to_string(), "v2".to_string())]),
+    )
+    .expect("valid");
+    assert_eq!(wf.var("tag").as_deref(), Some("v2"));
+}
+
+#[test]
+fn unknown_dependencies_cycles_and_duplicates() {
+    let p = invalid("name: x\nsteps:\n  - {name: a, run: 'true', depends_on: [nope]}\n");
+    assert!(p.iter().any(|m| m.contains("unknown step 'nope'")), "{p:?}");
+    let p = invalid("name: x\nsteps:\n  - {name: a, run: 'true', depends_on: [b]}\n  - {name: b, run: 'true', depends_on: [a]}\n");
+    assert!(p.iter().any(|m| m.contains("cycle")), "{p:?}");
+    let p = invalid("name: x\nsteps:\n  - {name: a, run: 'true'}\n  - {name: a, run: 'true'}\n");
+    assert!(
+        p.iter().any(|m| m.contains("two steps are named 'a'")),
+        "{p:?}"
+    );
+    let p = invalid("name: x\nsteps:\n  - {name: 'a b', run: 'true'}\n");
+    assert!(p.iter().any(|m| m.contains("may hold only")), "{p:?}");
+}
+
+#[test]
+fn gate_problems() {
+    let p = invalid("name: x\nsteps:\n  - name: g\n    use: moira.gate\n    with: {message: hi, inputs: [A], required: [B], timeout: soon}\n");
+    assert!(p.iter().any(|m| m.contains("required input 'B'")), "{p:?}");
+    assert!(p.iter().any(|m| m.contains("with.timeout")), "{p:?}");
+    let p = invalid("name: x\nsteps:\n  - {name: g, use: moira.approve}\n");
+    assert!(p.iter().any(|m| m.contains("unknown use")), "{p:?}");
+    let p = invalid("name: x\nsteps:\n  - {name: g, use: moira.gate}\n");
+    assert!(p.iter().any(|m| m.contains("needs with:")), "{p:?}");
+}
+
+#[test]
+fn template_references_are_checked() {
+    let p = invalid("name: x\nsteps:\n  - {name: a, run: 'echo ${{ vars.nope }}'}\n");
+    assert!(
+        p.iter().any(|m| m.contains("unknown variable vars.nope")),
+        "{p:?}"
+    );
+    let p = invalid("name: x\nsteps:\n  - {name: a, run: 'true'}\n  - {name: b, run: 'echo ${{ steps.a.outputs.x }}'}\n");
+    assert!(
+        p.iter().any(|m| m.contains("add 'a' to depends_on")),
+        "{p:?}"
+    );
+    let p = invalid("name: x\nsteps:\n  - {name: a, run: 'echo ${{ steps.zz.outputs.x }}'}\n");
+    assert!(p.iter().any(|m| m.contains("unknown step")), "{p:?}");
+    let p = invalid("name: x\nsteps:\n  - {name: g, use: moira.gate, with: {message: m}}\n  - {name: b, run: 'echo ${{ steps.g.outputs.WINDOW }}', depends_on: [g]}\n");
+    assert!(
+        p.iter().any(|m| m.contains("has no output 'WINDOW'")),
+        "{p:?}"
+    );
+    let p = invalid("name: x\nsteps:\n  - {name: a, run: 'echo ${{ vars.x'}\n");
+    assert!(p.iter().any(|m| m.contains("unclosed")), "{p:?}");
+}
+
+#[test]
+fn bad_yaml_and_unknown_fields() {
+    assert!(matches!(
+        Workflow::parse("name: [", &BTreeMap::new()),
+        Err(WorkflowError::Yaml(_))
+    ));
+    let e = Workflow::parse(
+        "name: x\nsteps:\n  - {name: a, run: 'true', retry: 3}\n",
+        &BTreeMap::new(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("retry"), "{e}");
+}
