@@ -1,6 +1,6 @@
 //! `moira dev`: the whole stack on one machine. Starts a nats-server child
 //! with JetStream in a local data folder (unless --nats-url names a running
-//! server) and runs a gate-keeper in-process, until Ctrl-C.
+//! server) and runs a gate-keeper and a runner in-process, until Ctrl-C.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -63,6 +63,19 @@ pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
             return Err(e.context("the gate-keeper could not start"));
         }
     };
+    let runner_config = moira_runner::Config {
+        nats_url: url.clone(),
+        work_dir: args.data.join("work"),
+        ..Default::default()
+    };
+    let runner = match moira_runner::start(runner_config).await {
+        Ok(r) => tokio::spawn(r.serve(shutdown.clone())),
+        Err(e) => {
+            shutdown.cancel();
+            stop_broker(&mut broker).await;
+            return Err(e.context("the runner could not start"));
+        }
+    };
     eprintln!();
     eprintln!("moira dev is running");
     eprintln!("  NATS:         {url}");
@@ -75,6 +88,10 @@ pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
         }
     );
     eprintln!("  gate-keeper:  in-process");
+    eprintln!(
+        "  runner:       in-process (steps run in {})",
+        args.data.join("work").display()
+    );
     eprintln!();
     eprintln!("In another terminal:");
     eprintln!("  export MOIRA_NATS_URL={url}");
@@ -92,6 +109,7 @@ pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
         r = &mut gatekeeper => flatten(r),
     };
     shutdown.cancel();
+    let _ = runner.await;
     stop_broker(&mut broker).await;
     eprintln!("moira dev stopped");
     result

@@ -127,7 +127,7 @@ pub struct ListArgs {
     run_id: Option<String>,
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
         _ => Err(format!("'{s}' is not NAME=VALUE")),

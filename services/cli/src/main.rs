@@ -9,6 +9,7 @@
 mod dev;
 mod gate;
 mod render;
+mod run;
 
 use std::process::ExitCode;
 
@@ -51,7 +52,10 @@ pub enum Top {
     /// Open, decide, list and watch gates
     #[command(subcommand)]
     Gate(gate::GateCmd),
-    /// Run a one-machine stack: a nats-server child and a gate-keeper
+    /// Submit, show, list, follow and cancel workflow runs
+    #[command(subcommand)]
+    Run(run::RunCmd),
+    /// Run a one-machine stack: a nats-server child, a gate-keeper and a runner
     Dev(dev::DevArgs),
 }
 
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Top::Gate(cmd) => gate::run(&cli, cmd).await,
+            Top::Run(cmd) => run::run(&cli, cmd).await,
             Top::Dev(args) => dev::run(&cli, args).await,
         }
     });

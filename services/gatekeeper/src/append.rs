@@ -10,92 +10,22 @@
 //! - a decision on a gate with a timeout purges that schedule in the same
 //!   write (`Nats-Scheduler` + `Nats-Schedule-Next: purge`).
 
-use std::time::Duration;
-
-use async_nats::{HeaderMap, Request};
+use async_nats::HeaderMap;
 use bytes::Bytes;
-use serde::Deserialize;
 
 use moira_protocol::gate::timed_out_event;
 use moira_protocol::subjects::*;
 use moira_protocol::time::rfc3339;
 use moira_protocol::{Envelope, GateEvent};
 
-const ACK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Server error codes for a failed expected-sequence check (the second is
-/// what a clustered stream can answer).
-const WRONG_LAST_SEQUENCE: u64 = 10071;
-const CLUSTER_WRONG_LAST_SEQUENCE: u64 = 10164;
-
-#[derive(Debug, thiserror::Error)]
-pub enum AppendError {
-    /// Someone else wrote to the gate first: read again and decide again.
-    #[error("the gate changed while deciding")]
-    Conflict,
-    /// The write may or may not be stored (ack lost): read again.
-    #[error("no acknowledgement from JetStream within {ACK_TIMEOUT:?}")]
-    Unknown,
-    #[error("JetStream refused the write: {0}")]
-    Refused(String),
-    #[error("JetStream is unavailable: {0}")]
-    Unavailable(String),
-}
-
-#[derive(Deserialize)]
-struct Ack {
-    #[serde(default)]
-    seq: u64,
-    #[serde(default)]
-    error: Option<AckError>,
-}
-
-#[derive(Deserialize)]
-struct AckError {
-    #[serde(default)]
-    err_code: u64,
-    #[serde(default)]
-    description: String,
-}
+use moira_client::append::request;
+pub use moira_client::append::AppendError;
 
 fn event_headers(env: &Envelope) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(HDR_EVENT, env.event.kind());
     h.insert(HDR_SCHEMA, env.schema.to_string().as_str());
     h
-}
-
-async fn request(
-    nats: &async_nats::Client,
-    subject: String,
-    headers: HeaderMap,
-    payload: Vec<u8>,
-) -> Result<u64, AppendError> {
-    let req = Request::new()
-        .headers(headers)
-        .payload(Bytes::from(payload))
-        .timeout(Some(ACK_TIMEOUT));
-    let msg = match nats.send_request(subject, req).await {
-        Ok(m) => m,
-        Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
-            return Err(AppendError::Unknown)
-        }
-        Err(e) => return Err(AppendError::Unavailable(e.to_string())),
-    };
-    let ack: Ack = serde_json::from_slice(&msg.payload)
-        .map_err(|e| AppendError::Unavailable(format!("unreadable publish ack: {e}")))?;
-    match ack.error {
-        None => Ok(ack.seq),
-        Some(err)
-            if err.err_code == WRONG_LAST_SEQUENCE
-                || err.err_code == CLUSTER_WRONG_LAST_SEQUENCE =>
-        {
-            Err(AppendError::Conflict)
-        }
-        Some(err) => Err(AppendError::Refused(format!(
-            "{} (code {})",
-            err.description, err.err_code
-        ))),
-    }
 }
 
 /// Appends one event to its gate, if the gate's last sequence is still
@@ -143,7 +73,7 @@ pub async fn append_open_with_timeout(
         .await
         .map_err(|e| AppendError::Unavailable(e.to_string()))?;
 
-    let fired = timed_out_event(env.gate_id, *deadline, spec.on_timeout);
+    let fired = timed_out_event(env.gate_id, *deadline, spec);
     let mut second = event_headers(&fired);
     second.insert(HDR_BATCH_ID, batch_id.as_str());
     second.insert(HDR_BATCH_SEQ, "2");

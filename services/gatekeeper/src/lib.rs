@@ -6,7 +6,6 @@
 //! gate are settled by the stream's per-subject sequence check.
 //!
 //! # Layout
-//! - [`streams`]: create or verify the `MOIRA_GATES` stream.
 //! - [`registry`]: the approvers registry (users and their roles).
 //! - `append`: optimistic appends, atomic open-with-timeout batches.
 //! - `handler`: read, decide, append, reply.
@@ -18,7 +17,6 @@ mod cache;
 mod handler;
 pub mod registry;
 pub mod signals;
-pub mod streams;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -78,7 +76,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gatekeeper> {
         None => Registry::default(),
     };
     let client = Client::connect_named(&config.nats_url, "moira-gatekeeper").await?;
-    streams::ensure_gate_stream(&jetstream(&client), config.replicas).await?;
+    moira_client::streams::ensure_gate_stream(&jetstream(&client), config.replicas).await?;
     let sub = client
         .nats()
         .queue_subscribe(GATE_COMMANDS_ALL, GATEKEEPER_QUEUE.to_string())

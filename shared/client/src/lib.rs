@@ -17,8 +17,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod append;
 mod reads;
+pub mod runs;
 mod store;
+pub mod streams;
 mod waiter;
 
 use std::sync::Arc;
@@ -35,6 +38,7 @@ pub use moira_protocol::command::{
 pub use moira_protocol::{
     Command, CommandError, ErrorCode, GateId, GateState, GateStatus, GateView,
 };
+pub use runs::{LogLine, RunRecord, RunView, StepView};
 pub use store::{GateRecord, ListFilter, StoredEvent};
 pub use waiter::Follower;
 
@@ -66,6 +70,12 @@ pub enum ClientError {
     WaitTimedOut(Duration),
     #[error("NATS error: {0}")]
     Nats(String),
+    #[error("no run has id {0}; list runs with `moira run list`")]
+    RunNotFound(String),
+    #[error("the run streams are missing; start a runner (moira-runner or `moira dev`) once, it creates them")]
+    NoRunStreams,
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl ClientError {

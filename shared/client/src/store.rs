@@ -88,8 +88,24 @@ impl Client {
     /// (0 when the gate has no events). One Direct Get batch request.
     pub async fn read_events(&self, id: GateId) -> Result<(Vec<StoredEvent>, u64), ClientError> {
         let subject = gate_events(&id);
-        let api = format!("$JS.API.DIRECT.GET.{GATES_STREAM}");
-        let mut events = Vec::new();
+        let (raw, last_seq) = self.read_subject(GATES_STREAM, &subject).await?;
+        let events = raw
+            .iter()
+            .filter_map(|(seq, payload)| decode_stored(&subject, *seq, None, payload))
+            .collect();
+        Ok((events, last_seq))
+    }
+
+    /// Every message stored on one subject of a stream, in order, with its
+    /// sequence, and the subject's last sequence (0 when empty). One Direct
+    /// Get batch request per 256 messages.
+    pub async fn read_subject(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<(Vec<(u64, bytes::Bytes)>, u64), ClientError> {
+        let api = format!("$JS.API.DIRECT.GET.{stream}");
+        let mut out = Vec::new();
         let mut last_seq = 0;
         let mut from = 1u64;
         loop {
@@ -138,12 +154,10 @@ impl Client {
                 let seq = header_u64(msg.headers.as_ref(), HDR_SEQUENCE).unwrap_or(0);
                 last_seq = last_seq.max(seq);
                 from = seq + 1;
-                if let Some(ev) = decode_stored(&subject, seq, None, &msg.payload) {
-                    events.push(ev);
-                }
+                out.push((seq, msg.payload));
             }
             if !more {
-                return Ok((events, last_seq));
+                return Ok((out, last_seq));
             }
         }
     }

@@ -30,6 +30,10 @@ pub struct Envelope {
     /// When, in milliseconds since the epoch.
     pub at: u64,
     pub event: GateEvent,
+    /// The run that opened the gate, on every event of a runner's gate, so
+    /// a runner can resume the run without reading the gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
     /// Reserved for a detached signature over the command, so approvals can
     /// later be verified by anyone replaying the stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -240,6 +244,7 @@ mod tests {
             actor: "alice".into(),
             at: 1,
             event,
+            run_id: None,
             signature: None,
         }
     }

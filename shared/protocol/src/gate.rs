@@ -150,6 +150,11 @@ pub fn decide(
         actor: cmd.actor().to_string(),
         at: ctx.now,
         event,
+        run_id: match (cmd, state) {
+            (Command::Open(c), _) => c.run_id.clone(),
+            (_, Some(s)) => s.spec.run_id.clone(),
+            _ => None,
+        },
         signature: cmd.signature().cloned(),
     };
     let event = match cmd {
@@ -492,14 +497,17 @@ pub fn spec_from(c: &OpenGate) -> Result<GateSpec, Rejection> {
 
 /// The event the server's scheduler writes when a gate's deadline passes.
 /// Its command id is derived from the gate id, so it is the same every time.
-pub fn timed_out_event(gate_id: GateId, timeout_at: u64, on_timeout: OnTimeout) -> Envelope {
+pub fn timed_out_event(gate_id: GateId, timeout_at: u64, spec: &GateSpec) -> Envelope {
     Envelope {
         schema: SCHEMA,
         id: CommandId(uuid::Uuid::new_v5(&gate_id.0, b"timeout")),
         gate_id,
         actor: TIMEOUT_ACTOR.to_string(),
         at: timeout_at,
-        event: GateEvent::GateTimedOut { on_timeout },
+        event: GateEvent::GateTimedOut {
+            on_timeout: spec.on_timeout,
+        },
+        run_id: spec.run_id.clone(),
         signature: None,
     }
 }

@@ -334,10 +334,8 @@ fn first_terminal_event_wins() {
     });
     assert_eq!(g.state().timeout_at, Some(NOW + 1000));
     g.when_ok(g.approve("bob"), &[]);
-    apply(
-        &mut g.state,
-        &timed_out_event(g.gate, NOW + 1000, OnTimeout::Fail),
-    );
+    let spec = g.state().spec.clone();
+    apply(&mut g.state, &timed_out_event(g.gate, NOW + 1000, &spec));
     assert_eq!(g.state().status, GateStatus::Approved);
     assert!(!g.state().timed_out);
 }
@@ -354,7 +352,7 @@ fn timeout_actions() {
             on_timeout: Some(action),
             ..basic()
         });
-        let ev = timed_out_event(g.gate, NOW + 5, g.state().spec.on_timeout);
+        let ev = timed_out_event(g.gate, NOW + 5, &g.state().spec.clone());
         apply(&mut g.state, &ev);
         assert_eq!(g.state().status, status);
         assert!(g.state().timed_out);

@@ -9,6 +9,7 @@
 //! - [`command`]: command requests and replies (MessagePack or JSON).
 //! - [`gate`]: the gate state, `decide` (all the rules) and `apply` (none).
 //! - [`view`]: the JSON shape of a gate shown to people and tools.
+//! - [`run`]: workflow run subjects, events and their fold.
 //! - [`time`]: millisecond timestamps and duration parsing.
 
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod command;
 pub mod event;
 pub mod gate;
 pub mod ids;
+pub mod run;
 pub mod subjects;
 pub mod time;
 pub mod view;

@@ -1,5 +1,7 @@
-//! Creating the `MOIRA_GATES` stream, or checking that an existing one has
-//! what moira relies on.
+//! moira's streams, created by whichever service starts first, or checked
+//! to have what moira relies on: `MOIRA_GATES` (gate events and timeout
+//! schedules), `MOIRA_RUNS` (run events and step logs) and `MOIRA_JOBS`
+//! (the runners' work queue).
 
 use std::time::Duration;
 
@@ -9,6 +11,7 @@ use async_nats::jetstream::stream::{
 };
 use async_nats::jetstream::Context;
 
+use moira_protocol::run::{JOBS_ALL, JOBS_STREAM, RUNS_STREAM, RUN_EVENTS_ALL, RUN_LOGS_ALL};
 use moira_protocol::subjects::{GATES_STREAM, GATE_EVENTS_ALL, GATE_SCHEDULES_ALL};
 
 /// Where the stream republishes each stored gate event.
@@ -37,29 +40,66 @@ pub fn gate_stream_config(replicas: usize) -> Config {
     }
 }
 
+pub fn runs_stream_config(replicas: usize) -> Config {
+    Config {
+        name: RUNS_STREAM.to_string(),
+        description: Some("moira workflow run events and step output".to_string()),
+        subjects: vec![RUN_EVENTS_ALL.to_string(), RUN_LOGS_ALL.to_string()],
+        storage: StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: Duration::from_secs(600),
+        allow_direct: true,
+        deny_delete: true,
+        ..Default::default()
+    }
+}
+
+pub fn jobs_stream_config(replicas: usize) -> Config {
+    Config {
+        name: JOBS_STREAM.to_string(),
+        description: Some("moira runner work queue: advance this run".to_string()),
+        subjects: vec![JOBS_ALL.to_string()],
+        retention: RetentionPolicy::WorkQueue,
+        storage: StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: Duration::from_secs(600),
+        ..Default::default()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("cannot create the {GATES_STREAM} stream: {0}")]
-    Create(String),
+    #[error("cannot create the {0} stream: {1}")]
+    Create(String, String),
     #[error(
-        "the existing {GATES_STREAM} stream is not compatible: {0}. It was made by another tool or an older moira; \
-         fix it with `nats stream edit {GATES_STREAM}` or point moira at another server"
+        "the existing {0} stream is not compatible: {1}. It was made by another tool or an older moira; \
+         fix it with `nats stream edit {0}` or point moira at another server"
     )]
-    Incompatible(String),
+    Incompatible(String, String),
 }
 
 /// Creates the gate stream if missing; otherwise verifies its settings.
 pub async fn ensure_gate_stream(js: &Context, replicas: usize) -> Result<(), StreamError> {
-    let want = gate_stream_config(replicas);
-    match js.get_stream(GATES_STREAM).await {
+    ensure(js, gate_stream_config(replicas)).await
+}
+
+/// Creates the run and job streams if missing; otherwise verifies them.
+pub async fn ensure_run_streams(js: &Context, replicas: usize) -> Result<(), StreamError> {
+    ensure(js, runs_stream_config(replicas)).await?;
+    ensure(js, jobs_stream_config(replicas)).await
+}
+
+async fn ensure(js: &Context, want: Config) -> Result<(), StreamError> {
+    let name = want.name.clone();
+    match js.get_stream(&name).await {
         Ok(stream) => verify(&stream.cached_info().config, &want),
         Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref je) if je.code() == 404) => {
             js.create_stream(want)
                 .await
                 .map(|_| ())
-                .map_err(|e| StreamError::Create(e.to_string()))
+                .map_err(|e| StreamError::Create(name, e.to_string()))
         }
-        Err(e) => Err(StreamError::Create(e.to_string())),
+        Err(e) => Err(StreamError::Create(name, e.to_string())),
     }
 }
 
@@ -102,8 +142,11 @@ fn verify(have: &Config, want: &Config) -> Result<(), StreamError> {
             "republish is {republish:?}, expected {wanted_rp:?}"
         ));
     }
-    if have.retention != RetentionPolicy::Limits {
-        problems.push("retention is not limits".to_string());
+    if have.retention != want.retention {
+        problems.push(format!(
+            "retention is {:?}, expected {:?}",
+            have.retention, want.retention
+        ));
     }
     if have.num_replicas != want.num_replicas {
         tracing::warn!(
@@ -115,6 +158,9 @@ fn verify(have: &Config, want: &Config) -> Result<(), StreamError> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(StreamError::Incompatible(problems.join("; ")))
+        Err(StreamError::Incompatible(
+            have.name.clone(),
+            problems.join("; "),
+        ))
     }
 }

@@ -1,0 +1,169 @@
+//! `moira run …`
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use futures_util::StreamExt;
+
+use moira_client::protocol::run::{RunStatus, StepStatus};
+use moira_client::{Client, RunView};
+
+use crate::{usage, Cli};
+
+#[derive(Subcommand, Debug)]
+pub enum RunCmd {
+    /// Validate and submit a workflow file; prints the run id
+    Submit(SubmitArgs),
+    /// Show one run and its steps
+    Show { id: String },
+    /// List runs
+    List {
+        #[arg(long, value_parser = ["queued", "running", "waiting", "succeeded", "failed", "rejected", "cancelled", "all"], default_value = "all")]
+        status: String,
+    },
+    /// Print step output (all steps, or one)
+    Logs {
+        id: String,
+        #[arg(long)]
+        step: Option<String>,
+        /// Keep printing new lines (Ctrl-C to stop)
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Cancel a run and the gates it waits on
+    Cancel { id: String },
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    file: PathBuf,
+    /// A workflow variable, NAME=VALUE (repeatable)
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = crate::gate::parse_kv)]
+    vars: Vec<(String, String)>,
+    /// Wait for the run to end: exit 0 if it succeeded, 1 otherwise
+    #[arg(long)]
+    wait: bool,
+}
+
+pub fn read_workflow(path: &PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))
+}
+
+pub async fn run(cli: &Cli, cmd: &RunCmd) -> anyhow::Result<u8> {
+    let client = Client::connect(&cli.url()).await?;
+    match cmd {
+        RunCmd::Submit(a) => {
+            let yaml = read_workflow(&a.file)?;
+            let vars: BTreeMap<String, String> = a.vars.iter().cloned().collect();
+            let id = client.submit_run(&yaml, &vars, &cli.actor()?).await?;
+            println!("{id}");
+            if a.wait {
+                eprintln!("waiting for run {id} (moira run show {id})");
+                let done = client.wait_run(&id).await?;
+                return finished(cli, &done);
+            }
+            Ok(0)
+        }
+        RunCmd::Show { id } => {
+            let run = client.show_run(id).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&run)?);
+            } else {
+                print!("{}", render(&run));
+            }
+            Ok(0)
+        }
+        RunCmd::List { status } => {
+            let filter = if status == "all" {
+                None
+            } else {
+                RunStatus::parse(status)
+            };
+            let runs = client.list_runs(filter).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&runs)?);
+            } else if runs.is_empty() {
+                eprintln!("no runs");
+            } else {
+                println!("{:<36}  {:<10}  {:<20}  STEPS", "ID", "STATUS", "WORKFLOW");
+                for r in &runs {
+                    let done = r.steps.iter().filter(|s| s.status.is_done()).count();
+                    println!(
+                        "{:<36}  {:<10}  {:<20}  {done}/{}",
+                        r.id,
+                        r.status.as_str(),
+                        r.name,
+                        r.steps.len()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        RunCmd::Logs { id, step, follow } => {
+            client.show_run(id).await?;
+            let mut lines = Box::pin(client.run_logs(id, step.as_deref(), *follow).await?);
+            while let Some(line) = lines.next().await {
+                let line = line?;
+                if cli.json {
+                    println!("{}", serde_json::to_string(&line)?);
+                } else if step.is_some() {
+                    println!("{}", line.line);
+                } else {
+                    println!("[{}] {}", line.step, line.line);
+                }
+            }
+            Ok(0)
+        }
+        RunCmd::Cancel { id } => {
+            let run = client.cancel_run(id, &cli.actor()?).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&run)?);
+            } else {
+                println!("run {id} cancelled");
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn finished(cli: &Cli, run: &RunView) -> anyhow::Result<u8> {
+    if cli.json {
+        println!("{}", serde_json::to_string(run)?);
+    } else {
+        eprint!("{}", render(run));
+    }
+    Ok(if run.status == RunStatus::Succeeded {
+        0
+    } else {
+        1
+    })
+}
+
+pub fn render(r: &RunView) -> String {
+    let mut out = format!(
+        "run {}  {}  ({})\n",
+        r.id,
+        r.status.as_str().to_uppercase(),
+        r.name
+    );
+    out += &format!("  submitted by {} at {}\n", r.submitted_by, r.submitted_at);
+    for s in &r.steps {
+        let mut line = format!("  {:<24} {:<10}", s.name, s.status.as_str());
+        if let Some(c) = s.exit_code {
+            line += &format!(" exit {c}");
+        }
+        if s.iteration > 1 {
+            line += &format!(" iteration {}", s.iteration);
+        }
+        if let Some(g) = s.gate_id.filter(|_| s.status == StepStatus::Waiting) {
+            line += &format!(" gate {g}");
+        }
+        if let Some(reason) = &s.reason {
+            line += &format!(" ({reason})");
+        }
+        out += line.trim_end();
+        out += "\n";
+    }
+    out
+}

@@ -1,0 +1,567 @@
+//! Advancing one run for one job: read the run, plan, record, start steps,
+//! and keep going until nothing is left that this runner can do now. A run
+//! whose remaining work waits on gates is parked: the job is acked and no
+//! runner is held; a gate decision enqueues the next job.
+//!
+//! Every event that depends on the run's state is appended with the run's
+//! expected last sequence, so two runners advancing the same run never both
+//! act on the same step: the loser reads the run again and plans again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use moira_client::append::AppendError;
+use moira_client::{Client, GateView, OpenGate};
+use moira_protocol::event::OnTimeout;
+use moira_protocol::run::{GateOutcome, RunEnvelope, RunEvent, RunState, StepStatus};
+use moira_protocol::time::{now_ms, parse_duration};
+use moira_protocol::{GateId, GateStatus};
+use moira_workflow::{Step, Template, Workflow, GATE_OUTPUTS};
+
+use crate::exec::{self, StepResult, StepRun};
+use crate::plan::{lookup, plan, Action};
+use crate::Shared;
+
+/// The actor runners use on gates they open and events they write.
+pub const RUNNER_ACTOR: &str = "moira-runner";
+
+/// What a finished step task reports.
+struct Done {
+    step: String,
+    attempt: u32,
+    result: StepResult,
+}
+
+fn env(run_id: &str, event: RunEvent, actor: &str) -> RunEnvelope {
+    RunEnvelope {
+        schema: 1,
+        run_id: run_id.to_string(),
+        actor: actor.to_string(),
+        at: now_ms(),
+        event,
+    }
+}
+
+/// The deterministic id of a step's gate (its review gate is another one,
+/// reused across push-backs).
+pub fn gate_id(run_id: &str, step: &str, review: bool) -> GateId {
+    if review {
+        GateId::for_step(run_id, &format!("{step}#review"), 1)
+    } else {
+        GateId::for_step(run_id, step, 1)
+    }
+}
+
+pub async fn advance(
+    shared: Arc<Shared>,
+    run_id: String,
+    job_seq: u64,
+    redelivered: bool,
+) -> anyhow::Result<()> {
+    let client = &shared.client;
+    let mut tasks: JoinSet<Done> = JoinSet::new();
+    let mut cut_off_handled = !redelivered;
+    loop {
+        let Some(rec) = client.read_run(&run_id).await? else {
+            tracing::warn!(run_id, "a job for an unknown run; dropping it");
+            return Ok(());
+        };
+        let run = rec.state;
+        let mut last = rec.last_seq;
+        if run.finished.is_some() {
+            tasks.abort_all();
+            return Ok(());
+        }
+        let wf = match Workflow::parse(&run.workflow, &run.vars) {
+            Ok(wf) => wf,
+            Err(e) => {
+                tracing::error!(run_id, "the stored workflow no longer parses: {e}");
+                let ev = env(
+                    &run_id,
+                    RunEvent::RunFinished {
+                        status: moira_protocol::run::RunStatus::Failed,
+                    },
+                    RUNNER_ACTOR,
+                );
+                client.append_run(&ev, Some(last)).await.ok();
+                return Ok(());
+            }
+        };
+        let actions = plan(&wf, &run, (!cut_off_handled).then_some(job_seq));
+        cut_off_handled = true;
+        let mut progressed = false;
+        let mut conflict = false;
+        for action in actions {
+            match act(&shared, &wf, &run, action, &mut last, job_seq, &mut tasks).await {
+                Ok(true) => progressed = true,
+                Ok(false) => {}
+                Err(ActError::Conflict) => {
+                    conflict = true;
+                    break;
+                }
+                Err(ActError::Other(e)) => return Err(e),
+            }
+        }
+        if conflict || progressed {
+            continue;
+        }
+        // Nothing to do now: wait for a step of ours, or stop (parked, or
+        // waiting on steps another runner holds).
+        match tasks.join_next().await {
+            Some(Ok(done)) => record_finish(client, &run_id, &wf, done).await?,
+            Some(Err(e)) => tracing::error!(run_id, "a step task failed: {e}"),
+            None => return Ok(()),
+        }
+    }
+}
+
+enum ActError {
+    Conflict,
+    Other(anyhow::Error),
+}
+
+impl From<AppendError> for ActError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Conflict => ActError::Conflict,
+            other => ActError::Other(anyhow::anyhow!("appending a run event: {other}")),
+        }
+    }
+}
+
+impl From<moira_client::ClientError> for ActError {
+    fn from(e: moira_client::ClientError) -> Self {
+        ActError::Other(e.into())
+    }
+}
+
+async fn append(client: &Client, last: &mut u64, ev: RunEnvelope) -> Result<(), ActError> {
+    *last = client.append_run(&ev, Some(*last)).await?;
+    Ok(())
+}
+
+/// Carries out one action; `Ok(true)` when it changed the run.
+async fn act(
+    shared: &Arc<Shared>,
+    wf: &Workflow,
+    run: &RunState,
+    action: Action,
+    last: &mut u64,
+    job_seq: u64,
+    tasks: &mut JoinSet<Done>,
+) -> Result<bool, ActError> {
+    let client = &shared.client;
+    let id = &run.id;
+    match action {
+        Action::Finish(status) => {
+            append(
+                client,
+                last,
+                env(id, RunEvent::RunFinished { status }, RUNNER_ACTOR),
+            )
+            .await?;
+            tracing::info!(run_id = id, status = status.as_str(), "run finished");
+        }
+        Action::Skip { step, reason } => {
+            append(
+                client,
+                last,
+                env(id, RunEvent::StepSkipped { step, reason }, RUNNER_ACTOR),
+            )
+            .await?
+        }
+        Action::Abort { step, reason } => {
+            append(
+                client,
+                last,
+                env(id, RunEvent::StepAborted { step, reason }, RUNNER_ACTOR),
+            )
+            .await?
+        }
+        Action::Cancel { step } => {
+            append(
+                client,
+                last,
+                env(id, RunEvent::StepCancelled { step }, RUNNER_ACTOR),
+            )
+            .await?
+        }
+        Action::CutOff {
+            step,
+            attempt,
+            retry,
+        } => {
+            let reason = if retry {
+                "cut off: its runner stopped; retrying".to_string()
+            } else {
+                "cut off: its runner stopped while it ran (no retries left)".to_string()
+            };
+            tracing::warn!(run_id = id, step, "{reason}");
+            let ev = RunEvent::StepFinished {
+                step,
+                attempt,
+                ok: false,
+                exit_code: None,
+                outputs: BTreeMap::new(),
+                reason: Some(reason),
+                retry,
+            };
+            append(client, last, env(id, ev, RUNNER_ACTOR)).await?;
+        }
+        Action::Start {
+            step,
+            attempt,
+            iteration,
+        } => {
+            let Some(def) = wf.step(&step) else {
+                return Ok(false);
+            };
+            let ev = RunEvent::StepStarted {
+                step: step.clone(),
+                attempt,
+                iteration,
+                job: job_seq,
+                runner: shared.name.clone(),
+            };
+            // The append is the claim: only one runner gets to start it.
+            append(client, last, env(id, ev, RUNNER_ACTOR)).await?;
+            let st = run.steps.get(&step).cloned().unwrap_or_default();
+            let look = lookup(wf, run);
+            let command = Template::parse(def.run.as_deref().unwrap_or(""))
+                .map(|t| t.render(&look))
+                .unwrap_or_default();
+            let mut vars = gate_inputs(wf, run, def);
+            for (k, v) in &def.env {
+                let v = Template::parse(&v.text())
+                    .map(|t| t.render(&look))
+                    .unwrap_or_default();
+                vars.insert(k.clone(), v);
+            }
+            vars.extend(st.push_back_inputs.clone());
+            let job = StepRun {
+                run_id: id.clone(),
+                step: step.clone(),
+                command,
+                env: vars,
+                dir: shared.work_dir.join(id).join(&step),
+                timeout: def.timeout(),
+                previous_outputs: (iteration > 1).then(|| st.outputs.clone()),
+                iteration,
+                attempt,
+            };
+            let client = client.clone();
+            tracing::info!(run_id = id, step, attempt, iteration, "step started");
+            tasks.spawn(async move {
+                let result = exec::run(&client, job).await;
+                Done {
+                    step,
+                    attempt,
+                    result,
+                }
+            });
+        }
+        Action::AutoApprove { step } => {
+            let Some(def) = wf.step(&step) else {
+                return Ok(false);
+            };
+            let mut outputs: BTreeMap<String, String> = [
+                ("approved_by", "moira:when"),
+                ("approved_at", &moira_protocol::time::rfc3339(now_ms())),
+                ("reason", ""),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            for i in def.gate().map(|g| g.inputs.clone()).unwrap_or_default() {
+                outputs.entry(i).or_default();
+            }
+            let g = gate_id(id, &step, false);
+            append(
+                client,
+                last,
+                env(
+                    id,
+                    RunEvent::StepWaiting {
+                        step: step.clone(),
+                        gate_id: g,
+                        gate_iteration: 1,
+                    },
+                    RUNNER_ACTOR,
+                ),
+            )
+            .await?;
+            let ev = RunEvent::GateResolved {
+                step,
+                gate_id: g,
+                outcome: GateOutcome::Approved,
+                status: StepStatus::Succeeded,
+                outputs,
+                inputs: BTreeMap::new(),
+            };
+            append(client, last, env(id, ev, RUNNER_ACTOR)).await?;
+        }
+        Action::OpenGate { step, review } => {
+            let Some(def) = wf.step(&step) else {
+                return Ok(false);
+            };
+            let spec = open_spec(wf, run, def, review);
+            let g = spec.gate_id.unwrap_or_else(|| gate_id(id, &step, review));
+            let view = match client.open(spec).await {
+                Ok(v) => v,
+                // The same id with another definition: a re-run's review
+                // reuses its gate, which is waiting again after the push-back.
+                Err(e) if e.code() == Some(moira_protocol::ErrorCode::Conflict) => {
+                    client.show(g).await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let ev = RunEvent::StepWaiting {
+                step: step.clone(),
+                gate_id: g,
+                gate_iteration: view.iteration,
+            };
+            append(client, last, env(id, ev, RUNNER_ACTOR)).await?;
+            tracing::info!(run_id = id, step, gate = %g, review, "waiting on a gate");
+        }
+        Action::CheckGate { step } => {
+            let Some(def) = wf.step(&step) else {
+                return Ok(false);
+            };
+            let Some(st) = run.steps.get(&step) else {
+                return Ok(false);
+            };
+            let Some(g) = st.gate_id else {
+                return Ok(false);
+            };
+            let view = match client.show(g).await {
+                Ok(v) => v,
+                Err(moira_client::ClientError::NotFound(_)) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            };
+            let Some(ev) = resolution(wf, def, st.gate_iteration, &view) else {
+                return Ok(false);
+            };
+            let pushed_back = matches!(
+                ev,
+                RunEvent::GateResolved {
+                    outcome: GateOutcome::PushedBack,
+                    ..
+                }
+            );
+            append(client, last, env(id, ev, RUNNER_ACTOR)).await?;
+            if pushed_back {
+                // Everything downstream of the reviewed step runs again.
+                for d in wf.dependents(&step) {
+                    if run
+                        .steps
+                        .get(&d)
+                        .is_some_and(|s| s.status != StepStatus::Pending)
+                    {
+                        append(
+                            client,
+                            last,
+                            env(id, RunEvent::StepReset { step: d }, RUNNER_ACTOR),
+                        )
+                        .await?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Records a finished step (no expected sequence: nobody else writes about
+/// a step this runner holds; a stale attempt is ignored by the fold).
+async fn record_finish(
+    client: &Client,
+    run_id: &str,
+    wf: &Workflow,
+    done: Done,
+) -> anyhow::Result<()> {
+    let retries = wf.step(&done.step).map(|s| s.retries).unwrap_or(0);
+    let r = done.result;
+    let retry = !r.ok && done.attempt <= retries;
+    tracing::info!(run_id, step = done.step, ok = r.ok, exit_code = ?r.exit_code, retry, "step finished");
+    let ev = RunEvent::StepFinished {
+        step: done.step,
+        attempt: done.attempt,
+        ok: r.ok,
+        exit_code: r.exit_code,
+        outputs: r.outputs,
+        reason: r.reason,
+        retry,
+    };
+    let envelope = env(run_id, ev, RUNNER_ACTOR);
+    // A lost ack may have stored it: appending again is then a no-op, as
+    // the fold ignores a finish for a step that is no longer running.
+    for attempt in 0..5 {
+        match client.append_run(&envelope, None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt < 4 => {
+                tracing::warn!(
+                    run_id,
+                    "recording a finished step failed ({e}); trying again"
+                );
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("recording a finished step: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Inputs of the gates a step depends on (directly or not), as env vars.
+fn gate_inputs(wf: &Workflow, run: &RunState, step: &Step) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for a in wf.ancestors(&step.name) {
+        let Some(g) = wf.step(&a).and_then(Step::gate) else {
+            continue;
+        };
+        if let Some(st) = run.steps.get(&a) {
+            for i in &g.inputs {
+                if let Some(v) = st.outputs.get(i) {
+                    out.insert(i.clone(), v.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn open_spec(wf: &Workflow, run: &RunState, def: &Step, review: bool) -> OpenGate {
+    let look = lookup(wf, run);
+    let render = |t: &str| {
+        Template::parse(t)
+            .map(|t| t.render(&look))
+            .unwrap_or_else(|_| t.to_string())
+    };
+    let ms = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|t| parse_duration(t).ok())
+            .map(|d| d.as_millis() as u64)
+    };
+    let mut meta = BTreeMap::from([("workflow".to_string(), wf.name.clone())]);
+    let base = OpenGate {
+        gate_id: Some(gate_id(&run.id, &def.name, review)),
+        actor: run.submitted_by.clone(),
+        run_id: Some(run.id.clone()),
+        step: Some(def.name.clone()),
+        ..Default::default()
+    };
+    if review {
+        let r = def.approval.clone().unwrap_or_default();
+        meta.insert("kind".into(), "review".into());
+        OpenGate {
+            message: render(&r.prompt),
+            title: Some(format!("{} / {}: review", wf.name, def.name)),
+            approvers: r.approvers.users,
+            roles: r.approvers.roles,
+            inputs: r.input,
+            timeout_ms: ms(&r.timeout),
+            metadata: meta,
+            ..base
+        }
+    } else {
+        let g = def.with.clone().unwrap_or_default();
+        if !g.notify.is_empty() {
+            meta.insert("notify".into(), g.notify.join(","));
+        }
+        OpenGate {
+            message: render(&g.message),
+            title: Some(
+                g.title
+                    .as_deref()
+                    .map(render)
+                    .unwrap_or_else(|| format!("{} / {}", wf.name, def.name)),
+            ),
+            approvers: g.approvers.users,
+            roles: g.approvers.roles,
+            approvals: g.approvals,
+            allow_self_approval: g.allow_self_approval,
+            inputs: g.inputs,
+            required: g.required,
+            timeout_ms: ms(&g.timeout),
+            on_timeout: g
+                .on_timeout
+                .filter(|o| *o != OnTimeout::Fail || g.timeout.is_some()),
+            metadata: meta,
+            ..base
+        }
+    }
+}
+
+/// What a gate's state means for the step waiting on it, if it is decided.
+fn resolution(wf: &Workflow, def: &Step, waited_iteration: u32, g: &GateView) -> Option<RunEvent> {
+    let review = !def.is_gate();
+    let mut outputs = BTreeMap::new();
+    for k in GATE_OUTPUTS {
+        outputs.insert(k.to_string(), String::new());
+    }
+    if let Some(gate) = def.gate() {
+        for i in &gate.inputs {
+            outputs.insert(i.clone(), String::new());
+        }
+    }
+    outputs.insert(
+        "approved_by".into(),
+        g.approved_by.clone().unwrap_or_default(),
+    );
+    outputs.insert(
+        "approved_at".into(),
+        g.approved_at.clone().unwrap_or_default(),
+    );
+    outputs.insert("reason".into(), g.reason.clone().unwrap_or_default());
+    outputs.extend(g.inputs.clone());
+    let (outcome, status) = match g.status {
+        GateStatus::Waiting if review && g.iteration > waited_iteration => {
+            let inputs = g
+                .push_backs
+                .last()
+                .map(|p| p.inputs.clone())
+                .unwrap_or_default();
+            return Some(RunEvent::GateResolved {
+                step: def.name.clone(),
+                gate_id: g.id,
+                outcome: GateOutcome::PushedBack,
+                status: StepStatus::Pending,
+                outputs: BTreeMap::new(),
+                inputs,
+            });
+        }
+        GateStatus::Waiting => return None,
+        GateStatus::Approved => (GateOutcome::Approved, StepStatus::Succeeded),
+        GateStatus::Denied => (GateOutcome::Denied, denied_status(def, review)),
+        GateStatus::TimedOut => (GateOutcome::TimedOut, StepStatus::Failed),
+        GateStatus::Cancelled => (GateOutcome::Cancelled, StepStatus::Cancelled),
+    };
+    let _ = wf;
+    // A review's outputs are the step's own; it only adds the reviewer's.
+    if review {
+        outputs.retain(|k, _| {
+            k == "approved_by" || k == "approved_at" || k == "reason" || g.inputs.contains_key(k)
+        });
+    }
+    Some(RunEvent::GateResolved {
+        step: def.name.clone(),
+        gate_id: g.id,
+        outcome,
+        status,
+        outputs,
+        inputs: BTreeMap::new(),
+    })
+}
+
+fn denied_status(def: &Step, review: bool) -> StepStatus {
+    if review {
+        return StepStatus::Rejected;
+    }
+    match def.on_deny {
+        moira_workflow::OnDeny::Fail => StepStatus::Rejected,
+        moira_workflow::OnDeny::Continue => StepStatus::Succeeded,
+        moira_workflow::OnDeny::Skip => StepStatus::Skipped,
+    }
+}

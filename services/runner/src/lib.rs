@@ -1,0 +1,284 @@
+//! moira-runner: executes workflow runs.
+//!
+//! Runners share one durable pull consumer on the `MOIRA_JOBS` work queue.
+//! A job says "advance run X"; whichever runner takes it reads the run's
+//! events, decides what is next ([`plan`]), records it, and runs ready steps
+//! in parallel. While it works it keeps the job alive with progress acks; if
+//! it dies, the job is delivered again to another runner, which finds the
+//! steps that were cut off. A run whose remaining work waits on gates is
+//! parked: the job is acked. Each runner also shares the `moira-resumer`
+//! consumer on gate events: a decision (or push-back, or timeout) on a gate
+//! that belongs to a run enqueues a job for that run, deduplicated by the
+//! event's sequence.
+//!
+//! # Layout
+//! - [`plan`]: the rules, without I/O;
+//! - `job`: advancing one run for one job;
+//! - `exec`: running one shell step;
+//! - this file: streams, consumers, the job loop and the resumer.
+
+#![forbid(unsafe_code)]
+
+mod exec;
+mod job;
+pub mod plan;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::AckKind;
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use moira_client::Client;
+use moira_protocol::event::{Decoded, GateEvent};
+use moira_protocol::run::{JOBS_ALL, JOBS_STREAM, RESUMER_CONSUMER, RUNNERS_CONSUMER};
+use moira_protocol::subjects::{GATES_STREAM, GATE_EVENTS_ALL};
+use moira_protocol::Envelope;
+
+pub use job::RUNNER_ACTOR;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats_url: String,
+    /// Runs advanced at once by this runner.
+    pub concurrency: usize,
+    /// Where steps run (one folder per run and step).
+    pub work_dir: PathBuf,
+    /// How long a job may go without a progress ack before another runner
+    /// takes it over (set when the shared consumer is first created).
+    pub ack_wait: Duration,
+    pub replicas: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            concurrency: 4,
+            work_dir: std::env::temp_dir().join("moira-runner"),
+            ack_wait: Duration::from_secs(30),
+            replicas: 1,
+        }
+    }
+}
+
+/// What every job task of this runner shares.
+pub(crate) struct Shared {
+    pub client: Client,
+    pub name: String,
+    pub work_dir: PathBuf,
+}
+
+pub struct Runner {
+    shared: Arc<Shared>,
+    jobs: async_nats::jetstream::consumer::Consumer<pull::Config>,
+    resumer: async_nats::jetstream::consumer::Consumer<pull::Config>,
+    concurrency: usize,
+    ack_wait: Duration,
+}
+
+/// Connects, creates or checks the streams and the shared consumers.
+pub async fn start(config: Config) -> anyhow::Result<Runner> {
+    let client = Client::connect_named(&config.nats_url, "moira-runner").await?;
+    let js = async_nats::jetstream::new(client.nats().clone());
+    moira_client::streams::ensure_gate_stream(&js, config.replicas).await?;
+    moira_client::streams::ensure_run_streams(&js, config.replicas).await?;
+    let jobs = js
+        .get_stream(JOBS_STREAM)
+        .await?
+        .get_or_create_consumer(
+            RUNNERS_CONSUMER,
+            pull::Config {
+                durable_name: Some(RUNNERS_CONSUMER.into()),
+                filter_subject: JOBS_ALL.into(),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                max_deliver: -1,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let resumer = js
+        .get_stream(GATES_STREAM)
+        .await?
+        .get_or_create_consumer(
+            RESUMER_CONSUMER,
+            pull::Config {
+                durable_name: Some(RESUMER_CONSUMER.into()),
+                filter_subject: GATE_EVENTS_ALL.into(),
+                deliver_policy: DeliverPolicy::New,
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                ..Default::default()
+            },
+        )
+        .await?;
+    tokio::fs::create_dir_all(&config.work_dir).await?;
+    let name = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().to_string()[..8]);
+    tracing::info!(url = %config.nats_url, runner = name, concurrency = config.concurrency, "moira-runner ready");
+    Ok(Runner {
+        shared: Arc::new(Shared {
+            client,
+            name,
+            work_dir: config.work_dir,
+        }),
+        jobs,
+        resumer,
+        concurrency: config.concurrency.max(1),
+        ack_wait: config.ack_wait,
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "runner".into())
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start(config).await?.serve(shutdown).await
+}
+
+impl Runner {
+    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let resumer = tokio::spawn(resume_loop(
+            self.shared.client.clone(),
+            self.resumer,
+            shutdown.clone(),
+        ));
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let heartbeat = (self.ack_wait / 3).max(Duration::from_millis(200));
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = slots.clone().acquire_owned() => p?,
+            };
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                b = self.jobs.fetch().max_messages(1).expires(Duration::from_secs(5)).messages() => b,
+            };
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!("fetching jobs failed: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            // The fetch is a long poll: stop waiting on it when asked to.
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = batch.next() => m,
+            };
+            let Some(msg) = msg else {
+                continue;
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("receiving a job failed: {e}");
+                    continue;
+                }
+            };
+            let Some(run_id) = msg.subject.strip_prefix("moira.job.").map(str::to_string) else {
+                let _ = msg.ack().await;
+                continue;
+            };
+            let (job_seq, delivered) = msg
+                .info()
+                .map(|i| (i.stream_sequence, i.delivered))
+                .unwrap_or((0, 1));
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let work = job::advance(shared, run_id.clone(), job_seq, delivered > 1);
+                tokio::pin!(work);
+                let mut beat = tokio::time::interval(heartbeat);
+                beat.tick().await;
+                let result = loop {
+                    tokio::select! {
+                        r = &mut work => break r,
+                        _ = beat.tick() => {
+                            if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                                tracing::warn!(run_id, "progress ack failed: {e}");
+                            }
+                        }
+                    }
+                };
+                match result {
+                    Ok(()) => {
+                        if let Err(e) = msg.double_ack().await {
+                            tracing::warn!(run_id, "acking the job failed: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        // Leave it to be delivered again after a pause.
+                        tracing::error!(run_id, "advancing the run failed: {e:#}");
+                        let _ = msg
+                            .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                            .await;
+                    }
+                }
+                drop(permit);
+            });
+        }
+        resumer.abort();
+        // Jobs in flight are not drained: their steps would be cut off by a
+        // long wait anyway; another runner takes them over after ack_wait.
+        tracing::info!("moira-runner stopped");
+        Ok(())
+    }
+}
+
+/// Turns decisions on runs' gates into jobs for those runs.
+async fn resume_loop(
+    client: Client,
+    consumer: async_nats::jetstream::consumer::Consumer<pull::Config>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("the resumer cannot read gate events: {e}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = messages.next() => m,
+            };
+            let Some(Ok(msg)) = msg else { break };
+            let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+            if let Ok(Decoded::Event(env)) = Envelope::decode(&msg.payload) {
+                if let Some(run_id) = relevant(&env) {
+                    let dedupe = format!("gate:{}:{seq}", env.gate_id);
+                    if let Err(e) = client.enqueue_run(&run_id, &dedupe).await {
+                        tracing::warn!(run_id, "enqueueing a resume job failed ({e}); will retry");
+                        let _ = msg
+                            .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                            .await;
+                        continue;
+                    }
+                    tracing::debug!(run_id, gate = %env.gate_id, "resume job enqueued");
+                }
+            }
+            let _ = msg.ack().await;
+        }
+    }
+}
+
+fn relevant(env: &Envelope) -> Option<String> {
+    let matters = env.event.is_terminal() || matches!(env.event, GateEvent::GatePushedBack { .. });
+    env.run_id.clone().filter(|_| matters)
+}

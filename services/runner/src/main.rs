@@ -1,0 +1,70 @@
+//! `moira-runner`: see the crate docs of `moira_runner`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// Runs moira workflow runs from the shared job queue.
+#[derive(Parser, Debug)]
+#[command(name = "moira-runner", version)]
+struct Args {
+    /// NATS server URL (several may be given, comma-separated).
+    #[arg(long, env = "MOIRA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Runs advanced at once.
+    #[arg(long, env = "MOIRA_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// Folder where steps run.
+    #[arg(long, env = "MOIRA_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    /// How long a job may go unacknowledged before another runner takes it
+    /// over (used when the shared consumer is first created).
+    #[arg(long, env = "MOIRA_ACK_WAIT", default_value = "30s", value_parser = parse_dur)]
+    ack_wait: Duration,
+    /// Replicas for streams this runner creates.
+    #[arg(long, env = "MOIRA_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    replicas: u8,
+}
+
+fn parse_dur(s: &str) -> Result<Duration, String> {
+    moira_protocol_duration(s)
+}
+
+fn moira_protocol_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration ({e}); use forms like 30s, 2m"))
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MOIRA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let shutdown = CancellationToken::new();
+    moira_gatekeeper::signals::cancel_on_signals(
+        shutdown.clone(),
+        "stopping (signal again to exit at once)",
+    );
+    let config = moira_runner::Config {
+        nats_url: args.nats_url,
+        concurrency: args.concurrency as usize,
+        work_dir: args
+            .work_dir
+            .unwrap_or_else(|| std::env::temp_dir().join("moira-runner")),
+        ack_wait: args.ack_wait,
+        replicas: args.replicas as usize,
+    };
+    match moira_runner::run(config, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("moira-runner: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

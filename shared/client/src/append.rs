@@ -1,0 +1,81 @@
+//! Publishing to JetStream as a request and reading the acknowledgement
+//! (and its server error code) directly, so an expected-sequence failure is
+//! told apart from everything else on a single node and on a cluster.
+
+use std::time::Duration;
+
+use async_nats::{HeaderMap, Request};
+use bytes::Bytes;
+use serde::Deserialize;
+
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Server error codes for a failed expected-sequence check (the second is
+/// what a clustered stream can answer).
+const WRONG_LAST_SEQUENCE: u64 = 10071;
+const CLUSTER_WRONG_LAST_SEQUENCE: u64 = 10164;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Someone else wrote to the gate first: read again and decide again.
+    #[error("the gate changed while deciding")]
+    Conflict,
+    /// The write may or may not be stored (ack lost): read again.
+    #[error("no acknowledgement from JetStream within {ACK_TIMEOUT:?}")]
+    Unknown,
+    #[error("JetStream refused the write: {0}")]
+    Refused(String),
+    #[error("JetStream is unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Deserialize)]
+struct Ack {
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    error: Option<AckError>,
+}
+
+#[derive(Deserialize)]
+struct AckError {
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+/// Publishes and waits for the stream's acknowledgement; returns the
+/// stored sequence.
+pub async fn request(
+    nats: &async_nats::Client,
+    subject: String,
+    headers: HeaderMap,
+    payload: Vec<u8>,
+) -> Result<u64, AppendError> {
+    let req = Request::new()
+        .headers(headers)
+        .payload(Bytes::from(payload))
+        .timeout(Some(ACK_TIMEOUT));
+    let msg = match nats.send_request(subject, req).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
+            return Err(AppendError::Unknown)
+        }
+        Err(e) => return Err(AppendError::Unavailable(e.to_string())),
+    };
+    let ack: Ack = serde_json::from_slice(&msg.payload)
+        .map_err(|e| AppendError::Unavailable(format!("unreadable publish ack: {e}")))?;
+    match ack.error {
+        None => Ok(ack.seq),
+        Some(err)
+            if err.err_code == WRONG_LAST_SEQUENCE
+                || err.err_code == CLUSTER_WRONG_LAST_SEQUENCE =>
+        {
+            Err(AppendError::Conflict)
+        }
+        Some(err) => Err(AppendError::Refused(format!(
+            "{} (code {})",
+            err.description, err.err_code
+        ))),
+    }
+}

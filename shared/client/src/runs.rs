@@ -1,0 +1,426 @@
+//! Workflow runs from the client's side: submit, read, list, follow, logs
+//! and cancel. Runners execute runs; this module only reads and appends.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_nats::jetstream::consumer::{push, DeliverPolicy};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use moira_protocol::command::CancelGate;
+use moira_protocol::run::*;
+use moira_protocol::time::{now_ms, rfc3339};
+use moira_protocol::{ErrorCode, GateId};
+use moira_workflow::Workflow;
+
+use crate::append::{request, AppendError};
+use crate::{nats_err, Client, ClientError};
+
+/// A run's folded state and the sequence of its last event.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub state: RunState,
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepView {
+    pub name: String,
+    pub status: StepStatus,
+    pub gate_id: Option<GateId>,
+    pub exit_code: Option<i32>,
+    pub outputs: BTreeMap<String, String>,
+    pub iteration: u32,
+    pub attempt: u32,
+    pub reason: Option<String>,
+}
+
+/// The JSON shape of `moira run show --json` and of each `run list --json` item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunView {
+    pub id: String,
+    pub name: String,
+    pub status: RunStatus,
+    pub submitted_by: String,
+    pub submitted_at: String,
+    pub vars: BTreeMap<String, String>,
+    pub steps: Vec<StepView>,
+}
+
+impl From<&RunState> for RunView {
+    fn from(s: &RunState) -> Self {
+        // Every step of the workflow, in file order, pending ones included.
+        let order: Vec<String> = Workflow::parse(&s.workflow, &s.vars)
+            .map(|wf| wf.steps.into_iter().map(|st| st.name).collect())
+            .unwrap_or_else(|_| s.steps.keys().cloned().collect());
+        let steps = order
+            .iter()
+            .map(|name| {
+                let st = s.steps.get(name).cloned().unwrap_or(StepState {
+                    name: name.clone(),
+                    iteration: 1,
+                    ..Default::default()
+                });
+                StepView {
+                    name: name.clone(),
+                    status: st.status,
+                    gate_id: st.gate_id,
+                    exit_code: st.exit_code,
+                    outputs: st.outputs,
+                    iteration: st.iteration.max(1),
+                    attempt: st.attempt,
+                    reason: st.reason,
+                }
+            })
+            .collect();
+        RunView {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            status: s.status(),
+            submitted_by: s.submitted_by.clone(),
+            submitted_at: rfc3339(s.submitted_at),
+            vars: s.vars.clone(),
+            steps,
+        }
+    }
+}
+
+/// One line a step printed.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    pub step: String,
+    pub stream: String,
+    pub line: String,
+}
+
+fn run_headers(env: &RunEnvelope) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(moira_protocol::subjects::HDR_EVENT, env.kind());
+    h.insert(
+        moira_protocol::subjects::HDR_SCHEMA,
+        env.schema.to_string().as_str(),
+    );
+    h
+}
+
+pub fn fold_run(events: impl IntoIterator<Item = RunEnvelope>) -> Option<RunState> {
+    let mut state = None;
+    for e in events {
+        apply_run(&mut state, &e);
+    }
+    state
+}
+
+impl Client {
+    /// One run's state, or `None` if no run has this id.
+    pub async fn read_run(&self, run_id: &str) -> Result<Option<RunRecord>, ClientError> {
+        let (raw, last_seq) = self.read_subject(RUNS_STREAM, &run_events(run_id)).await?;
+        let events = raw.iter().filter_map(|(_, p)| RunEnvelope::decode(p));
+        Ok(fold_run(events).map(|state| RunRecord { state, last_seq }))
+    }
+
+    /// Appends a run event; with `expected`, only if the run's last event is
+    /// still that sequence.
+    pub async fn append_run(
+        &self,
+        env: &RunEnvelope,
+        expected: Option<u64>,
+    ) -> Result<u64, AppendError> {
+        let mut h = run_headers(env);
+        if let Some(seq) = expected {
+            h.insert(
+                moira_protocol::subjects::HDR_EXPECTED_LAST_SUBJECT_SEQ,
+                seq.to_string().as_str(),
+            );
+        }
+        request(&self.nats, run_events(&env.run_id), h, env.encode()).await
+    }
+
+    /// Asks the runners to advance a run. `dedupe` becomes the
+    /// `Nats-Msg-Id`, so the same reason enqueues one job.
+    pub async fn enqueue_run(&self, run_id: &str, dedupe: &str) -> Result<(), ClientError> {
+        let mut h = HeaderMap::new();
+        h.insert(moira_protocol::subjects::HDR_MSG_ID, dedupe);
+        request(&self.nats, job(run_id), h, Vec::new())
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                AppendError::Unavailable(m) if m.contains("no responders") => {
+                    ClientError::NoRunStreams
+                }
+                other => ClientError::Nats(other.to_string()),
+            })
+    }
+
+    /// Validates and submits a workflow; returns the run id.
+    pub async fn submit_run(
+        &self,
+        yaml: &str,
+        vars: &BTreeMap<String, String>,
+        actor: &str,
+    ) -> Result<String, ClientError> {
+        let wf = Workflow::parse(yaml, vars).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let all_vars: BTreeMap<String, String> =
+            wf.vars.iter().map(|(k, v)| (k.clone(), v.text())).collect();
+        let env = RunEnvelope {
+            schema: 1,
+            run_id: run_id.clone(),
+            actor: actor.to_string(),
+            at: now_ms(),
+            event: RunEvent::RunSubmitted {
+                name: wf.name.clone(),
+                workflow: yaml.to_string(),
+                vars: all_vars,
+            },
+        };
+        self.append_run(&env, Some(0)).await.map_err(|e| match e {
+            AppendError::Unavailable(m) if m.contains("no responders") => ClientError::NoRunStreams,
+            other => ClientError::Nats(other.to_string()),
+        })?;
+        self.enqueue_run(&run_id, &format!("submit:{run_id}"))
+            .await?;
+        Ok(run_id)
+    }
+
+    pub async fn show_run(&self, run_id: &str) -> Result<RunView, ClientError> {
+        match self.read_run(run_id).await? {
+            Some(r) => Ok(RunView::from(&r.state)),
+            None => Err(ClientError::RunNotFound(run_id.to_string())),
+        }
+    }
+
+    /// Every run, oldest first, optionally of one status.
+    pub async fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunView>, ClientError> {
+        let mut runs: HashMap<String, Option<RunState>> = HashMap::new();
+        let mut feed = self.ordered(RUN_EVENTS_ALL, DeliverPolicy::All).await?;
+        if let Some(feed) = feed.as_mut() {
+            while let Some(msg) = feed.next().await {
+                let msg = msg.map_err(nats_err)?;
+                let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+                if let Some(env) = RunEnvelope::decode(&msg.payload) {
+                    apply_run(runs.entry(env.run_id.clone()).or_default(), &env);
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
+        }
+        let mut out: Vec<RunView> = runs.values().flatten().map(RunView::from).collect();
+        out.retain(|r| status.is_none_or(|s| r.status == s));
+        out.sort_by(|a, b| (&a.submitted_at, &a.id).cmp(&(&b.submitted_at, &b.id)));
+        Ok(out)
+    }
+
+    /// Waits until the run has finished and returns it.
+    pub async fn wait_run(&self, run_id: &str) -> Result<RunView, ClientError> {
+        self.wait_run_until(run_id, |s| s.finished.is_some()).await
+    }
+
+    /// Follows the run's events until its state satisfies `pred`.
+    pub async fn wait_run_until(&self, run_id: &str, pred: impl Fn(&RunState) -> bool) -> Result<RunView, ClientError> {
+        let mut state = None;
+        let mut feed = self
+            .ordered(&run_events(run_id), DeliverPolicy::All)
+            .await?
+            .ok_or_else(|| ClientError::RunNotFound(run_id.to_string()))?;
+        while let Some(msg) = feed.next().await {
+            let msg = msg.map_err(nats_err)?;
+            if let Some(env) = RunEnvelope::decode(&msg.payload) {
+                apply_run(&mut state, &env);
+            }
+            if let Some(s) = &state {
+                if pred(s) {
+                    return Ok(RunView::from(s));
+                }
+            }
+        }
+        Err(ClientError::Nats("the run feed ended".into()))
+    }
+
+    /// Cancels a run: records it, cancels the gates it waits on, and asks a
+    /// runner to wind it up.
+    pub async fn cancel_run(&self, run_id: &str, actor: &str) -> Result<RunView, ClientError> {
+        let rec = self
+            .read_run(run_id)
+            .await?
+            .ok_or_else(|| ClientError::RunNotFound(run_id.to_string()))?;
+        if rec.state.status().is_terminal() {
+            return Err(ClientError::Invalid(format!(
+                "run {run_id} already ended: {}",
+                rec.state.status().as_str()
+            )));
+        }
+        let env = RunEnvelope {
+            schema: 1,
+            run_id: run_id.to_string(),
+            actor: actor.to_string(),
+            at: now_ms(),
+            event: RunEvent::RunCancelled {
+                by: actor.to_string(),
+            },
+        };
+        self.append_run(&env, None)
+            .await
+            .map_err(|e| ClientError::Nats(e.to_string()))?;
+        for st in rec
+            .state
+            .steps
+            .values()
+            .filter(|s| s.status == StepStatus::Waiting)
+        {
+            if let Some(gate_id) = st.gate_id {
+                let cancel = CancelGate {
+                    gate_id,
+                    actor: "moira-runner".into(),
+                    reason: Some(format!("run {run_id} cancelled by {actor}")),
+                    ..Default::default()
+                };
+                match self.cancel(cancel).await {
+                    Ok(_) => {}
+                    Err(e) if e.code() == Some(ErrorCode::AlreadyDecided) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.enqueue_run(run_id, &format!("cancel:{run_id}"))
+            .await?;
+        self.show_run(run_id).await
+    }
+
+    /// Step output lines of a run (one step, or all), as stored so far; with
+    /// `follow`, new lines as they come, until the caller stops reading.
+    pub async fn run_logs(
+        &self,
+        run_id: &str,
+        step: Option<&str>,
+        follow: bool,
+    ) -> Result<impl futures_util::Stream<Item = Result<LogLine, ClientError>>, ClientError> {
+        let subject = match step {
+            Some(s) => run_logs(run_id, s),
+            None => run_logs_all(run_id),
+        };
+        let feed = self.ordered(&subject, DeliverPolicy::All).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        if let Some(mut feed) = feed {
+            tokio::spawn(async move {
+                while let Some(msg) = feed.next().await {
+                    let msg = match msg {
+                        Ok(m) => m,
+                        Err(e) => {
+                            let _ = tx.send(Err(nats_err(e))).await;
+                            return;
+                        }
+                    };
+                    let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+                    let step = msg.subject.rsplit('.').next().unwrap_or("").to_string();
+                    let stream = msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(HDR_LOG_STREAM))
+                        .map(|v| v.as_str().to_string())
+                        .unwrap_or_else(|| "stdout".into());
+                    let line = String::from_utf8_lossy(&msg.payload).into_owned();
+                    if tx.send(Ok(LogLine { step, stream, line })).await.is_err()
+                        || (!follow && pending == 0)
+                    {
+                        return;
+                    }
+                }
+            });
+        } else if follow {
+            // Nothing yet: follow new lines only.
+            let mut feed = self.ordered_new(&subject).await?;
+            tokio::spawn(async move {
+                while let Some(Ok(msg)) = feed.next().await {
+                    let step = msg.subject.rsplit('.').next().unwrap_or("").to_string();
+                    let line = String::from_utf8_lossy(&msg.payload).into_owned();
+                    if tx
+                        .send(Ok(LogLine {
+                            step,
+                            stream: "stdout".into(),
+                            line,
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+        Ok(tokio_stream_from(rx))
+    }
+
+    /// An ordered consumer over `subject` in the runs stream; `None` when
+    /// nothing matches yet.
+    async fn ordered(
+        &self,
+        subject: &str,
+        policy: DeliverPolicy,
+    ) -> Result<Option<async_nats::jetstream::consumer::push::Ordered>, ClientError> {
+        let stream = self
+            .js
+            .get_stream(RUNS_STREAM)
+            .await
+            .map_err(|_| ClientError::NoRunStreams)?;
+        let consumer = stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.nats.new_inbox(),
+                filter_subject: subject.to_string(),
+                deliver_policy: policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats_err)?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(None);
+        }
+        Ok(Some(consumer.messages().await.map_err(nats_err)?))
+    }
+
+    async fn ordered_new(
+        &self,
+        subject: &str,
+    ) -> Result<async_nats::jetstream::consumer::push::Ordered, ClientError> {
+        let stream = self
+            .js
+            .get_stream(RUNS_STREAM)
+            .await
+            .map_err(|_| ClientError::NoRunStreams)?;
+        let consumer = stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.nats.new_inbox(),
+                filter_subject: subject.to_string(),
+                deliver_policy: DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats_err)?;
+        consumer.messages().await.map_err(nats_err)
+    }
+
+    /// Publishes one log line of a step (acknowledged later by the caller).
+    pub async fn publish_log(
+        &self,
+        run_id: &str,
+        step: &str,
+        stream: &str,
+        line: Bytes,
+    ) -> Result<async_nats::jetstream::context::PublishAckFuture, ClientError> {
+        let mut h = HeaderMap::new();
+        h.insert(HDR_LOG_STREAM, stream);
+        self.js
+            .publish_with_headers(run_logs(run_id, step), h, line)
+            .await
+            .map_err(nats_err)
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
