@@ -78,8 +78,29 @@ impl Cli {
                 }
             }
         }
+        if let Some(name) = os_user() {
+            return Ok(name);
+        }
         anyhow::bail!("cannot tell who you are; pass --as USER or set MOIRA_USER")
     }
+}
+
+/// The name of this process's user from /etc/passwd, for environments
+/// (CI, containers) that do not set $USER.
+fn os_user() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_string())
+    })
 }
 
 /// An error with a chosen exit code (usage errors found after parsing).

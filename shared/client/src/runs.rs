@@ -220,7 +220,11 @@ impl Client {
     }
 
     /// Follows the run's events until its state satisfies `pred`.
-    pub async fn wait_run_until(&self, run_id: &str, pred: impl Fn(&RunState) -> bool) -> Result<RunView, ClientError> {
+    pub async fn wait_run_until(
+        &self,
+        run_id: &str,
+        pred: impl Fn(&RunState) -> bool,
+    ) -> Result<RunView, ClientError> {
         let mut state = None;
         let mut feed = self
             .ordered(&run_events(run_id), DeliverPolicy::All)
@@ -272,9 +276,10 @@ impl Client {
             .filter(|s| s.status == StepStatus::Waiting)
         {
             if let Some(gate_id) = st.gate_id {
+                // The runner opened the gate on behalf of the run's submitter.
                 let cancel = CancelGate {
                     gate_id,
-                    actor: "moira-runner".into(),
+                    actor: rec.state.submitted_by.clone(),
                     reason: Some(format!("run {run_id} cancelled by {actor}")),
                     ..Default::default()
                 };

@@ -1,0 +1,594 @@
+//! Workflow runs through real runner and gate-keeper processes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use moira_client::protocol::run::{RunStatus, StepStatus};
+use moira_client::{ApproveGate, Client, DenyGate, GateId, PushBackGate, RunView};
+use moira_testkit::TempDir;
+use moira_tests::{bin, gatekeeper, moira, NatsServer, Proc, ProcBuilder};
+
+/// A server, a gate-keeper, runners and a client; a folder for files.
+struct Runs {
+    client: Client,
+    runners: Vec<Proc>,
+    _gk: Proc,
+    server: NatsServer,
+    dir: TempDir,
+}
+
+fn runner(url: &str, dir: &TempDir, n: usize) -> Proc {
+    let p = ProcBuilder::new(bin("moira-runner"), &format!("moira-runner {n}"))
+        .args(["--nats-url", url, "--ack-wait", "2s", "--work-dir"])
+        .arg(dir.path().join(format!("work{n}")))
+        .env("MOIRA_LOG", "info")
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn moira-runner: {e}"));
+    p.wait_for_line("moira-runner ready", Duration::from_secs(20));
+    p
+}
+
+impl Runs {
+    async fn start(runners: usize) -> Runs {
+        let server = NatsServer::start();
+        let gk = gatekeeper(&server.url(), &[]);
+        let dir = TempDir::new("moira-runs").expect("tmp");
+        let runners = (0..runners)
+            .map(|n| runner(&server.url(), &dir, n))
+            .collect();
+        let client = Client::connect(&server.url()).await.expect("connect");
+        Runs {
+            client,
+            runners,
+            _gk: gk,
+            server,
+            dir,
+        }
+    }
+
+    /// Substitutes `{dir}` (this test's folder) and submits.
+    async fn submit(&self, yaml: &str, vars: &[(&str, &str)]) -> String {
+        let yaml = yaml.replace("{dir}", &self.dir.path().display().to_string());
+        let vars: BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.client
+            .submit_run(&yaml, &vars, "alice")
+            .await
+            .expect("submit")
+    }
+
+    async fn finished(&self, run: &str) -> RunView {
+        tokio::time::timeout(Duration::from_secs(60), self.client.wait_run(run))
+            .await
+            .expect("the run ends in time")
+            .expect("wait")
+    }
+
+    /// Waits until `step` of `run` has the status, and returns the run.
+    async fn step_is(&self, run: &str, step: &str, status: StepStatus) -> RunView {
+        let wait = self.client.wait_run_until(run, |s| {
+            s.steps.get(step).is_some_and(|st| st.status == status)
+        });
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .unwrap_or_else(|_| panic!("step {step} never became {status:?}"))
+            .expect("wait")
+    }
+
+    /// Waits until a step has printed a line containing `needle`.
+    async fn step_printed(&self, run: &str, step: &str, needle: &str) {
+        let mut lines = Box::pin(
+            self.client
+                .run_logs(run, Some(step), true)
+                .await
+                .expect("logs"),
+        );
+        let found = async {
+            while let Some(Ok(l)) = lines.next().await {
+                if l.line.contains(needle) {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), found)
+            .await
+            .unwrap_or_else(|_| panic!("{step} never printed {needle:?}"));
+    }
+
+    fn file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+}
+
+fn step<'a>(run: &'a RunView, name: &str) -> &'a moira_client::StepView {
+    run.steps
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no step {name}"))
+}
+
+fn gate_of(run: &str, step: &str) -> GateId {
+    GateId::for_step(run, step, 1)
+}
+
+const GATED: &str = r#"
+name: gated
+steps:
+  - name: build
+    run: echo built >> {dir}/log
+  - name: approve
+    use: moira.gate
+    with:
+      message: "Ship it?"
+      approvers: { users: [bob] }
+      inputs: [WINDOW]
+      timeout: ${{ vars.timeout }}
+    on_deny: ${{ vars.on_deny }}
+    depends_on: [build]
+  - name: deploy
+    run: |
+      echo "window=$WINDOW by=${{ steps.approve.outputs.approved_by }} reason=${{ steps.approve.outputs.reason }}" >> {dir}/log
+    depends_on: [approve]
+  - name: other
+    run: echo other >> {dir}/log
+"#;
+
+fn gated(on_deny: &str, timeout: &str) -> String {
+    GATED
+        .replace("${{ vars.on_deny }}", on_deny)
+        .replace("${{ vars.timeout }}", timeout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_step_parks_the_run_and_approval_finishes_it() {
+    let s = Runs::start(1).await;
+    let run = s.submit(&gated("fail", "1h"), &[]).await;
+    let parked = s.step_is(&run, "approve", StepStatus::Waiting).await;
+    assert_eq!(step(&parked, "deploy").status, StepStatus::Pending);
+    // The independent branch finished while the gate waits.
+    let other = s.step_is(&run, "other", StepStatus::Succeeded).await;
+    assert_eq!(step(&other, "approve").status, StepStatus::Waiting);
+    s.client
+        .approve(ApproveGate {
+            gate_id: gate_of(&run, "approve"),
+            actor: "bob".into(),
+            inputs: [("WINDOW".into(), "sat".into())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("approve");
+    let done = s.finished(&run).await;
+    assert_eq!(done.status, RunStatus::Succeeded);
+    assert_eq!(
+        step(&done, "approve")
+            .outputs
+            .get("approved_by")
+            .map(String::as_str),
+        Some("bob")
+    );
+    assert!(
+        s.file("log").contains("window=sat by=bob"),
+        "{}",
+        s.file("log")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_with_each_on_deny_mode() {
+    let s = Runs::start(1).await;
+    let mut runs = Vec::new();
+    for mode in ["fail", "continue", "skip"] {
+        let run = s.submit(&gated(mode, "1h"), &[]).await;
+        s.step_is(&run, "approve", StepStatus::Waiting).await;
+        s.client
+            .deny(DenyGate {
+                gate_id: gate_of(&run, "approve"),
+                actor: "bob".into(),
+                reason: format!("no-{mode}"),
+                ..Default::default()
+            })
+            .await
+            .expect("deny");
+        runs.push((mode, run));
+    }
+    for (mode, run) in runs {
+        let done = s.finished(&run).await;
+        let (approve, deploy) = (step(&done, "approve").status, step(&done, "deploy").status);
+        match mode {
+            "fail" => {
+                assert_eq!(done.status, RunStatus::Rejected);
+                assert_eq!(
+                    (approve, deploy),
+                    (StepStatus::Rejected, StepStatus::Aborted)
+                );
+            }
+            "continue" => {
+                assert_eq!(done.status, RunStatus::Succeeded);
+                assert_eq!(deploy, StepStatus::Succeeded);
+                assert!(
+                    s.file("log").contains("reason=no-continue"),
+                    "the dependent read the denial: {}",
+                    s.file("log")
+                );
+            }
+            _ => {
+                assert_eq!(done.status, RunStatus::Succeeded);
+                assert_eq!(
+                    (approve, deploy),
+                    (StepStatus::Skipped, StepStatus::Skipped)
+                );
+                assert_eq!(step(&done, "other").status, StepStatus::Succeeded);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_timeout_fails_the_run() {
+    let s = Runs::start(1).await;
+    let run = s.submit(&gated("fail", "1s"), &[]).await;
+    let done = s.finished(&run).await;
+    assert_eq!(done.status, RunStatus::Failed);
+    assert_eq!(step(&done, "approve").status, StepStatus::Failed);
+    assert_eq!(step(&done, "deploy").status, StepStatus::Aborted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_condition_approves_at_once_with_the_same_outputs() {
+    let s = Runs::start(1).await;
+    let yaml = r#"
+name: cond
+vars: { env: dev }
+steps:
+  - name: approve
+    use: moira.gate
+    with: { message: "prod?", inputs: [WINDOW], when: "${{ vars.env == 'prod' }}" }
+  - name: after
+    run: echo "by=${{ steps.approve.outputs.approved_by }} window=[$WINDOW]" >> {dir}/log
+    depends_on: [approve]
+"#;
+    let run = s.submit(yaml, &[]).await;
+    let done = s.finished(&run).await;
+    assert_eq!(done.status, RunStatus::Succeeded);
+    let outputs = &step(&done, "approve").outputs;
+    for key in ["approved_by", "approved_at", "reason", "WINDOW"] {
+        assert!(
+            outputs.contains_key(key),
+            "missing output {key}: {outputs:?}"
+        );
+    }
+    assert!(
+        s.file("log").contains("by=moira:when window=[]"),
+        "{}",
+        s.file("log")
+    );
+    assert!(
+        s.client.show(gate_of(&run, "approve")).await.is_err(),
+        "no gate was opened"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_push_back_reruns_the_step_with_the_inputs() {
+    let s = Runs::start(1).await;
+    let yaml = r#"
+name: review
+steps:
+  - name: plan
+    run: |
+      echo "iteration=$MOIRA_ITERATION feedback=$FEEDBACK previous=$(cat "$MOIRA_PREVIOUS_OUTPUT" 2>/dev/null)" >> {dir}/log
+      echo "plan=v$MOIRA_ITERATION" >> "$MOIRA_OUTPUT"
+    approval: { prompt: "Review the plan", input: [FEEDBACK] }
+  - name: apply
+    run: echo "applying ${{ steps.plan.outputs.plan }}" >> {dir}/log
+    depends_on: [plan]
+"#;
+    let run = s.submit(yaml, &[]).await;
+    let review = GateId::for_step(&run, "plan#review", 1);
+    s.step_is(&run, "plan", StepStatus::Waiting).await;
+    s.client
+        .push_back(PushBackGate {
+            gate_id: review,
+            actor: "bob".into(),
+            inputs: [("FEEDBACK".into(), "smaller".into())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("push back");
+    let again = s.client.wait_run_until(&run, |r| {
+        r.steps
+            .get("plan")
+            .is_some_and(|p| p.iteration == 2 && p.status == StepStatus::Waiting)
+    });
+    tokio::time::timeout(Duration::from_secs(60), again)
+        .await
+        .expect("re-ran")
+        .expect("wait");
+    s.client
+        .approve(ApproveGate {
+            gate_id: review,
+            actor: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("approve");
+    let done = s.finished(&run).await;
+    assert_eq!(done.status, RunStatus::Succeeded);
+    assert_eq!(step(&done, "plan").iteration, 2);
+    let log = s.file("log");
+    assert!(log.contains("iteration=1 feedback= previous="), "{log}");
+    assert!(
+        log.contains("iteration=2 feedback=smaller previous=plan=v1"),
+        "{log}"
+    );
+    assert!(log.contains("applying v2"), "{log}");
+    assert_eq!(log.matches("applying").count(), 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_and_env_reach_dependents_and_logs_are_stored() {
+    let s = Runs::start(1).await;
+    let yaml = r#"
+name: outputs
+vars: { greeting: hello }
+steps:
+  - name: a
+    run: |
+      echo "x=42" >> "$MOIRA_OUTPUT"
+      echo "to stdout"
+      echo "to stderr" >&2
+  - name: b
+    run: echo "${{ vars.greeting }} ${{ steps.a.outputs.x }} $EXTRA" >> {dir}/log
+    env: { EXTRA: "${{ steps.a.outputs.x }}-env" }
+    depends_on: [a]
+"#;
+    let run = s.submit(yaml, &[("greeting", "hi")]).await;
+    let done = s.finished(&run).await;
+    assert_eq!(done.status, RunStatus::Succeeded);
+    assert_eq!(
+        step(&done, "a").outputs.get("x").map(String::as_str),
+        Some("42")
+    );
+    assert_eq!(s.file("log").trim(), "hi 42 42-env");
+    let (code, out, err) = moira(&s.server.url(), &["run", "logs", &run, "--step", "a"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("to stdout") && out.contains("to stderr"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_retries_and_continue_on_failure() {
+    let s = Runs::start(1).await;
+    let yaml = r#"
+name: failing
+steps:
+  - name: flaky
+    run: |
+      echo try >> {dir}/tries
+      [ "$(wc -l < {dir}/tries)" -ge 2 ]
+    retries: 2
+  - name: broken
+    run: exit 7
+    continue_on_failure: true
+  - name: after
+    run: echo after >> {dir}/log
+    depends_on: [flaky, broken]
+  - name: hard
+    run: exit 3
+  - name: never
+    run: echo never >> {dir}/log
+    depends_on: [hard]
+"#;
+    let run = s.submit(yaml, &[]).await;
+    let done = s.finished(&run).await;
+    assert_eq!(done.status, RunStatus::Failed);
+    assert_eq!(
+        (step(&done, "flaky").status, step(&done, "flaky").attempt),
+        (StepStatus::Succeeded, 2)
+    );
+    assert_eq!(
+        (
+            step(&done, "broken").status,
+            step(&done, "broken").exit_code
+        ),
+        (StepStatus::Failed, Some(7))
+    );
+    assert_eq!(step(&done, "after").status, StepStatus::Succeeded);
+    assert_eq!(step(&done, "never").status, StepStatus::Aborted);
+    assert_eq!(s.file("log").trim(), "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_share_the_work() {
+    let s = Runs::start(2).await;
+    let yaml =
+        "name: shared\nsteps:\n  - {name: a, run: 'sleep 0.3; echo $MOIRA_RUN_ID >> {dir}/log'}\n";
+    let mut runs = Vec::new();
+    for _ in 0..8 {
+        runs.push(s.submit(yaml, &[]).await);
+    }
+    for r in &runs {
+        assert_eq!(s.finished(r).await.status, RunStatus::Succeeded);
+    }
+    assert_eq!(s.file("log").lines().count(), 8);
+    for (n, p) in s.runners.iter().enumerate() {
+        assert!(
+            p.output().iter().any(|l| l.contains("step started")),
+            "runner {n} ran nothing"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_killed_mid_step_and_one_killed_while_parked() {
+    let mut s = Runs::start(1).await;
+    let yaml = r#"
+name: crash
+steps:
+  - name: effect
+    run: echo once >> {dir}/effects
+  - name: slow
+    run: |
+      echo started >> {dir}/slow
+      echo started
+      sleep 3
+    retries: 1
+    depends_on: [effect]
+  - name: approve
+    use: moira.gate
+    with: { message: "go on?" }
+    depends_on: [slow]
+  - name: last
+    run: echo last >> {dir}/log
+    depends_on: [approve]
+"#;
+    let run = s.submit(yaml, &[]).await;
+    s.step_is(&run, "slow", StepStatus::Running).await;
+    s.step_printed(&run, "slow", "started").await;
+    // Killed mid-step: another runner takes the job over after ack_wait.
+    s.runners[0].kill();
+    s.runners.push(runner(&s.server.url(), &s.dir, 1));
+    s.step_is(&run, "approve", StepStatus::Waiting).await;
+    // Killed while the run is parked: nothing is lost.
+    s.runners[1].kill();
+    s.runners.push(runner(&s.server.url(), &s.dir, 2));
+    s.client
+        .approve(ApproveGate {
+            gate_id: gate_of(&run, "approve"),
+            actor: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("approve");
+    let done = s.finished(&run).await;
+    assert_eq!(done.status, RunStatus::Succeeded);
+    assert_eq!(
+        s.file("effects").lines().count(),
+        1,
+        "a finished step's side effect happened once"
+    );
+    assert_eq!(
+        s.file("slow").lines().count(),
+        2,
+        "the cut-off step ran again (retries: 1)"
+    );
+    assert_eq!(step(&done, "slow").attempt, 2);
+    assert_eq!(s.file("log").trim(), "last");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_step_without_retries_fails_with_a_reason() {
+    let mut s = Runs::start(1).await;
+    let run = s
+        .submit("name: c\nsteps:\n  - {name: slow, run: 'sleep 3'}\n", &[])
+        .await;
+    s.step_is(&run, "slow", StepStatus::Running).await;
+    s.runners[0].kill();
+    s.runners.push(runner(&s.server.url(), &s.dir, 1));
+    let done = s.finished(&run).await;
+    assert_eq!(done.status, RunStatus::Failed);
+    let reason = step(&done, "slow").reason.clone().unwrap_or_default();
+    assert!(reason.contains("cut off"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_the_run_and_its_gates() {
+    let s = Runs::start(1).await;
+    let run = s.submit(&gated("fail", "1h"), &[]).await;
+    s.step_is(&run, "approve", StepStatus::Waiting).await;
+    let (code, _, err) = moira(&s.server.url(), &["--as", "alice", "run", "cancel", &run]);
+    assert_eq!(code, 0, "{err}");
+    let done = s.finished(&run).await;
+    assert_eq!(done.status, RunStatus::Cancelled);
+    assert_eq!(step(&done, "deploy").status, StepStatus::Cancelled);
+    let gate = s.client.show(gate_of(&run, "approve")).await.expect("gate");
+    assert_eq!(gate.status, moira_client::GateStatus::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_submits_waits_and_shows_runs() {
+    let s = Runs::start(1).await;
+    let file = s.dir.path().join("ok.yml");
+    std::fs::write(
+        &file,
+        "name: ok\nvars: {who: x}\nsteps:\n  - {name: hi, run: 'echo hi ${{ vars.who }}'}\n",
+    )
+    .expect("write");
+    let url = s.server.url();
+    let (code, out, err) = moira(
+        &url,
+        &[
+            "run",
+            "submit",
+            &file.display().to_string(),
+            "--var",
+            "who=you",
+            "--wait",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let id = out.lines().next().expect("run id").trim().to_string();
+    let (code, json, _) = moira(&url, &["--json", "run", "show", &id]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(v["status"], "succeeded");
+    for key in [
+        "name",
+        "status",
+        "gate_id",
+        "exit_code",
+        "outputs",
+        "iteration",
+    ] {
+        assert!(
+            v["steps"][0].get(key).is_some(),
+            "step JSON lacks {key}: {v}"
+        );
+    }
+    let (_, logs, _) = moira(&url, &["run", "logs", &id]);
+    assert!(logs.contains("hi you"), "{logs}");
+    let (_, list, _) = moira(&url, &["run", "list", "--status", "succeeded"]);
+    assert!(list.contains(&id), "{list}");
+    // A failing run exits non-zero with --wait.
+    std::fs::write(&file, "name: bad\nsteps:\n  - {name: no, run: 'exit 1'}\n").expect("write");
+    assert_eq!(
+        moira(
+            &url,
+            &["run", "submit", &file.display().to_string(), "--wait"]
+        )
+        .0,
+        1
+    );
+}
+
+#[test]
+fn invalid_workflows_get_clear_errors_before_anything_runs() {
+    let server = NatsServer::start();
+    let dir = TempDir::new("moira-invalid").expect("tmp");
+    let file = dir.path().join("bad.yml");
+    std::fs::write(
+        &file,
+        "name: bad\nsteps:\n  - {name: a, run: 'echo ${{ vars.nope }}', depends_on: [ghost]}\n  - {name: a, run: 'true', timeout: soon}\n",
+    )
+    .expect("write");
+    let (code, _, err) = moira(
+        &server.url(),
+        &["run", "submit", &file.display().to_string()],
+    );
+    assert_ne!(code, 0);
+    for needle in [
+        "unknown step 'ghost'",
+        "vars.nope",
+        "two steps are named 'a'",
+        "timeout",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in: {err}");
+    }
+    let (code, _, err) = moira(&server.url(), &["run", "submit", "/nonexistent.yml"]);
+    assert_eq!(code, 2, "{err}");
+}
