@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A guided tour: start `moira dev`, open a gate as alice and wait on it, then
-# approve it as bob from a second command, and watch alice's wait return.
+# A guided tour: start `moira dev`; open a gate as alice and wait on it, then
+# approve it as bob from a second command; then submit a workflow run that
+# parks at its gate and finishes after bob approves.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 moira="$root/target/debug/moira"
@@ -69,6 +70,30 @@ echo "(alice's wait exited with $code)"
 
 say "7. The stored decision"
 run moira gate show "$id"
+
+say "8. A workflow run: build, a gate for bob, deploy"
+printf '$ moira --as alice run submit examples/deploy.yml --var tag=v1.2.0\n'
+run_id=$("$moira" --as alice run submit "$root/examples/deploy.yml" --var tag=v1.2.0)
+echo "$run_id"
+# Until it parks at its gate (a few milliseconds).
+deadline=$((SECONDS + 30))
+until "$moira" --json run show "$run_id" | grep -q '"status":"waiting"'; do
+  [ $SECONDS -lt $deadline ] || { echo "demo: the run did not reach its gate" >&2; exit 1; }
+  sleep 0.2
+done
+say "9. The run is parked at its gate: no runner is held while bob decides"
+run moira run show "$run_id"
+gate=$("$moira" --json gate list --run "$run_id" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+
+say "10. bob approves; a runner picks the run up again and deploys"
+run moira --as bob gate approve "$gate" --input WINDOW=sat-02:00
+deadline=$((SECONDS + 30))
+until "$moira" --json run show "$run_id" | grep -q '"status":"succeeded"'; do
+  [ $SECONDS -lt $deadline ] || { echo "demo: the run did not finish" >&2; "$moira" run show "$run_id"; exit 1; }
+  sleep 0.2
+done
+run moira run show "$run_id"
+run moira run logs "$run_id"
 
 say "Done. Stopping moira dev."
 [ "$code" -eq 0 ]

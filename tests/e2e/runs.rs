@@ -592,3 +592,71 @@ fn invalid_workflows_get_clear_errors_before_anything_runs() {
     let (code, _, err) = moira(&server.url(), &["run", "submit", "/nonexistent.yml"]);
     assert_eq!(code, 2, "{err}");
 }
+
+const LOCAL: &str = r#"
+name: local
+steps:
+  - name: approve
+    use: moira.gate
+    with: { message: "Deploy?", inputs: [WINDOW], required: [WINDOW] }
+  - name: deploy
+    run: echo "window=$WINDOW by=${{ steps.approve.outputs.approved_by }}"
+    depends_on: [approve]
+"#;
+
+fn local_run(dir: &TempDir, port: u16) -> Proc {
+    let file = dir.path().join("local.yml");
+    std::fs::write(&file, LOCAL).expect("write");
+    ProcBuilder::new(bin("moira"), "moira run --local")
+        .args(["--as", "alice", "run"])
+        .arg(&file)
+        .args(["--local", "--port", &port.to_string(), "--data"])
+        .arg(dir.path().join("stack"))
+        .env("MOIRA_LOG", "warn")
+        .stdin_piped()
+        .spawn()
+        .expect("spawn")
+}
+
+#[test]
+fn run_local_asks_at_the_terminal() {
+    let dir = TempDir::new("moira-local").expect("tmp");
+    let mut p = local_run(&dir, moira_testkit::free_port());
+    p.wait_for_line("Approve?", Duration::from_secs(60));
+    p.write_stdin("y\nsat\n");
+    p.wait_for_line("[deploy] window=sat by=alice", Duration::from_secs(60));
+    assert_eq!(
+        p.wait(Duration::from_secs(60)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn run_local_lets_another_terminal_decide() {
+    let dir = TempDir::new("moira-local").expect("tmp");
+    let port = moira_testkit::free_port();
+    let mut p = local_run(&dir, port);
+    p.wait_for_line("Approve?", Duration::from_secs(60));
+    let url = format!("nats://127.0.0.1:{port}");
+    let (_, list, _) = moira(&url, &["--json", "gate", "list"]);
+    let gates: serde_json::Value = serde_json::from_str(&list).expect("json");
+    let id = gates[0]["id"].as_str().expect("a waiting gate").to_string();
+    let (code, _, err) = moira(
+        &url,
+        &[
+            "--as",
+            "bob",
+            "gate",
+            "approve",
+            &id,
+            "--input",
+            "WINDOW=sun",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    p.wait_for_line("[deploy] window=sun by=bob", Duration::from_secs(60));
+    assert_eq!(
+        p.wait(Duration::from_secs(60)).and_then(|s| s.code()),
+        Some(0)
+    );
+}

@@ -18,70 +18,102 @@ use crate::Cli;
 pub struct DevArgs {
     /// Folder for the broker's data and log
     #[arg(long, default_value = ".moira/dev")]
-    data: PathBuf,
+    pub data: PathBuf,
     /// Port for the nats-server child
     #[arg(long, default_value_t = 4222)]
-    port: u16,
+    pub port: u16,
     /// Approvers registry (TOML) for the gate-keeper
     #[arg(long, env = "MOIRA_APPROVERS")]
-    approvers: Option<PathBuf>,
+    pub approvers: Option<PathBuf>,
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
-    let shutdown = CancellationToken::new();
-    moira_gatekeeper::signals::cancel_on_signals(
-        shutdown.clone(),
-        "stopping moira dev (Ctrl-C again to exit at once)",
-    );
+/// A running one-machine stack: the broker child (unless an external
+/// server is used), a gate-keeper and a runner in-process.
+pub struct LocalStack {
+    pub url: String,
+    pub shutdown: CancellationToken,
+    broker: Option<Child>,
+    gatekeeper: tokio::task::JoinHandle<anyhow::Result<()>>,
+    runner: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
 
+impl LocalStack {
+    /// Starts the stack; `external` is a server to use instead of a child.
+    pub async fn start(args: &DevArgs, external: Option<String>) -> anyhow::Result<LocalStack> {
+        let shutdown = CancellationToken::new();
+        let (url, mut broker) = match external {
+            Some(url) => (url, None),
+            None => {
+                let child = start_broker(args).await?;
+                (format!("nats://127.0.0.1:{}", args.port), Some(child))
+            }
+        };
+        let gk_config = moira_gatekeeper::Config {
+            nats_url: url.clone(),
+            approvers: args.approvers.clone(),
+            replicas: 1,
+        };
+        let gatekeeper = match moira_gatekeeper::start(gk_config).await {
+            Ok(gk) => tokio::spawn(gk.serve(shutdown.clone())),
+            Err(e) => {
+                stop_broker(&mut broker).await;
+                return Err(e.context("the gate-keeper could not start"));
+            }
+        };
+        let runner_config = moira_runner::Config {
+            nats_url: url.clone(),
+            work_dir: args.data.join("work"),
+            ..Default::default()
+        };
+        let runner = match moira_runner::start(runner_config).await {
+            Ok(r) => tokio::spawn(r.serve(shutdown.clone())),
+            Err(e) => {
+                shutdown.cancel();
+                stop_broker(&mut broker).await;
+                return Err(e.context("the runner could not start"));
+            }
+        };
+        Ok(LocalStack {
+            url,
+            shutdown,
+            broker,
+            gatekeeper,
+            runner,
+        })
+    }
+
+    /// Stops the services (bounded drains), then the broker.
+    pub async fn stop(mut self) -> anyhow::Result<u8> {
+        self.shutdown.cancel();
+        let result = flatten(self.gatekeeper.await);
+        let _ = self.runner.await;
+        stop_broker(&mut self.broker).await;
+        result
+    }
+}
+
+pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
     // Only an explicit --nats-url means "use that server"; an exported
     // MOIRA_NATS_URL (as the banner suggests) must not stop dev from
     // starting its own broker.
     let external = cli
         .nats_url
-        .as_ref()
+        .clone()
         .filter(|_| cli.nats_url_on_command_line);
-    let (url, mut broker) = match external {
-        Some(url) => (url.clone(), None),
-        None => {
-            let child = start_broker(args).await?;
-            (format!("nats://127.0.0.1:{}", args.port), Some(child))
-        }
-    };
-
-    let gk_config = moira_gatekeeper::Config {
-        nats_url: url.clone(),
-        approvers: args.approvers.clone(),
-        replicas: 1,
-    };
-    let mut gatekeeper = match moira_gatekeeper::start(gk_config).await {
-        Ok(gk) => tokio::spawn(gk.serve(shutdown.clone())),
-        Err(e) => {
-            stop_broker(&mut broker).await;
-            return Err(e.context("the gate-keeper could not start"));
-        }
-    };
-    let runner_config = moira_runner::Config {
-        nats_url: url.clone(),
-        work_dir: args.data.join("work"),
-        ..Default::default()
-    };
-    let runner = match moira_runner::start(runner_config).await {
-        Ok(r) => tokio::spawn(r.serve(shutdown.clone())),
-        Err(e) => {
-            shutdown.cancel();
-            stop_broker(&mut broker).await;
-            return Err(e.context("the runner could not start"));
-        }
-    };
+    let stack = LocalStack::start(args, external).await?;
+    moira_gatekeeper::signals::cancel_on_signals(
+        stack.shutdown.clone(),
+        "stopping moira dev (Ctrl-C again to exit at once)",
+    );
+    let url = stack.url.clone();
     eprintln!();
     eprintln!("moira dev is running");
     eprintln!("  NATS:         {url}");
     eprintln!(
         "  data:         {}",
-        if broker.is_some() {
+        if stack.broker.is_some() {
             args.data.display().to_string()
         } else {
             "(external server)".into()
@@ -96,21 +128,12 @@ pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
     eprintln!("In another terminal:");
     eprintln!("  export MOIRA_NATS_URL={url}");
     eprintln!("  moira gate open --message 'Deploy?' --wait");
-    eprintln!("  moira gate list");
+    eprintln!("  moira run submit examples/release.yml");
     eprintln!();
     eprintln!("Press Ctrl-C to stop.");
     println!("{url}");
-
-    let result = tokio::select! {
-        _ = shutdown.cancelled() => {
-            // The gate-keeper drains on the same token, within its own bound.
-            flatten(gatekeeper.await)
-        }
-        r = &mut gatekeeper => flatten(r),
-    };
-    shutdown.cancel();
-    let _ = runner.await;
-    stop_broker(&mut broker).await;
+    stack.shutdown.cancelled().await;
+    let result = stack.stop().await;
     eprintln!("moira dev stopped");
     result
 }

@@ -8,6 +8,7 @@
 
 mod dev;
 mod gate;
+mod local;
 mod render;
 mod run;
 
@@ -53,8 +54,7 @@ pub enum Top {
     #[command(subcommand)]
     Gate(gate::GateCmd),
     /// Submit, show, list, follow and cancel workflow runs
-    #[command(subcommand)]
-    Run(run::RunCmd),
+    Run(run::RunArgs),
     /// Run a one-machine stack: a nats-server child, a gate-keeper and a runner
     Dev(dev::DevArgs),
 }
@@ -153,6 +153,9 @@ fn main() -> ExitCode {
             Top::Dev(args) => dev::run(&cli, args).await,
         }
     });
+    // A read of stdin (`run --local`) sits on a blocking thread that would
+    // keep the runtime alive; nothing else is left to wait for here.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -11,6 +11,24 @@ use moira_client::{Client, RunView};
 
 use crate::{usage, Cli};
 
+/// `moira run <subcommand>`, or `moira run FILE --local`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RunArgs {
+    #[command(subcommand)]
+    pub cmd: Option<RunCmd>,
+    /// A workflow file to run in the one-machine stack (needs --local)
+    pub file: Option<PathBuf>,
+    /// Run FILE here: start the local stack, and ask at this terminal when a gate is reached
+    #[arg(long)]
+    pub local: bool,
+    /// A workflow variable, NAME=VALUE (repeatable)
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = crate::gate::parse_kv)]
+    pub vars: Vec<(String, String)>,
+    #[command(flatten)]
+    pub stack: crate::dev::DevArgs,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum RunCmd {
     /// Validate and submit a workflow file; prints the run id
@@ -50,7 +68,20 @@ pub fn read_workflow(path: &PathBuf) -> anyhow::Result<String> {
     std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))
 }
 
-pub async fn run(cli: &Cli, cmd: &RunCmd) -> anyhow::Result<u8> {
+pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
+    let Some(cmd) = &args.cmd else {
+        return match (&args.file, args.local) {
+            (Some(file), true) => crate::local::run(cli, file, args).await,
+            (Some(file), false) => Err(usage(format!(
+                "to run {} here add --local; to hand it to runners use `moira run submit {}`",
+                file.display(),
+                file.display()
+            ))),
+            (None, _) => Err(usage(
+                "name a subcommand (submit, show, list, logs, cancel) or `moira run FILE --local`",
+            )),
+        };
+    };
     let client = Client::connect(&cli.url()).await?;
     match cmd {
         RunCmd::Submit(a) => {

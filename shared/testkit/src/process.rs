@@ -28,6 +28,7 @@ type Shared = Arc<(Mutex<Output>, Condvar)>;
 pub struct ProcBuilder {
     cmd: Command,
     name: String,
+    stdin: bool,
 }
 
 impl ProcBuilder {
@@ -35,6 +36,7 @@ impl ProcBuilder {
         Self {
             cmd: Command::new(program.as_ref()),
             name: name.to_string(),
+            stdin: false,
         }
     }
     pub fn arg(mut self, a: impl AsRef<std::ffi::OsStr>) -> Self {
@@ -57,9 +59,19 @@ impl ProcBuilder {
         self.cmd.env(k, v);
         self
     }
+    /// Lets the test type into the process with [`Proc::write_stdin`].
+    pub fn stdin_piped(mut self) -> Self {
+        self.stdin = true;
+        self
+    }
     pub fn spawn(mut self) -> std::io::Result<Proc> {
+        let stdin = if self.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
         self.cmd
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = self.cmd.spawn()?;
@@ -105,6 +117,17 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Types `text` into the process's stdin (spawned with `stdin_piped`).
+    pub fn write_stdin(&mut self, text: &str) {
+        use std::io::Write;
+        let stdin = self.child.as_mut().and_then(|c| c.stdin.as_mut());
+        let stdin = stdin.unwrap_or_else(|| panic!("{}: stdin is not piped", self.name));
+        stdin
+            .write_all(text.as_bytes())
+            .and_then(|_| stdin.flush())
+            .unwrap_or_else(|e| panic!("{}: writing stdin: {e}", self.name));
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

@@ -1,0 +1,239 @@
+//! `moira run FILE --local`: runs a workflow in the one-machine stack and
+//! asks at this terminal when a gate is reached. Another terminal can still
+//! decide with `moira gate approve`; the question here is then withdrawn.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+use moira_client::protocol::run::{RunStatus, StepStatus};
+use moira_client::{ApproveGate, Client, DenyGate, GateId, GateView, PushBackGate};
+
+use crate::dev::LocalStack;
+use crate::run::{read_workflow, render, RunArgs};
+use crate::{render as gate_render, Cli};
+
+pub async fn run(cli: &Cli, file: &Path, args: &RunArgs) -> anyhow::Result<u8> {
+    let yaml = read_workflow(&file.to_path_buf())?;
+    let vars: BTreeMap<String, String> = args.vars.iter().cloned().collect();
+    moira_workflow::Workflow::parse(&yaml, &vars)?;
+    let actor = cli.actor()?;
+    let external = cli
+        .nats_url
+        .clone()
+        .filter(|_| cli.nats_url_on_command_line);
+    let stack = LocalStack::start(&args.stack, external).await?;
+    let result = drive(&stack.url, &yaml, &vars, &actor).await;
+    let stopped = stack.stop().await;
+    let code = result?;
+    stopped?;
+    Ok(code)
+}
+
+async fn drive(
+    url: &str,
+    yaml: &str,
+    vars: &BTreeMap<String, String>,
+    actor: &str,
+) -> anyhow::Result<u8> {
+    let client = Client::connect(url).await?;
+    let run_id = client.submit_run(yaml, vars, actor).await?;
+    eprintln!("run {run_id} started (another terminal can decide gates: MOIRA_NATS_URL={url} moira gate approve ID)");
+
+    // Step output as it comes.
+    let mut logs = Box::pin(client.run_logs(&run_id, None, true).await?);
+    tokio::spawn(async move {
+        while let Some(Ok(l)) = logs.next().await {
+            println!("[{}] {}", l.step, l.line);
+        }
+    });
+
+    let mut answers = stdin_lines();
+    let mut asked: BTreeSet<(GateId, u32)> = BTreeSet::new();
+    loop {
+        let view = client
+            .wait_run_until(&run_id, |r| {
+                r.finished.is_some()
+                    || r.steps.values().any(|s| {
+                        s.status == StepStatus::Waiting
+                            && s.gate_id
+                                .is_some_and(|g| !asked.contains(&(g, s.gate_iteration)))
+                    })
+            })
+            .await?;
+        if view.status.is_terminal() {
+            eprint!("{}", render(&view));
+            return Ok(if view.status == RunStatus::Succeeded {
+                0
+            } else {
+                1
+            });
+        }
+        let rec = client
+            .read_run(&run_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the run vanished"))?;
+        for st in rec
+            .state
+            .steps
+            .values()
+            .filter(|s| s.status == StepStatus::Waiting)
+        {
+            let Some(gate) = st.gate_id else { continue };
+            if asked.insert((gate, st.gate_iteration)) {
+                ask(&client, gate, st.in_review, actor, &mut answers).await?;
+            }
+        }
+    }
+}
+
+fn stdin_lines() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).await.is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Reads one answer, unless the gate is decided elsewhere first.
+async fn read(
+    client: &Client,
+    gate: GateId,
+    iteration: u32,
+    answers: &mut mpsc::Receiver<String>,
+) -> anyhow::Result<Option<String>> {
+    let mut f = client.follow(gate).await?;
+    tokio::select! {
+        line = answers.recv() => match line {
+            Some(l) => Ok(Some(l.trim().to_string())),
+            // No more input: wait for a decision made elsewhere.
+            None => {
+                f.wait_until(|g| g.status.is_terminal() || g.iteration > iteration).await?;
+                Ok(None)
+            }
+        },
+        g = f.wait_until(|g| g.status.is_terminal() || g.iteration > iteration) => {
+            let g = GateView::from(&*g?);
+            eprintln!("\n{}", gate_render::outcome(&g));
+            Ok(None)
+        }
+    }
+}
+
+async fn ask(
+    client: &Client,
+    gate: GateId,
+    review: bool,
+    actor: &str,
+    answers: &mut mpsc::Receiver<String>,
+) -> anyhow::Result<()> {
+    loop {
+        let g = client.show(gate).await?;
+        if g.status.is_terminal() {
+            return Ok(());
+        }
+        eprintln!();
+        eprint!("{}", gate_render::gate(&g));
+        let choices = if review {
+            "[y]es, [n]o, [p]ush back"
+        } else {
+            "[y]es, [n]o"
+        };
+        eprintln!("Approve? {choices}, or Enter to leave it to another terminal:");
+        let Some(answer) = read(client, gate, g.iteration, answers).await? else {
+            return Ok(());
+        };
+        let result = match answer.to_lowercase().as_str() {
+            "y" | "yes" => {
+                let inputs = collect_inputs(client, &g, answers).await?;
+                let Some(inputs) = inputs else { return Ok(()) };
+                client
+                    .approve(ApproveGate {
+                        gate_id: gate,
+                        actor: actor.into(),
+                        inputs,
+                        ..Default::default()
+                    })
+                    .await
+            }
+            "n" | "no" => {
+                eprintln!("reason:");
+                let Some(reason) = read(client, gate, g.iteration, answers).await? else {
+                    return Ok(());
+                };
+                client
+                    .deny(DenyGate {
+                        gate_id: gate,
+                        actor: actor.into(),
+                        reason,
+                        ..Default::default()
+                    })
+                    .await
+            }
+            "p" | "push" | "push back" if review => {
+                let Some(inputs) = collect_inputs(client, &g, answers).await? else {
+                    return Ok(());
+                };
+                client
+                    .push_back(PushBackGate {
+                        gate_id: gate,
+                        actor: actor.into(),
+                        inputs,
+                        ..Default::default()
+                    })
+                    .await
+            }
+            "" => {
+                eprintln!("waiting for a decision from another terminal");
+                client
+                    .follow(gate)
+                    .await?
+                    .wait_until(|x| x.status.is_terminal() || x.iteration > g.iteration)
+                    .await?;
+                return Ok(());
+            }
+            other => {
+                eprintln!("'{other}' is not one of {choices}");
+                continue;
+            }
+        };
+        match result {
+            Ok(v) => {
+                eprintln!("{}", gate_render::outcome(&v));
+                return Ok(());
+            }
+            Err(e) => eprintln!("refused: {e}"),
+        }
+    }
+}
+
+async fn collect_inputs(
+    client: &Client,
+    g: &GateView,
+    answers: &mut mpsc::Receiver<String>,
+) -> anyhow::Result<Option<BTreeMap<String, String>>> {
+    let mut inputs = BTreeMap::new();
+    for name in &g.input_names {
+        let required = if g.required_inputs.contains(name) {
+            " (required)"
+        } else {
+            ""
+        };
+        eprintln!("{name}{required}:");
+        let Some(v) = read(client, g.id, g.iteration, answers).await? else {
+            return Ok(None);
+        };
+        if !v.is_empty() {
+            inputs.insert(name.clone(), v);
+        }
+    }
+    Ok(Some(inputs))
+}
