@@ -33,6 +33,8 @@ struct Sizes {
     waiting_gates: usize,
     timeout_gates: usize,
     cold_events: usize,
+    runs: usize,
+    resumes: usize,
 }
 
 const QUICK: Sizes = Sizes {
@@ -43,6 +45,8 @@ const QUICK: Sizes = Sizes {
     waiting_gates: 10_000,
     timeout_gates: 200,
     cold_events: 100_000,
+    runs: 100,
+    resumes: 20,
 };
 const FULL: Sizes = Sizes {
     name: "full",
@@ -52,6 +56,8 @@ const FULL: Sizes = Sizes {
     waiting_gates: 100_000,
     timeout_gates: 1_000,
     cold_events: 1_000_000,
+    runs: 300,
+    resumes: 100,
 };
 
 fn main() -> anyhow::Result<()> {
@@ -95,6 +101,16 @@ fn gatekeeper(url: &str) -> anyhow::Result<Proc> {
         .env("MOIRA_LOG", "warn,moira_gatekeeper=info")
         .spawn()?;
     p.wait_for_line("moira-gatekeeper ready", Duration::from_secs(30));
+    Ok(p)
+}
+
+fn runner(url: &str) -> anyhow::Result<Proc> {
+    let dir = std::env::temp_dir().join(format!("moira-bench-runner-{}", std::process::id()));
+    let p = ProcBuilder::new(bin_dir()?.join("moira-runner"), "moira-runner")
+        .args(["--nats-url", url, "--work-dir", &dir.display().to_string()])
+        .env("MOIRA_LOG", "warn,moira_runner=info")
+        .spawn()?;
+    p.wait_for_line("moira-runner ready", Duration::from_secs(30));
     Ok(p)
 }
 
@@ -261,10 +277,43 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
         met: Some(ready <= Duration::from_secs(1)),
     });
 
-    // 7. Runs need the runner, which does not exist yet.
-    eprintln!("[6/6] runs: skipped (no runner yet)");
-    results.insert("runs_per_s".into(), Value::Null);
-    results.insert("resume_p50_ms".into(), Value::Null);
+    // 7. Runs through a runner process.
+    eprintln!(
+        "[6/6] {} runs of a 3-step workflow, {} resumes after a gate",
+        sizes.runs, sizes.resumes
+    );
+    let _runner = runner(&url)?;
+    let floor_runs = spawn_floor(sizes.runs, 4).await?;
+    let runs_per_s = runs_throughput(&url, sizes.runs).await?;
+    let resume = resume_latency(&url, sizes.resumes).await?;
+    let r50 = pct(&resume, 0.5);
+    results.insert(
+        "runs_per_s".into(),
+        json!((runs_per_s * 10.0).round() / 10.0),
+    );
+    results.insert(
+        "runs_floor_per_s".into(),
+        json!((floor_runs * 10.0).round() / 10.0),
+    );
+    results.insert("resume_p50_ms".into(), json!(r50.as_millis() as u64));
+    results.insert(
+        "resume_p99_ms".into(),
+        json!(pct(&resume, 0.99).as_millis() as u64),
+    );
+    rows.push(Row {
+        metric: "runs/s, 3 steps, 1 runner".into(),
+        value: format!("{runs_per_s:.1}"),
+        baseline: format!("3 × sh -c true, 4 at once: {floor_runs:.1}/s"),
+        target: "-".into(),
+        met: None,
+    });
+    rows.push(Row {
+        metric: "resume: decision → next step started, p50".into(),
+        value: format!("{} ms", r50.as_millis()),
+        baseline: format!("decision p50 {} µs", us(p50)),
+        target: "-".into(),
+        met: None,
+    });
 
     results.insert("mode".into(), json!(sizes.name));
     results.insert("elapsed_s".into(), json!(started.elapsed().as_secs()));
@@ -687,4 +736,91 @@ async fn cold_start(events: usize) -> anyhow::Result<Duration> {
 
 fn uuid_for(n: usize) -> moira_protocol::ids::Uuid {
     moira_protocol::ids::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 | n as u128)
+}
+
+const THREE_STEPS: &str = "name: bench\nsteps:\n  - {name: a, run: 'true'}\n  - {name: b, run: 'true', depends_on: [a]}\n  - {name: c, run: 'true', depends_on: [b]}\n";
+
+/// The floor for runs: the same shell processes, spawned directly.
+async fn spawn_floor(runs: usize, concurrency: usize) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    for _ in 0..runs * 3 {
+        inflight.push(
+            tokio::process::Command::new("sh")
+                .args(["-c", "true"])
+                .status(),
+        );
+        if inflight.len() >= concurrency {
+            inflight.next().await.context("spawn")??;
+        }
+    }
+    while let Some(r) = inflight.next().await {
+        r?;
+    }
+    Ok(runs as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Runs per second through one runner (4 runs at once, its default).
+async fn runs_throughput(url: &str, n: usize) -> anyhow::Result<f64> {
+    let client = Client::connect(url).await?;
+    let t0 = Instant::now();
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push(
+            client
+                .submit_run(THREE_STEPS, &Default::default(), "bench")
+                .await?,
+        );
+    }
+    for id in &ids {
+        let done = client.wait_run(id).await?;
+        anyhow::ensure!(
+            done.status == moira_protocol::run::RunStatus::Succeeded,
+            "run {id} did not succeed"
+        );
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// From an approve call to the next step of the parked run being started.
+async fn resume_latency(url: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
+    use moira_protocol::run::{RunEnvelope, RunEvent, StepStatus, RUNS_STREAM};
+    let yaml = "name: resume\nsteps:\n  - {name: g, use: moira.gate, with: {message: go}}\n  - {name: after, run: 'true', depends_on: [g]}\n";
+    let client = Client::connect(url).await?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = client
+            .submit_run(yaml, &Default::default(), "bench")
+            .await?;
+        client
+            .wait_run_until(&id, |r| {
+                r.steps
+                    .get("g")
+                    .is_some_and(|s| s.status == StepStatus::Waiting)
+            })
+            .await?;
+        let t0 = now_ms();
+        client
+            .approve(ApproveGate {
+                gate_id: GateId::for_step(&id, "g", 1),
+                actor: "bob".into(),
+                ..Default::default()
+            })
+            .await?;
+        client.wait_run(&id).await?;
+        let (raw, _) = client
+            .read_subject(RUNS_STREAM, &moira_protocol::run::run_events(&id))
+            .await?;
+        let started = raw
+            .iter()
+            .filter_map(|(_, p)| RunEnvelope::decode(p))
+            .find_map(|e| match e.event {
+                RunEvent::StepStarted { ref step, .. } if step == "after" => Some(e.at),
+                _ => None,
+            })
+            .context("the step after the gate never started")?;
+        out.push(Duration::from_millis(started.saturating_sub(t0)));
+    }
+    out.sort();
+    Ok(out)
 }
