@@ -118,7 +118,11 @@ async fn open_wait_keeps_waiting_through_a_push_back() {
         .spawn()
         .expect("spawn");
     let id = waiter
-        .wait_for_line("-", Duration::from_secs(20))
+        .wait_for_match(
+            "a gate id",
+            |l| l.trim().parse::<moira_client::GateId>().is_ok(),
+            Duration::from_secs(20),
+        )
         .trim()
         .to_string();
     waiter.wait_for_line("waiting for gate", Duration::from_secs(20));

@@ -146,11 +146,18 @@ fn gated(on_deny: &str, timeout: &str) -> String {
 async fn a_gate_step_parks_the_run_and_approval_finishes_it() {
     let s = Runs::start(1).await;
     let run = s.submit(&gated("fail", "1h"), &[]).await;
-    let parked = s.step_is(&run, "approve", StepStatus::Waiting).await;
+    // The independent branch finishes while the gate waits: a state where
+    // both hold at once, with the gate's dependent still pending.
+    let both = s.client.wait_run_until(&run, |r| {
+        let is = |n: &str, st: StepStatus| r.steps.get(n).is_some_and(|x| x.status == st);
+        is("approve", StepStatus::Waiting) && is("other", StepStatus::Succeeded)
+    });
+    let parked = tokio::time::timeout(Duration::from_secs(60), both)
+        .await
+        .expect("in time")
+        .expect("wait");
     assert_eq!(step(&parked, "deploy").status, StepStatus::Pending);
-    // The independent branch finished while the gate waits.
-    let other = s.step_is(&run, "other", StepStatus::Succeeded).await;
-    assert_eq!(step(&other, "approve").status, StepStatus::Waiting);
+    assert_eq!(parked.status, RunStatus::Waiting);
     s.client
         .approve(ApproveGate {
             gate_id: gate_of(&run, "approve"),

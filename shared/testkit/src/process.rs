@@ -158,6 +158,35 @@ impl Proc {
         })
     }
 
+    /// Waits until a printed line satisfies `pred`, and returns it.
+    pub fn wait_for_match(
+        &self,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.shared;
+        let mut out = lock.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(line) = out.lines.iter().find(|l| pred(l)) {
+                return line.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline || out.closed == 2 {
+                panic!(
+                    "{}: no line that is {what} within {timeout:?}; output:\n{}",
+                    self.name,
+                    out.lines.join("\n")
+                );
+            }
+            out = cv
+                .wait_timeout(out, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     /// Waits until `n` printed lines contain any of `needles`; `None` if the
     /// time runs out or the process closed its output first.
     pub fn try_wait_for(&self, needles: &[&str], n: usize, timeout: Duration) -> Option<String> {
