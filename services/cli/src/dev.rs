@@ -1,6 +1,7 @@
 //! `moira dev`: the whole stack on one machine. Starts a nats-server child
 //! with JetStream in a local data folder (unless --nats-url names a running
-//! server) and runs a gate-keeper and a runner in-process, until Ctrl-C.
+//! server) and runs a gate-keeper, a runner and a notifier in-process,
+//! until Ctrl-C.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -25,6 +26,9 @@ pub struct DevArgs {
     /// Approvers registry (TOML) for the gate-keeper
     #[arg(long, env = "MOIRA_APPROVERS")]
     pub approvers: Option<PathBuf>,
+    /// Notifier config (TOML); without it notifications go to the log
+    #[arg(long, env = "MOIRA_NOTIFY_CONFIG")]
+    pub notify_config: Option<PathBuf>,
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -37,6 +41,7 @@ pub struct LocalStack {
     broker: Option<Child>,
     gatekeeper: tokio::task::JoinHandle<anyhow::Result<()>>,
     runner: tokio::task::JoinHandle<anyhow::Result<()>>,
+    notifier: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl LocalStack {
@@ -75,12 +80,26 @@ impl LocalStack {
                 return Err(e.context("the runner could not start"));
             }
         };
+        let settings = moira_notifier::Settings {
+            nats_url: url.clone(),
+            config: args.notify_config.clone(),
+            data_dir: args.data.join("notifier"),
+        };
+        let notifier = match moira_notifier::start(settings).await {
+            Ok(n) => tokio::spawn(n.serve(shutdown.clone())),
+            Err(e) => {
+                shutdown.cancel();
+                stop_broker(&mut broker).await;
+                return Err(e.context("the notifier could not start"));
+            }
+        };
         Ok(LocalStack {
             url,
             shutdown,
             broker,
             gatekeeper,
             runner,
+            notifier,
         })
     }
 
@@ -89,6 +108,7 @@ impl LocalStack {
         self.shutdown.cancel();
         let result = flatten(self.gatekeeper.await);
         let _ = self.runner.await;
+        let _ = self.notifier.await;
         stop_broker(&mut self.broker).await;
         result
     }
@@ -123,6 +143,11 @@ pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
     eprintln!(
         "  runner:       in-process (steps run in {})",
         args.data.join("work").display()
+    );
+    let notify = args.notify_config.as_ref().map(|p| p.display().to_string());
+    eprintln!(
+        "  notifier:     in-process ({})",
+        notify.unwrap_or_else(|| "everything to the log".into())
     );
     eprintln!();
     eprintln!("In another terminal:");

@@ -9,6 +9,7 @@
 mod dev;
 mod gate;
 mod local;
+mod notify;
 mod render;
 mod run;
 
@@ -55,7 +56,10 @@ pub enum Top {
     Gate(gate::GateCmd),
     /// Submit, show, list, follow and cancel workflow runs
     Run(run::RunArgs),
-    /// Run a one-machine stack: a nats-server child, a gate-keeper and a runner
+    /// Notification deliveries
+    #[command(subcommand)]
+    Notify(notify::NotifyCmd),
+    /// Run a one-machine stack: a nats-server child, a gate-keeper, a runner and a notifier
     Dev(dev::DevArgs),
 }
 
@@ -150,6 +154,7 @@ fn main() -> ExitCode {
         match &cli.command {
             Top::Gate(cmd) => gate::run(&cli, cmd).await,
             Top::Run(cmd) => run::run(&cli, cmd).await,
+            Top::Notify(cmd) => notify::run(&cli, cmd).await,
             Top::Dev(args) => dev::run(&cli, args).await,
         }
     });

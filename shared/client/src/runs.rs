@@ -307,9 +307,12 @@ impl Client {
             Some(s) => run_logs(run_id, s),
             None => run_logs_all(run_id),
         };
-        let feed = self.ordered(&subject, DeliverPolicy::All).await?;
+        // One consumer from the first stored line on: a second consumer for
+        // "new lines" would lose whatever is stored between the two.
+        let consumer = self.runs_consumer(&subject, DeliverPolicy::All).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        if let Some(mut feed) = feed {
+        if follow || consumer.cached_info().num_pending > 0 {
+            let mut feed = consumer.messages().await.map_err(nats_err)?;
             tokio::spawn(async move {
                 while let Some(msg) = feed.next().await {
                     let msg = match msg {
@@ -328,29 +331,7 @@ impl Client {
                         .map(|v| v.as_str().to_string())
                         .unwrap_or_else(|| "stdout".into());
                     let line = String::from_utf8_lossy(&msg.payload).into_owned();
-                    if tx.send(Ok(LogLine { step, stream, line })).await.is_err()
-                        || (!follow && pending == 0)
-                    {
-                        return;
-                    }
-                }
-            });
-        } else if follow {
-            // Nothing yet: follow new lines only.
-            let mut feed = self.ordered_new(&subject).await?;
-            tokio::spawn(async move {
-                while let Some(Ok(msg)) = feed.next().await {
-                    let step = msg.subject.rsplit('.').next().unwrap_or("").to_string();
-                    let line = String::from_utf8_lossy(&msg.payload).into_owned();
-                    if tx
-                        .send(Ok(LogLine {
-                            step,
-                            stream: "stdout".into(),
-                            line,
-                        }))
-                        .await
-                        .is_err()
-                    {
+                    if tx.send(Ok(LogLine { step, stream, line })).await.is_err() || (!follow && pending == 0) {
                         return;
                     }
                 }
@@ -366,45 +347,32 @@ impl Client {
         subject: &str,
         policy: DeliverPolicy,
     ) -> Result<Option<async_nats::jetstream::consumer::push::Ordered>, ClientError> {
-        let stream = self
-            .js
-            .get_stream(RUNS_STREAM)
-            .await
-            .map_err(|_| ClientError::NoRunStreams)?;
-        let consumer = stream
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: self.nats.new_inbox(),
-                filter_subject: subject.to_string(),
-                deliver_policy: policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(nats_err)?;
+        let consumer = self.runs_consumer(subject, policy).await?;
         if consumer.cached_info().num_pending == 0 {
             return Ok(None);
         }
         Ok(Some(consumer.messages().await.map_err(nats_err)?))
     }
 
-    async fn ordered_new(
+    async fn runs_consumer(
         &self,
         subject: &str,
-    ) -> Result<async_nats::jetstream::consumer::push::Ordered, ClientError> {
+        deliver_policy: DeliverPolicy,
+    ) -> Result<async_nats::jetstream::consumer::Consumer<push::OrderedConfig>, ClientError> {
         let stream = self
             .js
             .get_stream(RUNS_STREAM)
             .await
             .map_err(|_| ClientError::NoRunStreams)?;
-        let consumer = stream
+        stream
             .create_consumer(push::OrderedConfig {
                 deliver_subject: self.nats.new_inbox(),
                 filter_subject: subject.to_string(),
-                deliver_policy: DeliverPolicy::New,
+                deliver_policy,
                 ..Default::default()
             })
             .await
-            .map_err(nats_err)?;
-        consumer.messages().await.map_err(nats_err)
+            .map_err(nats_err)
     }
 
     /// Publishes one log line of a step (acknowledged later by the caller).

@@ -1,0 +1,47 @@
+//! `moira notify …`
+
+use clap::Subcommand;
+
+use moira_client::Client;
+
+use crate::Cli;
+
+#[derive(Subcommand, Debug)]
+pub enum NotifyCmd {
+    /// Deliveries that still failed after all their attempts
+    Failures {
+        #[arg(long)]
+        channel: Option<String>,
+    },
+}
+
+pub async fn run(cli: &Cli, cmd: &NotifyCmd) -> anyhow::Result<u8> {
+    let client = Client::connect(&cli.url()).await?;
+    match cmd {
+        NotifyCmd::Failures { channel } => {
+            let failures = moira_notifier::failures(&client, channel.as_deref()).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&failures)?);
+            } else if failures.is_empty() {
+                eprintln!("no failed deliveries");
+            } else {
+                println!(
+                    "{:<24}  {:<14}  {:<12}  {:<8}  ERROR",
+                    "AT", "CHANNEL", "KIND", "ATTEMPTS"
+                );
+                for f in &failures {
+                    let target = f
+                        .gate_id
+                        .map(|g| g.to_string())
+                        .or(f.run_id.clone())
+                        .unwrap_or_default();
+                    println!(
+                        "{:<24}  {:<14}  {:<12}  {:<8}  {} ({target})",
+                        f.at, f.channel, f.kind, f.attempts, f.error
+                    );
+                }
+            }
+            Ok(0)
+        }
+    }
+}

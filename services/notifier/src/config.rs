@@ -1,0 +1,421 @@
+//! The notifier's TOML config: channels, routing rules, reminders,
+//! escalation and delivery settings. Everything is checked at start-up:
+//! unknown channels, bad URLs and missing secrets are refused with a clear
+//! message, before any event is read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use moira_protocol::time::parse_duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Base URL of a web view, for links in messages.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub channels: BTreeMap<String, ChannelConfig>,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    #[serde(default)]
+    pub reminders: Option<Reminders>,
+    #[serde(default)]
+    pub escalation: Option<Escalation>,
+    #[serde(default)]
+    pub delivery: Delivery,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ChannelConfig {
+    Webhook {
+        url: String,
+        #[serde(default)]
+        secret: Option<String>,
+        /// Name of an environment variable holding the secret.
+        #[serde(default)]
+        secret_env: Option<String>,
+    },
+    Slack {
+        url: String,
+    },
+    Email {
+        /// `host:port` of the SMTP server.
+        smtp: String,
+        #[serde(default)]
+        starttls: bool,
+        #[serde(default)]
+        username: Option<String>,
+        #[serde(default)]
+        password_env: Option<String>,
+        from: String,
+        to: Vec<String>,
+    },
+    Exec {
+        command: Vec<String>,
+    },
+    Log {},
+}
+
+/// Which notifications go to which channels.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Kinds to match; empty matches every kind.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    #[serde(default)]
+    pub run: Option<String>,
+    #[serde(default)]
+    pub step: Option<String>,
+    #[serde(default)]
+    pub workflow: Option<String>,
+    /// Gate metadata entries that must all be present with these values.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    pub channels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reminders {
+    /// Re-notify (kind `reminder`) this often while a gate waits.
+    pub every: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Escalation {
+    /// Once, this long after a gate opened if it still waits.
+    pub after: String,
+    /// Channels that get the escalation (besides rules matching `escalated`).
+    #[serde(default)]
+    pub channels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// First pause between attempts; it doubles each time, with jitter.
+    #[serde(default = "default_backoff")]
+    pub backoff: String,
+    /// Bound on one attempt (connect, send, answer).
+    #[serde(default = "default_timeout")]
+    pub timeout: String,
+}
+
+fn default_attempts() -> u32 {
+    5
+}
+fn default_backoff() -> String {
+    "500ms".into()
+}
+fn default_timeout() -> String {
+    "10s".into()
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Self {
+            attempts: default_attempts(),
+            backoff: default_backoff(),
+            timeout: default_timeout(),
+        }
+    }
+}
+
+/// Notification kinds a rule may name.
+pub const KINDS: [&str; 10] = [
+    "opened",
+    "reminder",
+    "escalated",
+    "approved",
+    "denied",
+    "timed_out",
+    "cancelled",
+    "pushed_back",
+    "run_finished",
+    "run_failed",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the notifier config {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("the notifier config is not valid TOML for moira: {0}")]
+    Parse(String),
+    #[error("the notifier config has problems:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// Durations and secrets resolved from a valid config.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub timeout: Duration,
+    pub remind_every: Option<Duration>,
+    pub escalate_after: Option<Duration>,
+    /// Webhook secrets (from the file or the environment) by channel.
+    pub secrets: BTreeMap<String, String>,
+    pub smtp_passwords: BTreeMap<String, String>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<(Config, Resolved), ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read(path.display().to_string(), e))?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<(Config, Resolved), ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let r = c.check()?;
+        Ok((c, r))
+    }
+
+    /// The config `moira dev` uses: everything to the log.
+    pub fn log_only() -> (Config, Resolved) {
+        Self::parse("[channels.log]\ntype = \"log\"\n\n[[rules]]\nchannels = [\"log\"]\n")
+            .unwrap_or_else(|e| unreachable_config(e))
+    }
+
+    fn check(&self) -> Result<Resolved, ConfigError> {
+        let mut p = Vec::new();
+        let mut secrets = BTreeMap::new();
+        let mut smtp_passwords = BTreeMap::new();
+        let names: BTreeSet<&str> = self.channels.keys().map(String::as_str).collect();
+        let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        for (name, ch) in &self.channels {
+            let at = format!("channel '{name}'");
+            match ch {
+                ChannelConfig::Webhook {
+                    url,
+                    secret,
+                    secret_env,
+                } => {
+                    if !url_ok(url) || crate::http::Url::parse(url).is_err() {
+                        p.push(format!(
+                            "{at}: url '{url}' must be an http:// or https:// URL"
+                        ));
+                    }
+                    match (secret, secret_env) {
+                        (Some(s), None) if !s.is_empty() => {
+                            secrets.insert(name.clone(), s.clone());
+                        }
+                        (None, Some(var)) => match std::env::var(var) {
+                            Ok(v) if !v.is_empty() => {
+                                secrets.insert(name.clone(), v);
+                            }
+                            _ => p.push(format!("{at}: secret_env names {var}, which is not set")),
+                        },
+                        (Some(_), Some(_)) => p.push(format!("{at}: give secret or secret_env, not both")),
+                        _ => p.push(format!("{at}: a webhook needs a secret (secret or secret_env) to sign its requests")),
+                    }
+                }
+                ChannelConfig::Slack { url } => {
+                    if !url_ok(url) || crate::http::Url::parse(url).is_err() {
+                        p.push(format!(
+                            "{at}: url '{url}' must be an http:// or https:// URL"
+                        ));
+                    }
+                }
+                ChannelConfig::Email {
+                    smtp,
+                    username,
+                    password_env,
+                    from,
+                    to,
+                    ..
+                } => {
+                    if smtp
+                        .rsplit_once(':')
+                        .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
+                    {
+                        p.push(format!("{at}: smtp '{smtp}' must be host:port"));
+                    }
+                    if !from.contains('@') || to.is_empty() || to.iter().any(|t| !t.contains('@')) {
+                        p.push(format!("{at}: from and to need e-mail addresses"));
+                    }
+                    match (username, password_env) {
+                        (Some(_), Some(var)) => match std::env::var(var) {
+                            Ok(v) => {
+                                smtp_passwords.insert(name.clone(), v);
+                            }
+                            Err(_) => {
+                                p.push(format!("{at}: password_env names {var}, which is not set"))
+                            }
+                        },
+                        (Some(_), None) => p.push(format!("{at}: username needs password_env")),
+                        (None, Some(_)) => p.push(format!("{at}: password_env needs username")),
+                        (None, None) => {}
+                    }
+                }
+                ChannelConfig::Exec { command } => {
+                    if command.is_empty() || command[0].trim().is_empty() {
+                        p.push(format!("{at}: command is empty"));
+                    }
+                }
+                ChannelConfig::Log {} => {}
+            }
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            for k in &rule.kinds {
+                if !KINDS.contains(&k.as_str()) {
+                    p.push(format!(
+                        "rule {}: unknown kind '{k}'; kinds are {}",
+                        i + 1,
+                        KINDS.join(", ")
+                    ));
+                }
+            }
+            if rule.channels.is_empty() {
+                p.push(format!("rule {}: names no channels", i + 1));
+            }
+            for c in &rule.channels {
+                if !names.contains(c.as_str()) {
+                    p.push(format!("rule {}: unknown channel '{c}'", i + 1));
+                }
+            }
+        }
+        let dur = |p: &mut Vec<String>, what: &str, v: &str| match parse_duration(v) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                p.push(format!("{what}: {e}"));
+                None
+            }
+        };
+        let remind_every = self
+            .reminders
+            .as_ref()
+            .and_then(|r| dur(&mut p, "reminders.every", &r.every));
+        if remind_every.is_some_and(|d| d < Duration::from_secs(1)) {
+            p.push("reminders.every must be at least 1s".into());
+        }
+        let escalate_after = self
+            .escalation
+            .as_ref()
+            .and_then(|e| dur(&mut p, "escalation.after", &e.after));
+        if let Some(e) = &self.escalation {
+            for c in &e.channels {
+                if !names.contains(c.as_str()) {
+                    p.push(format!("escalation: unknown channel '{c}'"));
+                }
+            }
+        }
+        let backoff = dur(&mut p, "delivery.backoff", &self.delivery.backoff);
+        let timeout = dur(&mut p, "delivery.timeout", &self.delivery.timeout);
+        if self.delivery.attempts == 0 {
+            p.push("delivery.attempts must be at least 1".into());
+        }
+        if !p.is_empty() {
+            return Err(ConfigError::Invalid(p));
+        }
+        Ok(Resolved {
+            attempts: self.delivery.attempts,
+            backoff: backoff.unwrap_or(Duration::from_millis(500)),
+            timeout: timeout.unwrap_or(Duration::from_secs(10)),
+            remind_every,
+            escalate_after,
+            secrets,
+            smtp_passwords,
+        })
+    }
+}
+
+fn unreachable_config(e: ConfigError) -> (Config, Resolved) {
+    panic!("the built-in log config is invalid: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_config_parses() {
+        let (c, r) = Config::parse(
+            r#"
+base_url = "https://moira.example.com"
+[channels.hook]
+type = "webhook"
+url = "http://127.0.0.1:9/hook"
+secret = "s"
+[channels.team]
+type = "slack"
+url = "https://hooks.slack.com/services/x"
+[channels.mail]
+type = "email"
+smtp = "127.0.0.1:2525"
+from = "moira@example.com"
+to = ["ops@example.com"]
+[channels.page]
+type = "exec"
+command = ["true"]
+[channels.log]
+type = "log"
+[[rules]]
+kinds = ["opened", "reminder"]
+workflow = "release"
+metadata = { env = "prod" }
+channels = ["hook", "team"]
+[reminders]
+every = "30m"
+[escalation]
+after = "2h"
+channels = ["page"]
+[delivery]
+attempts = 3
+backoff = "100ms"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(c.channels.len(), 5);
+        assert_eq!(r.remind_every, Some(Duration::from_secs(1800)));
+        assert_eq!(r.attempts, 3);
+        assert_eq!(r.secrets.get("hook").map(String::as_str), Some("s"));
+    }
+
+    #[test]
+    fn problems_are_refused_with_clear_messages() {
+        let e = Config::parse(
+            r#"
+[channels.hook]
+type = "webhook"
+url = "ftp://nope"
+[channels.mail]
+type = "email"
+smtp = "nohostport"
+from = "x"
+to = []
+[[rules]]
+kinds = ["openned"]
+channels = ["ghost"]
+[reminders]
+every = "soon"
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "url 'ftp://nope'",
+            "needs a secret",
+            "host:port",
+            "unknown kind 'openned'",
+            "unknown channel 'ghost'",
+            "reminders.every",
+        ] {
+            assert!(e.contains(needle), "missing {needle:?} in {e}");
+        }
+        assert!(Config::parse("[channels.x]\ntype = \"pigeon\"\n").is_err());
+        assert!(Config::parse("[channels.x]\ntype = \"webhook\"\nurl = \"http://a/\"\nsecret_env = \"MOIRA_SURELY_UNSET_VAR\"\n")
+            .unwrap_err()
+            .to_string()
+            .contains("MOIRA_SURELY_UNSET_VAR"));
+    }
+}

@@ -1,0 +1,641 @@
+//! moira-notifier: delivers notifications about gates and runs.
+//!
+//! Notifiers share durable consumers (explicit acks), so each event is
+//! handled by one notifier, whatever their number:
+//! - `moira-notifier-gates` on gate events (opened, decided, pushed back…);
+//! - `moira-notifier-runs` on run events (a run finished or failed);
+//! - `moira-notifier-fire` on reminders and escalations, which are server
+//!   message schedules in `MOIRA_NOTIFY`, so they survive restarts and fire
+//!   once however many notifiers run.
+//!
+//! Each notification is routed ([`route`]) to channels; a delivery is tried
+//! with exponential backoff and jitter, recorded in a local redb store when
+//! it succeeds (so an event delivered again does not notify twice), and
+//! published to `moira.notify.failed.<channel>` when it keeps failing,
+//! where `moira notify failures` reads it.
+//!
+//! # Layout
+//! - [`config`]: the TOML config and its checks;
+//! - [`channels`]: delivering to webhook, Slack, e-mail, exec, log;
+//! - `http`, `smtp`: small protocol clients; `store`: the delivery record;
+//! - this file: consumers, routing, schedules, retries.
+
+#![forbid(unsafe_code)]
+
+pub mod channels;
+pub mod config;
+mod http;
+mod smtp;
+mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
+use async_nats::jetstream::AckKind;
+use async_nats::HeaderMap;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use moira_client::{Client, GateView, RunView};
+use moira_protocol::event::{Decoded, GateEvent};
+use moira_protocol::run::{RunEnvelope, RunEvent, RunStatus, RUNS_STREAM, RUN_EVENTS_ALL};
+use moira_protocol::subjects::{GATES_STREAM, GATE_EVENTS_ALL};
+use moira_protocol::time::{now_ms, rfc3339};
+use moira_protocol::{Envelope, GateId};
+
+pub use config::{Config as NotifyConfig, ConfigError, Resolved};
+
+pub const NOTIFY_STREAM: &str = "MOIRA_NOTIFY";
+const SCHED_ALL: &str = "moira.notify.sched.*.*";
+const FIRE_ALL: &str = "moira.notify.fire.*.*";
+pub const FAILED_ALL: &str = "moira.notify.failed.*";
+const HANDLERS: usize = 16;
+
+/// A notification, as every channel receives it (webhooks get this JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Notification {
+    /// Unique per source event: `<stream>:<sequence>`.
+    pub id: String,
+    /// opened, reminder, escalated, approved, denied, timed_out, cancelled,
+    /// pushed_back, run_finished, run_failed.
+    pub kind: String,
+    pub at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunSummary>,
+    /// A link to the gate or run, when the config has a base_url.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub id: String,
+    pub workflow: String,
+    pub status: RunStatus,
+    /// Gates of this run still waiting.
+    pub waiting_gates: Vec<GateId>,
+}
+
+/// A delivery that kept failing, as published for `moira notify failures`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Failure {
+    pub notification: String,
+    pub kind: String,
+    pub channel: String,
+    pub gate_id: Option<GateId>,
+    pub run_id: Option<String>,
+    pub attempts: u32,
+    pub error: String,
+    pub at: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub nats_url: String,
+    /// None: everything goes to the log channel.
+    pub config: Option<PathBuf>,
+    /// Where the local delivery record lives.
+    pub data_dir: PathBuf,
+}
+
+pub(crate) struct Shared {
+    client: Client,
+    js: async_nats::jetstream::Context,
+    config: config::Config,
+    resolved: Resolved,
+    store: store::Store,
+}
+
+pub struct Notifier {
+    shared: Arc<Shared>,
+    consumers: Vec<(
+        &'static str,
+        async_nats::jetstream::consumer::Consumer<pull::Config>,
+    )>,
+}
+
+pub fn notify_stream_config() -> StreamConfig {
+    StreamConfig {
+        name: NOTIFY_STREAM.into(),
+        description: Some("moira reminder and escalation schedules, and failed deliveries".into()),
+        subjects: vec![SCHED_ALL.into(), FIRE_ALL.into(), FAILED_ALL.into()],
+        storage: StorageType::File,
+        allow_message_schedules: true,
+        duplicate_window: Duration::from_secs(600),
+        ..Default::default()
+    }
+}
+
+/// Loads the config, connects, and creates the consumers.
+pub async fn start(settings: Settings) -> anyhow::Result<Notifier> {
+    let (config, resolved) = match &settings.config {
+        Some(path) => config::Config::load(path)?,
+        None => config::Config::log_only(),
+    };
+    let store = store::Store::open(&settings.data_dir.join("deliveries.redb"))
+        .map_err(anyhow::Error::msg)?;
+    let client = Client::connect_named(&settings.nats_url, "moira-notifier").await?;
+    let js = async_nats::jetstream::new(client.nats().clone());
+    moira_client::streams::ensure_gate_stream(&js, 1).await?;
+    moira_client::streams::ensure_run_streams(&js, 1).await?;
+    js.get_or_create_stream(notify_stream_config()).await?;
+    let mut consumers = Vec::new();
+    for (name, stream, filter) in [
+        ("moira-notifier-gates", GATES_STREAM, GATE_EVENTS_ALL),
+        ("moira-notifier-runs", RUNS_STREAM, RUN_EVENTS_ALL),
+        ("moira-notifier-fire", NOTIFY_STREAM, FIRE_ALL),
+    ] {
+        let c = js
+            .get_stream(stream)
+            .await?
+            .get_or_create_consumer(
+                name,
+                pull::Config {
+                    durable_name: Some(name.into()),
+                    filter_subject: filter.into(),
+                    deliver_policy: DeliverPolicy::New,
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_deliver: -1,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        consumers.push((name, c));
+    }
+    tracing::info!(url = %settings.nats_url, channels = config.channels.len(), rules = config.rules.len(), "moira-notifier ready");
+    Ok(Notifier {
+        shared: Arc::new(Shared {
+            client,
+            js,
+            config,
+            resolved,
+            store,
+        }),
+        consumers,
+    })
+}
+
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start(settings).await?.serve(shutdown).await
+}
+
+impl Notifier {
+    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let slots = Arc::new(Semaphore::new(HANDLERS));
+        let mut loops = Vec::new();
+        for (name, consumer) in self.consumers {
+            let (shared, slots, shutdown) = (self.shared.clone(), slots.clone(), shutdown.clone());
+            loops.push(tokio::spawn(consume(
+                name, consumer, shared, slots, shutdown,
+            )));
+        }
+        shutdown.cancelled().await;
+        for l in loops {
+            let _ = l.await;
+        }
+        // Let handlers in flight finish (bounded): they ack what they did.
+        let _ = tokio::time::timeout(Duration::from_secs(10), slots.acquire_many(HANDLERS as u32))
+            .await;
+        tracing::info!("moira-notifier stopped");
+        Ok(())
+    }
+}
+
+async fn consume(
+    name: &'static str,
+    consumer: async_nats::jetstream::consumer::Consumer<pull::Config>,
+    shared: Arc<Shared>,
+    slots: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(consumer = name, "cannot read events: {e}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = messages.next() => m,
+            };
+            let Some(Ok(msg)) = msg else { break };
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let work = handle(&shared, &msg);
+                tokio::pin!(work);
+                let mut beat = tokio::time::interval(Duration::from_secs(10));
+                beat.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = &mut work => break,
+                        _ = beat.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
+                    }
+                }
+                if let Err(e) = msg.double_ack().await {
+                    tracing::warn!("acking an event failed: {e}");
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Handles one event of any of the three consumers. Never fails: problems
+/// are logged or recorded as failed deliveries, and the event is acked.
+async fn handle(shared: &Shared, msg: &async_nats::jetstream::Message) {
+    let Ok(info) = msg.info() else { return };
+    let id = format!("{}:{}", info.stream, info.stream_sequence);
+    let subject = msg.subject.to_string();
+    if let Some(rest) = subject.strip_prefix("moira.notify.fire.") {
+        fired(shared, &id, rest, msg.headers.as_ref()).await;
+    } else if subject.starts_with("moira.run.ev.") {
+        if let Some(env) = RunEnvelope::decode(&msg.payload) {
+            if let RunEvent::RunFinished { status } = env.event {
+                let kind = if status == RunStatus::Succeeded {
+                    "run_finished"
+                } else {
+                    "run_failed"
+                };
+                if let Ok(run) = shared.client.show_run(&env.run_id).await {
+                    let n = notification(shared, id, kind, None, Some(&run));
+                    deliver_all(shared, &n, &[]).await;
+                }
+            }
+        }
+    } else {
+        match Envelope::decode(&msg.payload) {
+            Ok(Decoded::Event(env)) => gate_event(shared, id, env).await,
+            Ok(Decoded::Unknown { kind, .. }) => {
+                tracing::debug!(kind, "skipping an event kind this build does not know")
+            }
+            Err(e) => tracing::warn!(subject, "skipping an undecodable event: {e}"),
+        }
+    }
+}
+
+async fn gate_event(shared: &Shared, id: String, env: Envelope) {
+    let kind = match &env.event {
+        GateEvent::GateOpened { .. } => "opened",
+        GateEvent::GateApproved { .. } => "approved",
+        GateEvent::GateDenied { .. } => "denied",
+        GateEvent::GateTimedOut { .. } => "timed_out",
+        GateEvent::GateCancelled { .. } => "cancelled",
+        GateEvent::GatePushedBack { .. } => "pushed_back",
+        GateEvent::ApprovalRecorded { .. } => return,
+    };
+    if kind == "opened" {
+        schedule(shared, env.gate_id, env.at).await;
+    } else if env.event.is_terminal() {
+        unschedule(shared, env.gate_id).await;
+    }
+    let gate = match shared.client.show(env.gate_id).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(gate = %env.gate_id, "cannot read the gate to notify about it: {e}");
+            return;
+        }
+    };
+    let run = match &gate.run_id {
+        Some(r) => shared.client.show_run(r).await.ok(),
+        None => None,
+    };
+    let n = notification(shared, id, kind, Some(gate), run.as_ref());
+    deliver_all(shared, &n, &[]).await;
+}
+
+fn sched_subject(gate: GateId, what: &str) -> String {
+    format!("moira.notify.sched.{gate}.{what}")
+}
+fn fire_subject(gate: GateId, what: &str) -> String {
+    format!("moira.notify.fire.{gate}.{what}")
+}
+
+/// Reminder and escalation schedules for a newly opened gate.
+async fn schedule(shared: &Shared, gate: GateId, opened_at: u64) {
+    let mut jobs = Vec::new();
+    if let Some(every) = shared.resolved.remind_every {
+        jobs.push(("remind", format!("@every {}ms", every.as_millis())));
+    }
+    if let Some(after) = shared.resolved.escalate_after {
+        jobs.push((
+            "escalate",
+            format!("@at {}", rfc3339(opened_at + after.as_millis() as u64)),
+        ));
+    }
+    for (what, spec) in jobs {
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Schedule", spec.as_str());
+        h.insert("Nats-Schedule-Target", fire_subject(gate, what).as_str());
+        h.insert("Nats-Msg-Id", format!("{what}:{gate}").as_str());
+        let published = shared
+            .js
+            .publish_with_headers(
+                sched_subject(gate, what),
+                h,
+                what.as_bytes().to_vec().into(),
+            )
+            .await;
+        match published {
+            Ok(ack) => {
+                if let Err(e) = ack.await {
+                    tracing::warn!(%gate, "storing the {what} schedule failed: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(%gate, "storing the {what} schedule failed: {e}"),
+        }
+    }
+}
+
+/// Removes a gate's reminder and escalation schedules.
+async fn unschedule(shared: &Shared, gate: GateId) {
+    for (what, on) in [
+        ("remind", shared.resolved.remind_every.is_some()),
+        ("escalate", shared.resolved.escalate_after.is_some()),
+    ] {
+        if !on {
+            continue;
+        }
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Scheduler", sched_subject(gate, what).as_str());
+        h.insert("Nats-Schedule-Next", "purge");
+        h.insert("Moira-Stop", "1");
+        if let Ok(ack) = shared
+            .js
+            .publish_with_headers(fire_subject(gate, "stop"), h, Vec::new().into())
+            .await
+        {
+            let _ = ack.await;
+        }
+    }
+}
+
+/// A reminder or escalation fired: notify if the gate still waits.
+async fn fired(shared: &Shared, id: &str, rest: &str, headers: Option<&HeaderMap>) {
+    if headers.is_some_and(|h| h.get("Moira-Stop").is_some()) {
+        return;
+    }
+    let Some((gate, what)) = rest.split_once('.') else {
+        return;
+    };
+    let Ok(gate) = gate.parse::<GateId>() else {
+        return;
+    };
+    let Ok(view) = shared.client.show(gate).await else {
+        return;
+    };
+    if view.status.is_terminal() {
+        // Decided: make sure nothing fires again.
+        unschedule(shared, gate).await;
+        return;
+    }
+    let (kind, extra) = match what {
+        "remind" => ("reminder", Vec::new()),
+        "escalate" => (
+            "escalated",
+            shared
+                .config
+                .escalation
+                .as_ref()
+                .map(|e| e.channels.clone())
+                .unwrap_or_default(),
+        ),
+        _ => return,
+    };
+    let run = match &view.run_id {
+        Some(r) => shared.client.show_run(r).await.ok(),
+        None => None,
+    };
+    let n = notification(shared, id.to_string(), kind, Some(view), run.as_ref());
+    deliver_all(shared, &n, &extra).await;
+}
+
+fn notification(
+    shared: &Shared,
+    id: String,
+    kind: &str,
+    gate: Option<GateView>,
+    run: Option<&RunView>,
+) -> Notification {
+    let base = shared
+        .config
+        .base_url
+        .as_deref()
+        .map(|b| b.trim_end_matches('/').to_string());
+    let link = match (&base, &gate, run) {
+        (Some(b), Some(g), _) => Some(format!("{b}/gates/{}", g.id)),
+        (Some(b), None, Some(r)) => Some(format!("{b}/runs/{}", r.id)),
+        _ => None,
+    };
+    let run = run.map(|r| RunSummary {
+        id: r.id.clone(),
+        workflow: r.name.clone(),
+        status: r.status,
+        waiting_gates: r
+            .steps
+            .iter()
+            .filter(|s| s.status == moira_protocol::run::StepStatus::Waiting)
+            .filter_map(|s| s.gate_id)
+            .collect(),
+    });
+    Notification {
+        id,
+        kind: kind.to_string(),
+        at: rfc3339(now_ms()),
+        gate,
+        run,
+        link,
+    }
+}
+
+/// The channels a notification goes to: matching rules, channels the gate
+/// names itself (`notify` metadata), and `extra`.
+pub fn route(config: &config::Config, n: &Notification, extra: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let gate = n.gate.as_ref();
+    let workflow = gate
+        .and_then(|g| g.metadata.get("workflow").cloned())
+        .or_else(|| n.run.as_ref().map(|r| r.workflow.clone()));
+    let run_id = gate
+        .and_then(|g| g.run_id.clone())
+        .or_else(|| n.run.as_ref().map(|r| r.id.clone()));
+    for rule in &config.rules {
+        let kind_ok = rule.kinds.is_empty() || rule.kinds.iter().any(|k| k == &n.kind);
+        let run_ok = rule.run.as_ref().is_none_or(|r| run_id.as_ref() == Some(r));
+        let step_ok = rule
+            .step
+            .as_ref()
+            .is_none_or(|s| gate.and_then(|g| g.step.as_ref()) == Some(s));
+        let wf_ok = rule
+            .workflow
+            .as_ref()
+            .is_none_or(|w| workflow.as_ref() == Some(w));
+        let meta_ok = rule
+            .metadata
+            .iter()
+            .all(|(k, v)| gate.and_then(|g| g.metadata.get(k)) == Some(v));
+        if kind_ok && run_ok && step_ok && wf_ok && meta_ok {
+            out.extend(rule.channels.iter().cloned());
+        }
+    }
+    if let Some(named) = gate.and_then(|g| g.metadata.get("notify")) {
+        for c in named.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if config.channels.contains_key(c) {
+                out.push(c.to_string());
+            } else {
+                tracing::warn!(
+                    channel = c,
+                    "a gate names a channel this notifier does not have"
+                );
+            }
+        }
+    }
+    out.extend(extra.iter().cloned());
+    out.sort();
+    out.dedup();
+    out
+}
+
+async fn deliver_all(shared: &Shared, n: &Notification, extra: &[String]) {
+    for channel in route(&shared.config, n, extra) {
+        if shared.store.delivered(&n.id, &channel) {
+            tracing::debug!(notification = n.id, channel, "already delivered");
+            continue;
+        }
+        deliver(shared, n, &channel).await;
+    }
+}
+
+/// A pseudo-random fraction in [0, 1) for backoff jitter.
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (nanos % 1000) as f64 / 1000.0
+}
+
+async fn deliver(shared: &Shared, n: &Notification, channel: &str) {
+    let Some(cfg) = shared.config.channels.get(channel) else {
+        return;
+    };
+    let r = &shared.resolved;
+    let mut last = String::new();
+    for attempt in 1..=r.attempts {
+        match channels::send(cfg, channel, n, r, shared.config.base_url.as_deref()).await {
+            Ok(()) => {
+                tracing::info!(
+                    notification = n.id,
+                    kind = n.kind,
+                    channel,
+                    attempt,
+                    "delivered"
+                );
+                if let Err(e) = shared.store.mark(&n.id, channel, now_ms()) {
+                    tracing::warn!("{e}");
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    notification = n.id,
+                    channel,
+                    attempt,
+                    "delivery failed: {e}"
+                );
+                last = e;
+            }
+        }
+        if attempt < r.attempts {
+            let base = r.backoff.as_secs_f64() * 2f64.powi(attempt as i32 - 1);
+            let pause = Duration::from_secs_f64((base * (0.5 + jitter())).min(60.0));
+            tokio::time::sleep(pause).await;
+        }
+    }
+    let failure = Failure {
+        notification: n.id.clone(),
+        kind: n.kind.clone(),
+        channel: channel.to_string(),
+        gate_id: n.gate.as_ref().map(|g| g.id),
+        run_id: n
+            .gate
+            .as_ref()
+            .and_then(|g| g.run_id.clone())
+            .or_else(|| n.run.as_ref().map(|r| r.id.clone())),
+        attempts: r.attempts,
+        error: last,
+        at: rfc3339(now_ms()),
+    };
+    tracing::error!(
+        notification = n.id,
+        channel,
+        "giving up after {} attempts: {}",
+        r.attempts,
+        failure.error
+    );
+    let body = serde_json::to_vec(&failure).unwrap_or_default();
+    match shared
+        .js
+        .publish(format!("moira.notify.failed.{channel}"), body.into())
+        .await
+    {
+        Ok(ack) => {
+            if let Err(e) = ack.await {
+                tracing::error!("recording a failed delivery failed: {e}");
+            }
+        }
+        Err(e) => tracing::error!("recording a failed delivery failed: {e}"),
+    }
+}
+
+/// Failed deliveries recorded by any notifier, oldest first.
+pub async fn failures(client: &Client, channel: Option<&str>) -> anyhow::Result<Vec<Failure>> {
+    let js = async_nats::jetstream::new(client.nats().clone());
+    let stream = match js.get_stream(NOTIFY_STREAM).await {
+        Ok(s) => s,
+        Err(_) => return Ok(Vec::new()),
+    };
+    let filter = match channel {
+        Some(c) => format!("moira.notify.failed.{c}"),
+        None => FAILED_ALL.to_string(),
+    };
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
+            deliver_subject: client.nats().new_inbox(),
+            filter_subject: filter,
+            ..Default::default()
+        })
+        .await?;
+    let mut out = Vec::new();
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await?;
+    while let Some(msg) = messages.next().await {
+        let msg = msg?;
+        let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+        if let Ok(f) = serde_json::from_slice::<Failure>(&msg.payload) {
+            out.push(f);
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
