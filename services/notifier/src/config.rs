@@ -183,7 +183,7 @@ impl Config {
     /// The config `moira dev` uses: everything to the log.
     pub fn log_only() -> (Config, Resolved) {
         Self::parse("[channels.log]\ntype = \"log\"\n\n[[rules]]\nchannels = [\"log\"]\n")
-            .unwrap_or_else(|e| unreachable_config(e))
+            .unwrap_or_else(unreachable_config)
     }
 
     fn check(&self) -> Result<Resolved, ConfigError> {

@@ -540,15 +540,21 @@ async fn deliver(shared: &Shared, n: &Notification, channel: &str) {
     for attempt in 1..=r.attempts {
         match channels::send(cfg, channel, n, r, shared.config.base_url.as_deref()).await {
             Ok(()) => {
-                tracing::info!(
-                    notification = n.id,
-                    kind = n.kind,
-                    channel,
-                    attempt,
-                    "delivered"
-                );
-                if let Err(e) = shared.store.mark(&n.id, channel, now_ms()) {
-                    tracing::warn!("{e}");
+                // Recorded first, then reported: "delivered" in the log
+                // means a redelivered event will not notify this channel again.
+                match shared.store.mark(&n.id, channel, now_ms()) {
+                    Ok(()) => tracing::info!(
+                        notification = n.id,
+                        kind = n.kind,
+                        channel,
+                        attempt,
+                        "delivered"
+                    ),
+                    Err(e) => tracing::warn!(
+                        notification = n.id,
+                        channel,
+                        "delivered, but not recorded: {e}"
+                    ),
                 }
                 return;
             }

@@ -28,6 +28,7 @@ async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let shutdown = CancellationToken::new();
     moira_gatekeeper::signals::cancel_on_signals(

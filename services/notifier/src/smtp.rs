@@ -117,7 +117,7 @@ async fn send_inner(m: &Mail<'_>) -> Result<(), String> {
         data.push_str(line);
         data.push_str("\r\n");
     }
-    data.push_str(".");
+    data.push('.');
     c.cmd(&data, &[250]).await?;
     let _ = c.cmd("QUIT", &[221]).await;
     Ok(())

@@ -331,7 +331,9 @@ impl Client {
                         .map(|v| v.as_str().to_string())
                         .unwrap_or_else(|| "stdout".into());
                     let line = String::from_utf8_lossy(&msg.payload).into_owned();
-                    if tx.send(Ok(LogLine { step, stream, line })).await.is_err() || (!follow && pending == 0) {
+                    if tx.send(Ok(LogLine { step, stream, line })).await.is_err()
+                        || (!follow && pending == 0)
+                    {
                         return;
                     }
                 }
