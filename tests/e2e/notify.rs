@@ -81,6 +81,17 @@ impl Receiver {
         }
         let mut body = vec![0; len];
         rd.read_exact(&mut body).await?;
+        if path == "/slow" {
+            self.hits.lock().expect("lock").push(Hit {
+                path,
+                signature_ok: true,
+                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            });
+            self.changed.notify_waiters();
+            // Never answer: the notifier's timeout must cut it short.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return Ok(());
+        }
         let fail = {
             let mut f = self.fail_first.lock().expect("lock");
             match f.get_mut(&path) {
@@ -438,10 +449,11 @@ async fn retries_then_success_and_failures_are_listed() {
         .expect("lock")
         .insert("/flaky".into(), 2);
     let config = format!(
-        "{}{}{}[[rules]]\nchannels = [\"flaky\", \"down\", \"garbage\"]\n[delivery]\nattempts = 3\nbackoff = \"50ms\"\ntimeout = \"2s\"\n",
+        "{}{}{}{}[[rules]]\nchannels = [\"flaky\", \"down\", \"garbage\", \"slow\"]\n[delivery]\nattempts = 3\nbackoff = \"50ms\"\ntimeout = \"500ms\"\n",
         webhook("flaky", port, "/flaky"),
         webhook("down", port, "/down"),
         webhook("garbage", port, "/garbage"),
+        webhook("slow", port, "/slow"),
     );
     let n = s.notifier(&config, "n1");
     let g = s.open(gate("Flaky?")).await;
@@ -451,7 +463,7 @@ async fn retries_then_success_and_failures_are_listed() {
             && r.about("/garbage", "opened", &g) == 3
     })
     .await;
-    n.wait_for_nth_line("giving up", 2, Duration::from_secs(30));
+    n.wait_for_nth_line("giving up", 3, Duration::from_secs(30));
     let (code, out, err) = moira(&s.server.url(), &["--json", "notify", "failures"]);
     assert_eq!(code, 0, "{err}");
     let failures: Vec<Value> = serde_json::from_str(&out).expect("json");
@@ -460,7 +472,10 @@ async fn retries_then_success_and_failures_are_listed() {
         .filter_map(|f| f["channel"].as_str())
         .collect();
     assert!(
-        channels.contains(&"down") && channels.contains(&"garbage") && !channels.contains(&"flaky"),
+        channels.contains(&"down")
+            && channels.contains(&"garbage")
+            && channels.contains(&"slow")
+            && !channels.contains(&"flaky"),
         "{out}"
     );
     assert!(
@@ -587,4 +602,70 @@ fn a_bad_config_is_refused_at_start() {
         p.wait(Duration::from_secs(20)).and_then(|s| s.code()),
         Some(1)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_that_finish_or_fail_are_routed_by_workflow() {
+    let s = Stack::start().await;
+    let (rx, port) = Receiver::start().await;
+    let config = format!(
+        "{}[[rules]]\nkinds = [\"run_finished\", \"run_failed\"]\nworkflow = \"nightly\"\nchannels = [\"hook\"]\n",
+        webhook("hook", port, "/hook")
+    );
+    let _n = s.notifier(&config, "n1");
+    let _runner = ProcBuilder::new(bin("moira-runner"), "moira-runner")
+        .args(["--nats-url", &s.server.url(), "--work-dir"])
+        .arg(s.dir.path().join("work"))
+        .spawn()
+        .expect("spawn runner");
+    _runner.wait_for_line("moira-runner ready", Duration::from_secs(20));
+    let ok = s
+        .client
+        .submit_run(
+            "name: nightly\nsteps:\n  - {name: a, run: 'true'}\n",
+            &Default::default(),
+            "alice",
+        )
+        .await
+        .expect("submit");
+    let bad = s
+        .client
+        .submit_run(
+            "name: nightly\nsteps:\n  - {name: a, run: 'exit 2'}\n",
+            &Default::default(),
+            "alice",
+        )
+        .await
+        .expect("submit");
+    let other = s
+        .client
+        .submit_run(
+            "name: other\nsteps:\n  - {name: a, run: 'true'}\n",
+            &Default::default(),
+            "alice",
+        )
+        .await
+        .expect("submit");
+    for r in [&ok, &bad, &other] {
+        s.client.wait_run(r).await.expect("run ends");
+    }
+    rx.wait("run_finished", run_hit("run_finished", ok.clone()))
+        .await;
+    rx.wait("run_failed", run_hit("run_failed", bad.clone()))
+        .await;
+    // By now the other workflow's run would have been delivered too, had it matched.
+    assert!(
+        !rx.hits("/hook")
+            .iter()
+            .any(|h| h.body["run"]["id"] == other.as_str()),
+        "only the nightly workflow is routed"
+    );
+}
+
+fn run_hit(kind: &'static str, run: String) -> impl Fn(&Receiver) -> bool {
+    move |r: &Receiver| {
+        r.hits("/hook")
+            .iter()
+            .any(|h| h.body["kind"] == kind && h.body["run"]["id"] == run.as_str())
+    }
 }
