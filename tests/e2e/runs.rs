@@ -667,3 +667,48 @@ fn run_local_lets_another_terminal_decide() {
         Some(0)
     );
 }
+
+/// Whether a process runs (a zombie, waiting to be reaped, does not count).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+        .ok()
+        .and_then(|st| {
+            st.rsplit(')')
+                .next()
+                .map(|rest| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_a_running_step_and_what_it_started() {
+    let s = Runs::start(1).await;
+    let yaml = "name: long\nsteps:\n  - name: deploy\n    run: |\n      sleep 60 &\n      echo $! > {dir}/pid\n      echo started\n      wait\n";
+    let run = s.submit(yaml, &[]).await;
+    s.step_printed(&run, "deploy", "started").await;
+    let pid = s.file("pid");
+    assert!(alive(&pid), "the step's child runs");
+    s.client.cancel_run(&run, "alice").await.expect("cancel");
+    let done = s.finished(&run).await;
+    assert_eq!(done.status, RunStatus::Cancelled);
+    assert_eq!(step(&done, "deploy").status, StepStatus::Cancelled);
+    assert!(
+        !alive(&pid),
+        "the step's background child was killed with it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_timeout_kills_its_processes() {
+    let s = Runs::start(1).await;
+    let yaml = "name: slow\nsteps:\n  - name: hang\n    timeout: 1s\n    run: |\n      sleep 60 &\n      echo $! > {dir}/pid\n      wait\n";
+    let run = s.submit(yaml, &[]).await;
+    let done = s.finished(&run).await;
+    assert_eq!(done.status, RunStatus::Failed);
+    let reason = step(&done, "hang").reason.clone().unwrap_or_default();
+    assert!(reason.contains("timed out"), "{reason}");
+    assert!(
+        !alive(&s.file("pid")),
+        "the step's background child was killed"
+    );
+}

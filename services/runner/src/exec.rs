@@ -24,9 +24,13 @@ pub struct StepRun {
     pub previous_outputs: Option<BTreeMap<String, String>>,
     pub iteration: u32,
     pub attempt: u32,
+    /// Cancelled when the run is cancelled: the step's processes are killed.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 pub struct StepResult {
+    /// The run was cancelled while the step ran.
+    pub cancelled: bool,
     pub ok: bool,
     pub exit_code: Option<i32>,
     pub outputs: BTreeMap<String, String>,
@@ -35,10 +39,27 @@ pub struct StepResult {
 
 fn failed(reason: String) -> StepResult {
     StepResult {
+        cancelled: false,
         ok: false,
         exit_code: None,
         outputs: BTreeMap::new(),
         reason: Some(reason),
+    }
+}
+
+/// Kills the step's whole process group when dropped: after a timeout or a
+/// cancel, and after a normal end too (nothing a step started outlives it).
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -89,6 +110,9 @@ pub async fn run(client: &Client, s: StepRun) -> StepResult {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, so a timeout or a cancel reaches whatever
+        // the step started, not only `sh`.
+        .process_group(0)
         .kill_on_drop(true);
     if let Some(prev) = &s.previous_outputs {
         let path = dir.join("moira-previous-output");
@@ -102,6 +126,7 @@ pub async fn run(client: &Client, s: StepRun) -> StepResult {
         Ok(c) => c,
         Err(e) => return failed(format!("cannot start sh: {e}")),
     };
+    let _group = GroupGuard(child.id());
     // Both pipes feed one channel; lines are published in arrival order.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(&'static str, String)>();
     if let Some(out) = child.stdout.take() {
@@ -127,17 +152,25 @@ pub async fn run(client: &Client, s: StepRun) -> StepResult {
         let acks = forward.await;
         (acks, child.wait().await)
     };
-    let (mut acks, status) = match s.timeout {
-        Some(t) => match tokio::time::timeout(t, waited).await {
-            Ok(r) => r,
-            Err(_) => {
-                return failed(format!(
+    let limited = async {
+        match s.timeout {
+            Some(t) => tokio::time::timeout(t, waited).await.map_err(|_| {
+                format!(
                     "timed out after {}",
                     moira_protocol::time::short_duration(t)
-                ))
-            }
+                )
+            }),
+            None => Ok(waited.await),
+        }
+    };
+    let (mut acks, status) = tokio::select! {
+        r = limited => match r {
+            Ok(r) => r,
+            Err(reason) => return failed(reason),
         },
-        None => waited.await,
+        _ = s.cancel.cancelled() => {
+            return StepResult { cancelled: true, ..failed("cancelled with its run".to_string()) };
+        }
     };
     while acks.next().await.is_some() {}
     let status = match status {
@@ -150,6 +183,7 @@ pub async fn run(client: &Client, s: StepRun) -> StepResult {
         .unwrap_or_default();
     let code = status.code();
     StepResult {
+        cancelled: false,
         ok: status.success(),
         exit_code: code,
         outputs,

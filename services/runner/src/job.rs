@@ -64,6 +64,22 @@ pub async fn advance(
     let client = &shared.client;
     let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut cut_off_handled = !redelivered;
+    // Steps started here are killed if the run is cancelled meanwhile.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let watcher = {
+        let (c, id, token) = (client.clone(), run_id.clone(), cancel.clone());
+        tokio::spawn(async move {
+            if let Ok(v) = c
+                .wait_run_until(&id, |r| r.cancelled_by.is_some() || r.finished.is_some())
+                .await
+            {
+                if v.status == moira_protocol::run::RunStatus::Cancelled {
+                    token.cancel();
+                }
+            }
+        })
+    };
+    let _stop_watching = AbortOnDrop(watcher);
     loop {
         let Some(rec) = client.read_run(&run_id).await? else {
             tracing::warn!(run_id, "a job for an unknown run; dropping it");
@@ -95,7 +111,11 @@ pub async fn advance(
         let mut progressed = false;
         let mut conflict = false;
         for action in actions {
-            match act(&shared, &wf, &run, action, &mut last, job_seq, &mut tasks).await {
+            match act(
+                &shared, &wf, &run, action, &mut last, job_seq, &mut tasks, &cancel,
+            )
+            .await
+            {
                 Ok(true) => progressed = true,
                 Ok(false) => {}
                 Err(ActError::Conflict) => {
@@ -115,6 +135,15 @@ pub async fn advance(
             Some(Err(e)) => tracing::error!(run_id, "a step task failed: {e}"),
             None => return Ok(()),
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -152,6 +181,7 @@ async fn act(
     last: &mut u64,
     job_seq: u64,
     tasks: &mut JoinSet<Done>,
+    cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<bool, ActError> {
     let client = &shared.client;
     let id = &run.id;
@@ -251,6 +281,7 @@ async fn act(
                 previous_outputs: (iteration > 1).then(|| st.outputs.clone()),
                 iteration,
                 attempt,
+                cancel: cancel.child_token(),
             };
             let client = client.clone();
             tracing::info!(run_id = id, step, attempt, iteration, "step started");
@@ -384,6 +415,23 @@ async fn record_finish(
 ) -> anyhow::Result<()> {
     let retries = wf.step(&done.step).map(|s| s.retries).unwrap_or(0);
     let r = done.result;
+    if r.cancelled {
+        tracing::info!(
+            run_id,
+            step = done.step,
+            "step killed: its run was cancelled"
+        );
+        let ev = env(
+            run_id,
+            RunEvent::StepCancelled { step: done.step },
+            RUNNER_ACTOR,
+        );
+        client
+            .append_run(&ev, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("recording a cancelled step: {e}"))?;
+        return Ok(());
+    }
     let retry = !r.ok && done.attempt <= retries;
     tracing::info!(run_id, step = done.step, ok = r.ok, exit_code = ?r.exit_code, retry, "step finished");
     let ev = RunEvent::StepFinished {
