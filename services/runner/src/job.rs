@@ -62,12 +62,15 @@ pub async fn advance(
     redelivered: bool,
 ) -> anyhow::Result<()> {
     let client = &shared.client;
-    let mut tasks: JoinSet<Done> = JoinSet::new();
+    let mut held = Held {
+        job_seq,
+        tasks: JoinSet::new(),
+        cancel: tokio_util::sync::CancellationToken::new(),
+    };
     let mut cut_off_handled = !redelivered;
     // Steps started here are killed if the run is cancelled meanwhile.
-    let cancel = tokio_util::sync::CancellationToken::new();
     let watcher = {
-        let (c, id, token) = (client.clone(), run_id.clone(), cancel.clone());
+        let (c, id, token) = (client.clone(), run_id.clone(), held.cancel.clone());
         tokio::spawn(async move {
             if let Ok(v) = c
                 .wait_run_until(&id, |r| r.cancelled_by.is_some() || r.finished.is_some())
@@ -88,7 +91,7 @@ pub async fn advance(
         let run = rec.state;
         let mut last = rec.last_seq;
         if run.finished.is_some() {
-            tasks.abort_all();
+            held.tasks.abort_all();
             return Ok(());
         }
         let wf = match Workflow::parse(&run.workflow, &run.vars) {
@@ -111,11 +114,7 @@ pub async fn advance(
         let mut progressed = false;
         let mut conflict = false;
         for action in actions {
-            match act(
-                &shared, &wf, &run, action, &mut last, job_seq, &mut tasks, &cancel,
-            )
-            .await
-            {
+            match act(&shared, &wf, &run, action, &mut last, &mut held).await {
                 Ok(true) => progressed = true,
                 Ok(false) => {}
                 Err(ActError::Conflict) => {
@@ -130,12 +129,22 @@ pub async fn advance(
         }
         // Nothing to do now: wait for a step of ours, or stop (parked, or
         // waiting on steps another runner holds).
-        match tasks.join_next().await {
+        match held.tasks.join_next().await {
             Some(Ok(done)) => record_finish(client, &run_id, &wf, done).await?,
             Some(Err(e)) => tracing::error!(run_id, "a step task failed: {e}"),
             None => return Ok(()),
         }
     }
+}
+
+/// What one job holds while it advances its run.
+struct Held {
+    /// The job's stream sequence, recorded on the steps it starts.
+    job_seq: u64,
+    /// The steps it runs.
+    tasks: JoinSet<Done>,
+    /// Cancelled when the run is cancelled; kills those steps.
+    cancel: tokio_util::sync::CancellationToken,
 }
 
 /// Aborts a task when dropped.
@@ -179,9 +188,7 @@ async fn act(
     run: &RunState,
     action: Action,
     last: &mut u64,
-    job_seq: u64,
-    tasks: &mut JoinSet<Done>,
-    cancel: &tokio_util::sync::CancellationToken,
+    held: &mut Held,
 ) -> Result<bool, ActError> {
     let client = &shared.client;
     let id = &run.id;
@@ -253,7 +260,7 @@ async fn act(
                 step: step.clone(),
                 attempt,
                 iteration,
-                job: job_seq,
+                job: held.job_seq,
                 runner: shared.name.clone(),
             };
             // The append is the claim: only one runner gets to start it.
@@ -281,11 +288,11 @@ async fn act(
                 previous_outputs: (iteration > 1).then(|| st.outputs.clone()),
                 iteration,
                 attempt,
-                cancel: cancel.child_token(),
+                cancel: held.cancel.child_token(),
             };
             let client = client.clone();
             tracing::info!(run_id = id, step, attempt, iteration, "step started");
-            tasks.spawn(async move {
+            held.tasks.spawn(async move {
                 let result = exec::run(&client, job).await;
                 Done {
                     step,
