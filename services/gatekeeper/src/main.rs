@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 /// Answers moira gate commands (open, approve, deny, push-back, cancel).
 #[derive(Parser, Debug)]
@@ -23,32 +22,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    init_tracing();
-    let shutdown = CancellationToken::new();
-    moira_gatekeeper::signals::cancel_on_signals(
-        shutdown.clone(),
-        "stopping (signal again to exit at once)",
-    );
     let config = moira_gatekeeper::Config {
         nats_url: args.nats_url,
         approvers: args.approvers,
         replicas: args.replicas as usize,
     };
-    match moira_gatekeeper::run(config, shutdown).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("moira-gatekeeper: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MOIRA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    moira_gatekeeper::signals::serve("moira-gatekeeper", |shutdown| {
+        moira_gatekeeper::run(config, shutdown)
+    })
+    .await
 }

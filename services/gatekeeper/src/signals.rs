@@ -28,3 +28,34 @@ pub fn cancel_on_signals(shutdown: CancellationToken, notice: &'static str) {
         }
     });
 }
+
+/// Logging for a service: `MOIRA_LOG` (default `info`) to stderr, in
+/// colour only on a terminal.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MOIRA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Sets up logging and signals, runs a service until it stops, and turns
+/// its result into the process exit code.
+pub async fn serve<F, Fut>(name: &str, run: F) -> std::process::ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    init_tracing();
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone(), "stopping (signal again to exit at once)");
+    match run(shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 /// Delivers notifications about moira gates and runs.
 #[derive(Parser, Debug)]
@@ -23,28 +22,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MOIRA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let shutdown = CancellationToken::new();
-    moira_gatekeeper::signals::cancel_on_signals(
-        shutdown.clone(),
-        "stopping (signal again to exit at once)",
-    );
     let settings = moira_notifier::Settings {
         nats_url: args.nats_url,
         config: args.config,
         data_dir: args.data,
     };
-    match moira_notifier::run(settings, shutdown).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("moira-notifier: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    moira_gatekeeper::signals::serve("moira-notifier", |shutdown| {
+        moira_notifier::run(settings, shutdown)
+    })
+    .await
 }

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 /// Runs moira workflow runs from the shared job queue.
 #[derive(Parser, Debug)]
@@ -40,18 +39,6 @@ fn moira_protocol_duration(s: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MOIRA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let shutdown = CancellationToken::new();
-    moira_gatekeeper::signals::cancel_on_signals(
-        shutdown.clone(),
-        "stopping (signal again to exit at once)",
-    );
     let config = moira_runner::Config {
         nats_url: args.nats_url,
         concurrency: args.concurrency as usize,
@@ -61,11 +48,8 @@ async fn main() -> std::process::ExitCode {
         ack_wait: args.ack_wait,
         replicas: args.replicas as usize,
     };
-    match moira_runner::run(config, shutdown).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("moira-runner: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    moira_gatekeeper::signals::serve("moira-runner", |shutdown| {
+        moira_runner::run(config, shutdown)
+    })
+    .await
 }
