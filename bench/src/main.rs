@@ -567,41 +567,10 @@ async fn waiting_scale(url: &str, n: usize) -> anyhow::Result<Scale> {
     // Listing every waiting gate through the CLI, as a person would
     // (`moira gate list … > file`).
     let list_file = dir.path().join("list.json");
-    let t0 = Instant::now();
-    let out = std::process::Command::new(bin_dir()?.join("moira"))
-        .args([
-            "--nats-url",
-            url,
-            "--json",
-            "gate",
-            "list",
-            "--status",
-            "waiting",
-        ])
-        .stdout(std::fs::File::create(&list_file)?)
-        .output()?;
-    let list_ms = t0.elapsed().as_millis();
-    anyhow::ensure!(
-        out.status.success(),
-        "gate list failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let list_ms = timed_list(url, "waiting", std::fs::File::create(&list_file)?.into())?;
     let listed = serde_json::from_slice::<Vec<Value>>(&std::fs::read(&list_file)?)?.len();
     // The same read and fold with nothing to print, to tell reading from rendering.
-    let t0 = Instant::now();
-    let quiet = std::process::Command::new(bin_dir()?.join("moira"))
-        .args([
-            "--nats-url",
-            url,
-            "--json",
-            "gate",
-            "list",
-            "--status",
-            "cancelled",
-        ])
-        .output()?;
-    let read_only_ms = t0.elapsed().as_millis();
-    anyhow::ensure!(quiet.status.success(), "gate list failed");
+    let read_only_ms = timed_list(url, "cancelled", std::process::Stdio::null())?;
     let nats = async_nats::connect(url).await?;
     let js = async_nats::jetstream::new(nats);
     let stored_events = js
@@ -660,6 +629,30 @@ async fn waiting_scale(url: &str, n: usize) -> anyhow::Result<Scale> {
         listed,
         stored_events,
     })
+}
+
+/// Wall time of `moira --json gate list --status STATUS`, output to `out`.
+fn timed_list(url: &str, status: &str, out: std::process::Stdio) -> anyhow::Result<u128> {
+    let t0 = Instant::now();
+    let run = std::process::Command::new(bin_dir()?.join("moira"))
+        .args([
+            "--nats-url",
+            url,
+            "--json",
+            "gate",
+            "list",
+            "--status",
+            status,
+        ])
+        .stdout(out)
+        .output()?;
+    let ms = t0.elapsed().as_millis();
+    anyhow::ensure!(
+        run.status.success(),
+        "gate list failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    Ok(ms)
 }
 
 /// How late each GateTimedOut reaches a waiter, against its deadline.

@@ -95,9 +95,7 @@ pub async fn send(
     name: &str,
     n: &Notification,
     r: &Resolved,
-    base_url: Option<&str>,
 ) -> Result<(), String> {
-    let _ = base_url;
     match cfg {
         ChannelConfig::Webhook { url, .. } => {
             let body = serde_json::to_vec(n).map_err(|e| e.to_string())?;

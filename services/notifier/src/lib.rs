@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use moira_client::feed::DurableFeed;
 use moira_client::{Client, GateView, RunView};
 use moira_protocol::event::{Decoded, GateEvent};
 use moira_protocol::run::{RunEnvelope, RunEvent, RunStatus, RUNS_STREAM, RUN_EVENTS_ALL};
@@ -216,44 +217,28 @@ async fn consume(
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let mut messages = match consumer.messages().await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(consumer = name, "cannot read events: {e}");
+    let mut feed = DurableFeed::new(name, consumer);
+    while let Some(msg) = feed.next(&shutdown).await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let work = handle(&shared, &msg);
+            tokio::pin!(work);
+            let mut beat = tokio::time::interval(Duration::from_secs(10));
+            beat.tick().await;
+            loop {
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = &mut work => break,
+                    _ = beat.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
                 }
             }
-        };
-        loop {
-            let msg = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                m = messages.next() => m,
-            };
-            let Some(Ok(msg)) = msg else { break };
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                let work = handle(&shared, &msg);
-                tokio::pin!(work);
-                let mut beat = tokio::time::interval(Duration::from_secs(10));
-                beat.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = &mut work => break,
-                        _ = beat.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
-                    }
-                }
-                if let Err(e) = msg.double_ack().await {
-                    tracing::warn!("acking an event failed: {e}");
-                }
-                drop(permit);
-            });
-        }
+            if let Err(e) = msg.double_ack().await {
+                tracing::warn!("acking an event failed: {e}");
+            }
+            drop(permit);
+        });
     }
 }
 
@@ -538,7 +523,7 @@ async fn deliver(shared: &Shared, n: &Notification, channel: &str) {
     let r = &shared.resolved;
     let mut last = String::new();
     for attempt in 1..=r.attempts {
-        match channels::send(cfg, channel, n, r, shared.config.base_url.as_deref()).await {
+        match channels::send(cfg, channel, n, r).await {
             Ok(()) => {
                 // Recorded first, then reported: "delivered" in the log
                 // means a redelivered event will not notify this channel again.

@@ -379,7 +379,7 @@ async fn act(
                 Err(moira_client::ClientError::NotFound(_)) => return Ok(false),
                 Err(e) => return Err(e.into()),
             };
-            let Some(ev) = resolution(wf, def, st.gate_iteration, &view) else {
+            let Some(ev) = resolution(def, st.gate_iteration, &view) else {
                 return Ok(false);
             };
             let pushed_back = matches!(
@@ -550,7 +550,7 @@ fn open_spec(wf: &Workflow, run: &RunState, def: &Step, review: bool) -> OpenGat
 }
 
 /// What a gate's state means for the step waiting on it, if it is decided.
-fn resolution(wf: &Workflow, def: &Step, waited_iteration: u32, g: &GateView) -> Option<RunEvent> {
+fn resolution(def: &Step, waited_iteration: u32, g: &GateView) -> Option<RunEvent> {
     let review = !def.is_gate();
     let mut outputs = BTreeMap::new();
     for k in GATE_OUTPUTS {
@@ -593,7 +593,6 @@ fn resolution(wf: &Workflow, def: &Step, waited_iteration: u32, g: &GateView) ->
         GateStatus::TimedOut => (GateOutcome::TimedOut, StepStatus::Failed),
         GateStatus::Cancelled => (GateOutcome::Cancelled, StepStatus::Cancelled),
     };
-    let _ = wf;
     // A review's outputs are the step's own; it only adds the reviewer's.
     if review {
         outputs.retain(|k, _| {

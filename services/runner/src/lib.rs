@@ -33,6 +33,7 @@ use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use moira_client::feed::DurableFeed;
 use moira_client::Client;
 use moira_protocol::event::{Decoded, GateEvent};
 use moira_protocol::run::{JOBS_ALL, JOBS_STREAM, RESUMER_CONSUMER, RUNNERS_CONSUMER};
@@ -242,39 +243,23 @@ async fn resume_loop(
     consumer: async_nats::jetstream::consumer::Consumer<pull::Config>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let mut messages = match consumer.messages().await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!("the resumer cannot read gate events: {e}");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+    let mut feed = DurableFeed::new(RESUMER_CONSUMER, consumer);
+    while let Some(msg) = feed.next(&shutdown).await {
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        if let Ok(Decoded::Event(env)) = Envelope::decode(&msg.payload) {
+            if let Some(run_id) = relevant(&env) {
+                let dedupe = format!("gate:{}:{seq}", env.gate_id);
+                if let Err(e) = client.enqueue_run(&run_id, &dedupe).await {
+                    tracing::warn!(run_id, "enqueueing a resume job failed ({e}); will retry");
+                    let _ = msg
+                        .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                        .await;
+                    continue;
                 }
+                tracing::debug!(run_id, gate = %env.gate_id, "resume job enqueued");
             }
-        };
-        loop {
-            let msg = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                m = messages.next() => m,
-            };
-            let Some(Ok(msg)) = msg else { break };
-            let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-            if let Ok(Decoded::Event(env)) = Envelope::decode(&msg.payload) {
-                if let Some(run_id) = relevant(&env) {
-                    let dedupe = format!("gate:{}:{seq}", env.gate_id);
-                    if let Err(e) = client.enqueue_run(&run_id, &dedupe).await {
-                        tracing::warn!(run_id, "enqueueing a resume job failed ({e}); will retry");
-                        let _ = msg
-                            .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
-                            .await;
-                        continue;
-                    }
-                    tracing::debug!(run_id, gate = %env.gate_id, "resume job enqueued");
-                }
-            }
-            let _ = msg.ack().await;
         }
+        let _ = msg.ack().await;
     }
 }
 

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod append;
+pub mod feed;
 mod reads;
 pub mod runs;
 mod store;

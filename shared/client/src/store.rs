@@ -26,9 +26,6 @@ const BATCH: usize = 256;
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
     pub seq: u64,
-    /// The previous sequence on the same subject (0 for a gate's first
-    /// event), when known.
-    pub prev_seq: Option<u64>,
     pub gate_id: GateId,
     pub event: Decoded,
 }
@@ -53,26 +50,19 @@ fn header_u64(h: Option<&HeaderMap>, name: &str) -> Option<u64> {
 }
 
 /// Decodes a stored or republished message; logs and skips undecodable ones.
-pub(crate) fn decode_stored(
-    subject: &str,
-    seq: u64,
-    prev_seq: Option<u64>,
-    payload: &[u8],
-) -> Option<StoredEvent> {
+pub(crate) fn decode_stored(subject: &str, seq: u64, payload: &[u8]) -> Option<StoredEvent> {
     let gate_id = moira_protocol::subjects::gate_id_from_subject(subject)?;
     match Envelope::decode(payload) {
         Ok(Decoded::Unknown { kind, schema }) => {
             tracing::debug!(%gate_id, seq, kind, schema, "skipping an event kind this build does not know");
             Some(StoredEvent {
                 seq,
-                prev_seq,
                 gate_id,
                 event: Decoded::Unknown { kind, schema },
             })
         }
         Ok(event) => Some(StoredEvent {
             seq,
-            prev_seq,
             gate_id,
             event,
         }),
@@ -91,7 +81,7 @@ impl Client {
         let (raw, last_seq) = self.read_subject(GATES_STREAM, &subject).await?;
         let events = raw
             .iter()
-            .filter_map(|(seq, payload)| decode_stored(&subject, *seq, None, payload))
+            .filter_map(|(seq, payload)| decode_stored(&subject, *seq, payload))
             .collect();
         Ok((events, last_seq))
     }
@@ -206,7 +196,7 @@ impl Client {
                 let msg = msg.map_err(nats_err)?;
                 let info = msg.info().map_err(nats_err)?;
                 let (seq, pending) = (info.stream_sequence, info.pending);
-                if let Some(ev) = decode_stored(&msg.subject, seq, None, &msg.payload) {
+                if let Some(ev) = decode_stored(&msg.subject, seq, &msg.payload) {
                     if let Decoded::Event(env) = ev.event {
                         apply_owned(gates.entry(ev.gate_id).or_default(), env);
                     }
@@ -252,7 +242,7 @@ impl Client {
                 Err(e) => return Some(Err(nats_err(e))),
             };
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-            decode_stored(&msg.subject, seq, None, &msg.payload).map(Ok)
+            decode_stored(&msg.subject, seq, &msg.payload).map(Ok)
         }))
     }
 }
