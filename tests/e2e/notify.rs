@@ -308,10 +308,18 @@ async fn routing_rules_and_gate_named_channels() {
             .count(),
         0
     );
-    let text = rx.hits("/slack")[0].body["text"]
-        .as_str()
-        .unwrap_or("")
+    // Handlers run concurrently: pick the "opened" message, not the first.
+    let slack = rx.hits("/slack");
+    let text = slack
+        .iter()
+        .filter_map(|h| h.body["text"].as_str())
+        .find(|t| t.contains("waiting for approval"))
+        .unwrap_or_default()
         .to_string();
+    assert!(
+        !text.contains("Decided by"),
+        "an opened message shows the gate as it was when opened: {text}"
+    );
     assert!(
         text.contains("Dev?") && text.contains("moira gate approve"),
         "{text}"

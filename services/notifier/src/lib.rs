@@ -266,7 +266,7 @@ async fn handle(shared: &Shared, msg: &async_nats::jetstream::Message) {
         }
     } else {
         match Envelope::decode(&msg.payload) {
-            Ok(Decoded::Event(env)) => gate_event(shared, id, env).await,
+            Ok(Decoded::Event(env)) => gate_event(shared, id, info.stream_sequence, env).await,
             Ok(Decoded::Unknown { kind, .. }) => {
                 tracing::debug!(kind, "skipping an event kind this build does not know")
             }
@@ -275,7 +275,7 @@ async fn handle(shared: &Shared, msg: &async_nats::jetstream::Message) {
     }
 }
 
-async fn gate_event(shared: &Shared, id: String, env: Envelope) {
+async fn gate_event(shared: &Shared, id: String, seq: u64, env: Envelope) {
     let kind = match &env.event {
         GateEvent::GateOpened { .. } => "opened",
         GateEvent::GateApproved { .. } => "approved",
@@ -290,7 +290,7 @@ async fn gate_event(shared: &Shared, id: String, env: Envelope) {
     } else if env.event.is_terminal() {
         unschedule(shared, env.gate_id).await;
     }
-    let gate = match shared.client.show(env.gate_id).await {
+    let gate = match gate_as_of(shared, env.gate_id, seq).await {
         Ok(g) => g,
         Err(e) => {
             tracing::warn!(gate = %env.gate_id, "cannot read the gate to notify about it: {e}");
@@ -303,6 +303,25 @@ async fn gate_event(shared: &Shared, id: String, env: Envelope) {
     };
     let n = notification(shared, id, kind, Some(gate), run.as_ref());
     deliver_all(shared, &n, &[]).await;
+}
+
+/// The gate as it was right after the event at `seq`: an "opened" message
+/// must not already show a decision that came later.
+async fn gate_as_of(shared: &Shared, gate: GateId, seq: u64) -> Result<GateView, String> {
+    let (events, _) = shared
+        .client
+        .read_events(gate)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut state = None;
+    for e in events.iter().filter(|e| e.seq <= seq) {
+        if let Decoded::Event(env) = &e.event {
+            moira_protocol::gate::apply(&mut state, env);
+        }
+    }
+    state
+        .map(|s| GateView::from(&s))
+        .ok_or_else(|| format!("gate {gate} has no open event"))
 }
 
 fn sched_subject(gate: GateId, what: &str) -> String {
