@@ -4,7 +4,10 @@
 //! acknowledgement (and its server error code) is read directly:
 //! - `Nats-Expected-Last-Subject-Sequence` makes a write fail if anything
 //!   was stored on the gate's subject since we read it;
-//! - `Nats-Msg-Id` is the command id, so a retried command is stored once;
+//! - `Nats-Msg-Id` is the gate id and the command id together (JetStream
+//!   deduplicates ids across the whole stream, so a bare command id reused
+//!   on another gate would be swallowed); a duplicate stores nothing, and
+//!   the caller reads the gate back to see what the id did there;
 //! - an open with a timeout is an atomic batch: the `GateOpened` event and
 //!   the `@at` schedule that will write `GateTimedOut` at the deadline;
 //! - a decision on a gate with a timeout purges that schedule in the same
@@ -18,8 +21,8 @@ use moira_protocol::subjects::*;
 use moira_protocol::time::rfc3339;
 use moira_protocol::{Envelope, GateEvent};
 
-use moira_client::append::request;
 pub use moira_client::append::AppendError;
+use moira_client::append::{request, request_new};
 
 fn event_headers(env: &Envelope) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -37,7 +40,7 @@ pub async fn append(
     purge_schedule: bool,
 ) -> Result<u64, AppendError> {
     let mut h = event_headers(env);
-    h.insert(HDR_MSG_ID, env.id.to_string().as_str());
+    h.insert(HDR_MSG_ID, msg_id(env).as_str());
     h.insert(
         HDR_EXPECTED_LAST_SUBJECT_SEQ,
         expected_last_seq.to_string().as_str(),
@@ -46,7 +49,12 @@ pub async fn append(
         h.insert(HDR_SCHEDULER, gate_schedule(&env.gate_id).as_str());
         h.insert(HDR_SCHEDULE_NEXT, SCHEDULE_NEXT_PURGE);
     }
-    request(nats, gate_events(&env.gate_id), h, env.encode()).await
+    request_new(nats, gate_events(&env.gate_id), h, env.encode()).await
+}
+
+/// The message id of an event: scoped to its gate.
+pub fn msg_id(env: &Envelope) -> String {
+    format!("{}:{}", env.gate_id, env.id)
 }
 
 /// Opens a gate that has a deadline: the `GateOpened` event and its timeout

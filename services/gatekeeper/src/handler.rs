@@ -127,6 +127,11 @@ impl Handler {
                         stored_at = None;
                         break;
                     }
+                    Err(AppendError::Duplicate) => {
+                        tracing::debug!(%gate_id, "a duplicate message id; reading the gate back");
+                        stored_at = None;
+                        break;
+                    }
                     Err(AppendError::Unknown) => {
                         tracing::warn!(%gate_id, "no publish acknowledgement; reading the gate again");
                         stored_at = None;

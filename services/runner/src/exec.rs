@@ -1,23 +1,42 @@
 //! Running one `run:` step: `sh -c` in its own folder, output lines to the
 //! run's log subject, `key=value` outputs from `$MOIRA_OUTPUT`, a timeout.
+//!
+//! A step starts from a clean environment ([`BASE_ENV`], the runner's
+//! `--pass-env` names, then what the workflow sets), never the runner's
+//! own: a runner may hold broker credentials or other secrets. What a step
+//! prints and writes is bounded ([`MAX_LINE`], [`MAX_OUTPUTS`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
 use moira_client::Client;
+
+/// Variables a step gets from the runner's environment when they are set.
+pub const BASE_ENV: [&str; 8] = [
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ",
+];
+/// `PATH` for a step when the runner has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// A longer output line is split into pieces of this size.
+pub const MAX_LINE: usize = 16 * 1024;
+/// How much of `$MOIRA_OUTPUT` is read.
+pub const MAX_OUTPUTS: u64 = 64 * 1024;
 
 pub struct StepRun {
     pub run_id: String,
     pub step: String,
     pub command: String,
     pub env: BTreeMap<String, String>,
+    /// Names passed through from the runner's environment (`--pass-env`).
+    pub pass_env: Arc<Vec<String>>,
     pub dir: PathBuf,
     pub timeout: Option<Duration>,
     /// Outputs of the previous iteration, written to a file for the re-run.
@@ -63,21 +82,69 @@ impl Drop for GroupGuard {
     }
 }
 
+/// Forwards a pipe's lines, splitting any longer than [`MAX_LINE`]. The
+/// channel is bounded, so a step that prints faster than the broker takes
+/// it waits on its pipe instead of filling the runner's memory.
 fn spawn_lines<R>(
     name: &'static str,
     reader: R,
-    tx: tokio::sync::mpsc::UnboundedSender<(&'static str, String)>,
+    tx: tokio::sync::mpsc::Sender<(&'static str, String)>,
 ) where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        let mut lines = BufReader::new(reader).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if tx.send((name, line)).is_err() {
+        let mut reader = BufReader::new(reader);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let mut limited = (&mut reader).take(MAX_LINE as u64);
+            match limited.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if buf.last() == Some(&b'\n') {
+                buf.pop();
+            }
+            let line = String::from_utf8_lossy(&buf).into_owned();
+            if tx.send((name, line)).await.is_err() {
                 break;
             }
         }
     });
+}
+
+/// Makes a folder (and its parents) that only this user can enter.
+pub async fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut b = tokio::fs::DirBuilder::new();
+    b.recursive(true).mode(0o700);
+    b.create(dir).await
+}
+
+/// Writes a new file with mode 0600 that was not there before: a file or a
+/// symlink already at `path` is removed first (not followed), and the
+/// create is exclusive, so the write cannot be redirected elsewhere.
+async fn write_new(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    match tokio::fs::remove_file(path).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await?;
+    tokio::io::AsyncWriteExt::write_all(&mut f, text.as_bytes()).await
+}
+
+/// Reads at most [`MAX_OUTPUTS`] bytes of the step's output file.
+async fn read_outputs(path: &std::path::Path) -> BTreeMap<String, String> {
+    let Ok(f) = tokio::fs::File::open(path).await else {
+        return BTreeMap::new();
+    };
+    let mut text = Vec::new();
+    let _ = f.take(MAX_OUTPUTS).read_to_end(&mut text).await;
+    parse_outputs(&String::from_utf8_lossy(&text))
 }
 
 pub fn parse_outputs(text: &str) -> BTreeMap<String, String> {
@@ -90,7 +157,7 @@ pub fn parse_outputs(text: &str) -> BTreeMap<String, String> {
 
 pub async fn run(client: &Client, s: StepRun) -> StepResult {
     let dir = s.dir.join(format!("{}-{}", s.iteration, s.attempt));
-    if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+    if let Err(e) = private_dir(&dir).await {
         return failed(format!(
             "cannot create the step folder {}: {e}",
             dir.display()
@@ -98,9 +165,20 @@ pub async fn run(client: &Client, s: StepRun) -> StepResult {
     }
     let output_file = dir.join("moira-output");
     let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(&s.command)
-        .current_dir(&dir)
+    cmd.arg("-c").arg(&s.command).current_dir(&dir).env_clear();
+    for name in BASE_ENV
+        .iter()
+        .copied()
+        .chain(s.pass_env.iter().map(String::as_str))
+    {
+        if let Some(v) = std::env::var_os(name) {
+            cmd.env(name, v);
+        }
+    }
+    if std::env::var_os("PATH").is_none() {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+    cmd.env("TMPDIR", &dir)
         .envs(&s.env)
         .env("MOIRA_OUTPUT", &output_file)
         .env("MOIRA_RUN_ID", &s.run_id)
@@ -117,7 +195,7 @@ pub async fn run(client: &Client, s: StepRun) -> StepResult {
     if let Some(prev) = &s.previous_outputs {
         let path = dir.join("moira-previous-output");
         let text: String = prev.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-        if let Err(e) = tokio::fs::write(&path, text).await {
+        if let Err(e) = write_new(&path, &text).await {
             return failed(format!("cannot write {}: {e}", path.display()));
         }
         cmd.env("MOIRA_PREVIOUS_OUTPUT", &path);
@@ -128,7 +206,7 @@ pub async fn run(client: &Client, s: StepRun) -> StepResult {
     };
     let _group = GroupGuard(child.id());
     // Both pipes feed one channel; lines are published in arrival order.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(&'static str, String)>();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(&'static str, String)>(256);
     if let Some(out) = child.stdout.take() {
         spawn_lines("stdout", out, tx.clone());
     }
@@ -177,10 +255,7 @@ pub async fn run(client: &Client, s: StepRun) -> StepResult {
         Ok(st) => st,
         Err(e) => return failed(format!("waiting for the step failed: {e}")),
     };
-    let outputs = tokio::fs::read_to_string(&output_file)
-        .await
-        .map(|t| parse_outputs(&t))
-        .unwrap_or_default();
+    let outputs = read_outputs(&output_file).await;
     let code = status.code();
     StepResult {
         cancelled: false,

@@ -92,6 +92,9 @@ pub async fn advance(
         let mut last = rec.last_seq;
         if run.finished.is_some() {
             held.tasks.abort_all();
+            if !shared.keep_work_files {
+                remove_run_files(&shared, &run_id).await;
+            }
             return Ok(());
         }
         let wf = match Workflow::parse(&run.workflow, &run.vars) {
@@ -134,6 +137,16 @@ pub async fn advance(
             Some(Err(e)) => tracing::error!(run_id, "a step task failed: {e}"),
             None => return Ok(()),
         }
+    }
+}
+
+/// Removes a finished run's folder (steps' files and outputs).
+async fn remove_run_files(shared: &Shared, run_id: &str) {
+    let dir = shared.work_dir.join(run_id);
+    match tokio::fs::remove_dir_all(&dir).await {
+        Ok(()) => tracing::debug!(run_id, "removed the run's folder"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(run_id, "cannot remove {}: {e}", dir.display()),
     }
 }
 
@@ -267,8 +280,10 @@ async fn act(
             append(client, last, env(id, ev, RUNNER_ACTOR)).await?;
             let st = run.steps.get(&step).cloned().unwrap_or_default();
             let look = lookup(wf, run);
-            let command = Template::parse(def.run.as_deref().unwrap_or(""))
-                .map(|t| t.render(&look))
+            // Template values reach the command only as environment
+            // variables, never as shell text.
+            let (command, values) = Template::parse(def.run.as_deref().unwrap_or(""))
+                .map(|t| t.render_shell(&look))
                 .unwrap_or_default();
             let mut vars = gate_inputs(wf, run, def);
             for (k, v) in &def.env {
@@ -278,11 +293,16 @@ async fn act(
                 vars.insert(k.clone(), v);
             }
             vars.extend(st.push_back_inputs.clone());
+            // Approvers choose these values: never let them set PATH,
+            // LD_PRELOAD and the like (validation refuses such names too).
+            vars.retain(|k, _| !moira_workflow::is_reserved_env(k));
+            vars.extend(values);
             let job = StepRun {
                 run_id: id.clone(),
                 step: step.clone(),
                 command,
                 env: vars,
+                pass_env: shared.pass_env.clone(),
                 dir: shared.work_dir.join(id).join(&step),
                 timeout: def.timeout(),
                 previous_outputs: (iteration > 1).then(|| st.outputs.clone()),
@@ -494,10 +514,12 @@ fn open_spec(wf: &Workflow, run: &RunState, def: &Step, review: bool) -> OpenGat
             .map(|t| t.render(&look))
             .unwrap_or_else(|_| t.to_string())
     };
+    // Validation bounds timeouts; a value that does not fit is sent as
+    // u64::MAX, which the gate-keeper refuses, rather than wrapping around.
     let ms = |t: &Option<String>| {
         t.as_deref()
             .and_then(|t| parse_duration(t).ok())
-            .map(|d| d.as_millis() as u64)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     };
     let mut meta = BTreeMap::from([("workflow".to_string(), wf.name.clone())]);
     let base = OpenGate {

@@ -53,6 +53,11 @@ pub struct Config {
     /// takes it over (set when the shared consumer is first created).
     pub ack_wait: Duration,
     pub replicas: usize,
+    /// Names of the runner's environment variables that steps also get
+    /// (besides [`exec::BASE_ENV`]).
+    pub pass_env: Vec<String>,
+    /// Keep each run's folder after the run ends (default: removed).
+    pub keep_work_files: bool,
 }
 
 impl Default for Config {
@@ -60,11 +65,58 @@ impl Default for Config {
         Self {
             nats_url: "nats://127.0.0.1:4222".into(),
             concurrency: 4,
-            work_dir: std::env::temp_dir().join("moira-runner"),
+            work_dir: default_work_dir(),
             ack_wait: Duration::from_secs(30),
             replicas: 1,
+            pass_env: Vec::new(),
+            keep_work_files: false,
         }
     }
+}
+
+/// `$STATE_DIRECTORY/work` under systemd, otherwise a folder of this
+/// user's own under the temporary folder (`moira-runner-<uid>`).
+pub fn default_work_dir() -> PathBuf {
+    if let Some(state) = std::env::var_os("STATE_DIRECTORY") {
+        return PathBuf::from(state).join("work");
+    }
+    let uid = current_uid().map(|u| u.to_string()).unwrap_or_default();
+    std::env::temp_dir().join(format!("moira-runner-{uid}"))
+}
+
+fn current_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+/// Makes sure the work folder is this user's alone: created 0700 if
+/// missing; refused if it is a symlink or someone else's; narrowed to
+/// 0700 if it is ours but open to others.
+pub async fn check_work_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    exec::private_dir(dir)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the work folder {}: {e}", dir.display()))?;
+    let meta = tokio::fs::symlink_metadata(dir).await?;
+    if !meta.file_type().is_dir() {
+        anyhow::bail!(
+            "the work folder {} is not a folder (a symlink?); remove it or choose another with --work-dir",
+            dir.display()
+        );
+    }
+    if let Some(uid) = current_uid() {
+        if meta.uid() != uid {
+            anyhow::bail!(
+                "the work folder {} belongs to another user (uid {}); choose another with --work-dir",
+                dir.display(),
+                meta.uid()
+            );
+        }
+    }
+    if meta.mode() & 0o077 != 0 {
+        tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).await?;
+    }
+    Ok(())
 }
 
 /// What every job task of this runner shares.
@@ -72,6 +124,8 @@ pub(crate) struct Shared {
     pub client: Client,
     pub name: String,
     pub work_dir: PathBuf,
+    pub pass_env: Arc<Vec<String>>,
+    pub keep_work_files: bool,
 }
 
 pub struct Runner {
@@ -118,7 +172,7 @@ pub async fn start(config: Config) -> anyhow::Result<Runner> {
             },
         )
         .await?;
-    tokio::fs::create_dir_all(&config.work_dir).await?;
+    check_work_dir(&config.work_dir).await?;
     let name = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().to_string()[..8]);
     tracing::info!(url = %config.nats_url, runner = name, concurrency = config.concurrency, "moira-runner ready");
     Ok(Runner {
@@ -126,6 +180,8 @@ pub async fn start(config: Config) -> anyhow::Result<Runner> {
             client,
             name,
             work_dir: config.work_dir,
+            pass_env: Arc::new(config.pass_env),
+            keep_work_files: config.keep_work_files,
         }),
         jobs,
         resumer,
@@ -188,7 +244,13 @@ impl Runner {
                     continue;
                 }
             };
-            let Some(run_id) = msg.subject.strip_prefix("moira.job.").map(str::to_string) else {
+            // The run id names a folder on this machine: only a plain token.
+            let Some(run_id) = msg
+                .subject
+                .strip_prefix("moira.job.")
+                .filter(|r| moira_protocol::ids::is_subject_token(r))
+                .map(str::to_string)
+            else {
                 let _ = msg.ack().await;
                 continue;
             };

@@ -15,9 +15,17 @@ struct Args {
     /// Runs advanced at once.
     #[arg(long, env = "MOIRA_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
-    /// Folder where steps run.
+    /// Folder where steps run (default: $STATE_DIRECTORY/work, or
+    /// $TMPDIR/moira-runner-<uid>); kept private to this user.
     #[arg(long, env = "MOIRA_WORK_DIR")]
     work_dir: Option<PathBuf>,
+    /// An environment variable of the runner's that steps also get
+    /// (repeat, or comma-separate in the env var).
+    #[arg(long = "pass-env", env = "MOIRA_PASS_ENV", value_delimiter = ',')]
+    pass_env: Vec<String>,
+    /// Keep each run's folder after the run ends.
+    #[arg(long, env = "MOIRA_KEEP_WORK_FILES")]
+    keep_work_files: bool,
     /// How long a job may go unacknowledged before another runner takes it
     /// over (used when the shared consumer is first created).
     #[arg(long, env = "MOIRA_ACK_WAIT", default_value = "30s", value_parser = parse_dur)]
@@ -42,11 +50,11 @@ async fn main() -> std::process::ExitCode {
     let config = moira_runner::Config {
         nats_url: args.nats_url,
         concurrency: args.concurrency as usize,
-        work_dir: args
-            .work_dir
-            .unwrap_or_else(|| std::env::temp_dir().join("moira-runner")),
+        work_dir: args.work_dir.unwrap_or_else(moira_runner::default_work_dir),
         ack_wait: args.ack_wait,
         replicas: args.replicas as usize,
+        pass_env: args.pass_env,
+        keep_work_files: args.keep_work_files,
     };
     moira_gatekeeper::signals::serve("moira-runner", |shutdown| {
         moira_runner::run(config, shutdown)

@@ -26,12 +26,18 @@ pub enum AppendError {
     Refused(String),
     #[error("JetStream is unavailable: {0}")]
     Unavailable(String),
+    /// The stream already held a message with this `Nats-Msg-Id` and stored
+    /// nothing new: read back what is there before answering.
+    #[error("a message with this id was already stored")]
+    Duplicate,
 }
 
 #[derive(Deserialize)]
 struct Ack {
     #[serde(default)]
     seq: u64,
+    #[serde(default)]
+    duplicate: bool,
     #[serde(default)]
     error: Option<AckError>,
 }
@@ -45,13 +51,40 @@ struct AckError {
 }
 
 /// Publishes and waits for the stream's acknowledgement; returns the
-/// stored sequence.
+/// stored sequence (for a deduplicated message, the sequence of the one
+/// stored before).
 pub async fn request(
     nats: &async_nats::Client,
     subject: String,
     headers: HeaderMap,
     payload: Vec<u8>,
 ) -> Result<u64, AppendError> {
+    send(nats, subject, headers, payload)
+        .await
+        .map(|(seq, _)| seq)
+}
+
+/// Like [`request`], but a deduplicated message is
+/// [`AppendError::Duplicate`]: the caller wanted a new message stored.
+pub async fn request_new(
+    nats: &async_nats::Client,
+    subject: String,
+    headers: HeaderMap,
+    payload: Vec<u8>,
+) -> Result<u64, AppendError> {
+    match send(nats, subject, headers, payload).await? {
+        (_, true) => Err(AppendError::Duplicate),
+        (seq, false) => Ok(seq),
+    }
+}
+
+/// The stored sequence, and whether the stream called it a duplicate.
+async fn send(
+    nats: &async_nats::Client,
+    subject: String,
+    headers: HeaderMap,
+    payload: Vec<u8>,
+) -> Result<(u64, bool), AppendError> {
     let req = Request::new()
         .headers(headers)
         .payload(Bytes::from(payload))
@@ -66,7 +99,7 @@ pub async fn request(
     let ack: Ack = serde_json::from_slice(&msg.payload)
         .map_err(|e| AppendError::Unavailable(format!("unreadable publish ack: {e}")))?;
     match ack.error {
-        None => Ok(ack.seq),
+        None => Ok((ack.seq, ack.duplicate)),
         Some(err)
             if err.err_code == WRONG_LAST_SEQUENCE
                 || err.err_code == CLUSTER_WRONG_LAST_SEQUENCE =>

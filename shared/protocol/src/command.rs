@@ -242,7 +242,7 @@ impl Format {
     pub fn decode<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, CommandError> {
         let res = match self {
             Format::Json => serde_json::from_slice(body).map_err(|e| e.to_string()),
-            Format::MsgPack => rmp_serde::from_slice(body).map_err(|e| e.to_string()),
+            Format::MsgPack => crate::codec::from_msgpack(body).map_err(|e| e.to_string()),
         };
         res.map_err(|e| {
             let what = if self == Format::Json {

@@ -219,9 +219,9 @@ impl Envelope {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
-        match rmp_serde::from_slice::<Envelope>(bytes) {
+        match crate::codec::from_msgpack::<Envelope>(bytes) {
             Ok(env) => Ok(Decoded::Event(env)),
-            Err(full) => match rmp_serde::from_slice::<Head>(bytes) {
+            Err(full) => match crate::codec::from_msgpack::<Head>(bytes) {
                 Ok(head) => Ok(Decoded::Unknown {
                     kind: head.event.into_keys().next().unwrap_or_default(),
                     schema: head.schema,

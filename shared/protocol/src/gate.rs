@@ -12,7 +12,15 @@ use crate::command::{
     ApproveGate, CancelGate, Command, CommandError, DenyGate, ErrorCode, OpenGate, PushBackGate,
 };
 use crate::event::{Envelope, GateEvent, GateSpec, Inputs, OnTimeout, SCHEMA, TIMEOUT_ACTOR};
-use crate::ids::{is_subject_token, CommandId, GateId};
+use crate::ids::{is_subject_token, is_valid_name, CommandId, GateId, MAX_NAME};
+
+/// Why a user, tool or role name was refused (the name is shown escaped).
+pub fn bad_name(what: &str, name: &str) -> String {
+    format!(
+        "{what} name {:?} is not allowed: use 1 to {MAX_NAME} ASCII letters, digits and . _ @ + -, starting with a letter or digit",
+        name.chars().take(80).collect::<String>()
+    )
+}
 
 /// Limits on user-supplied text, so one gate cannot bloat the stream.
 pub const MAX_TEXT: usize = 4096;
@@ -96,9 +104,89 @@ pub struct GateState {
     pub reason: Option<String>,
     /// True when the gate ended because its deadline passed.
     pub timed_out: bool,
-    /// Commands already applied, so a retried command has no second effect.
-    /// A gate sees a handful of commands, so a Vec beats a set here.
-    pub applied: Vec<CommandId>,
+    /// Commands already applied and what each did, so a retried command
+    /// has no second effect and a reused id for another command is refused.
+    /// A gate sees a handful of commands, so a Vec beats a map here.
+    pub applied: Vec<(CommandId, Did)>,
+}
+
+/// What a command did, as far as telling a retry from a different command
+/// with a reused id goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Did {
+    Open,
+    Approve {
+        actor: String,
+        comment: Option<String>,
+        inputs: Inputs,
+    },
+    Deny {
+        actor: String,
+        reason: String,
+    },
+    PushBack {
+        actor: String,
+        comment: Option<String>,
+        inputs: Inputs,
+    },
+    Cancel {
+        actor: String,
+        reason: Option<String>,
+    },
+    TimedOut,
+}
+
+impl Did {
+    fn of_event(actor: &str, ev: &GateEvent) -> Did {
+        let actor = actor.to_string();
+        match ev {
+            GateEvent::GateOpened { .. } => Did::Open,
+            GateEvent::ApprovalRecorded { comment, inputs }
+            | GateEvent::GateApproved { comment, inputs } => Did::Approve {
+                actor,
+                comment: comment.clone(),
+                inputs: inputs.clone(),
+            },
+            GateEvent::GateDenied { reason } => Did::Deny {
+                actor,
+                reason: reason.clone(),
+            },
+            GateEvent::GatePushedBack { comment, inputs } => Did::PushBack {
+                actor,
+                comment: comment.clone(),
+                inputs: inputs.clone(),
+            },
+            GateEvent::GateCancelled { reason } => Did::Cancel {
+                actor,
+                reason: reason.clone(),
+            },
+            GateEvent::GateTimedOut { .. } => Did::TimedOut,
+        }
+    }
+
+    fn of_command(cmd: &Command) -> Did {
+        match cmd {
+            Command::Open(_) => Did::Open,
+            Command::Approve(c) => Did::Approve {
+                actor: c.actor.clone(),
+                comment: c.comment.clone(),
+                inputs: c.inputs.clone(),
+            },
+            Command::Deny(c) => Did::Deny {
+                actor: c.actor.clone(),
+                reason: c.reason.clone(),
+            },
+            Command::PushBack(c) => Did::PushBack {
+                actor: c.actor.clone(),
+                comment: c.comment.clone(),
+                inputs: c.inputs.clone(),
+            },
+            Command::Cancel(c) => Did::Cancel {
+                actor: c.actor.clone(),
+                reason: c.reason.clone(),
+            },
+        }
+    }
 }
 
 /// Why a command was refused.
@@ -138,9 +226,20 @@ pub fn decide(
     ctx: &Context,
 ) -> Result<Decision, Rejection> {
     check_actor(cmd.actor())?;
-    if let Some(state) = state {
-        if state.applied.contains(&ctx.command_id) {
-            return Ok(Decision::AlreadyDone);
+    // An open is compared by its definition below.
+    if let (Some(state), false) = (state, matches!(cmd, Command::Open(_))) {
+        if let Some((_, did)) = state.applied.iter().find(|(id, _)| *id == ctx.command_id) {
+            return if *did == Did::of_command(cmd) {
+                Ok(Decision::AlreadyDone)
+            } else {
+                Err(reject(
+                    ErrorCode::Conflict,
+                    format!(
+                        "command id {} was already used on gate {} for a different command; send a new id",
+                        ctx.command_id, state.id
+                    ),
+                ))
+            };
         }
     }
     let envelope = |gate_id: GateId, event: GateEvent| Envelope {
@@ -161,7 +260,7 @@ pub fn decide(
         Command::Open(c) => {
             let spec = spec_from(c)?;
             if let Some(existing) = state {
-                return if existing.spec == spec {
+                return if existing.spec == spec && existing.requested_by == c.actor {
                     Ok(Decision::AlreadyDone)
                 } else {
                     Err(reject(
@@ -196,17 +295,14 @@ fn check_actor(actor: &str) -> Result<(), Rejection> {
             "the command names no actor; set --as or MOIRA_USER",
         ));
     }
-    if actor.len() > 256 || actor.chars().any(char::is_control) {
-        return Err(reject(
-            ErrorCode::BadRequest,
-            "the actor name is too long or holds control characters",
-        ));
-    }
     if actor.starts_with("moira:") {
         return Err(reject(
             ErrorCode::BadRequest,
             "actor names starting with 'moira:' are reserved",
         ));
+    }
+    if !is_valid_name(actor) {
+        return Err(reject(ErrorCode::BadRequest, bad_name("actor", actor)));
     }
     Ok(())
 }
@@ -443,6 +539,16 @@ pub fn spec_from(c: &OpenGate) -> Result<GateSpec, Rejection> {
             "at most {MAX_NAMES} approvers, roles and inputs each"
         )));
     }
+    for (what, name) in c
+        .approvers
+        .iter()
+        .map(|n| ("approver", n))
+        .chain(c.roles.iter().map(|n| ("role", n)))
+    {
+        if !is_valid_name(name) {
+            return Err(bad(bad_name(what, name)));
+        }
+    }
     for name in c.inputs.iter().chain(&c.required) {
         if !valid_name(name) {
             return Err(bad(format!("input name '{name}' must start with a letter or '_' and hold only letters, digits, '_' or '-'")));
@@ -556,7 +662,7 @@ fn opened(
         decided_at: None,
         reason: None,
         timed_out: false,
-        applied: vec![cmd],
+        applied: vec![(cmd, Did::Open)],
     }
 }
 
@@ -579,7 +685,8 @@ pub fn apply(state: &mut Option<GateState>, env: &Envelope) {
     if s.status.is_terminal() {
         return;
     }
-    s.applied.push(env.id);
+    s.applied
+        .push((env.id, Did::of_event(&env.actor, &env.event)));
     let approval = |comment: &Option<String>| Approval {
         by: env.actor.clone(),
         at: env.at,

@@ -327,6 +327,62 @@ fn a_retried_command_has_no_second_effect() {
 }
 
 #[test]
+fn a_reused_command_id_for_another_command_is_refused() {
+    let mut g = open(OpenGate {
+        approvers: vec!["bob".into(), "carol".into()],
+        approvals: Some(2),
+        ..basic()
+    });
+    let cx = ctx(&[]);
+    let Ok(Decision::Append(events)) = decide(g.state.as_ref(), &g.approve("bob"), &cx) else {
+        panic!("approve")
+    };
+    apply(&mut g.state, &events[0]);
+    let deny = Command::Deny(DenyGate {
+        gate_id: g.gate,
+        actor: "bob".into(),
+        reason: "no".into(),
+        ..Default::default()
+    });
+    let e = decide(g.state.as_ref(), &deny, &cx).expect_err("reused id");
+    assert_eq!(e.code, ErrorCode::Conflict);
+    // The same verb by someone else, or with another comment, is another command too.
+    let carol = g.approve("carol");
+    assert_eq!(
+        decide(g.state.as_ref(), &carol, &cx).map_err(|e| e.code),
+        Err(ErrorCode::Conflict)
+    );
+    assert_eq!(g.state().approvals.len(), 1);
+}
+
+#[test]
+fn reopening_an_id_as_someone_else_conflicts() {
+    let id = GateId::new();
+    let g = open(OpenGate {
+        gate_id: Some(id),
+        ..basic()
+    });
+    let squat = OpenGate {
+        gate_id: Some(id),
+        actor: "mallory".into(),
+        ..basic()
+    };
+    assert_eq!(g.refused(Command::Open(squat), &[]), ErrorCode::Conflict);
+}
+
+#[test]
+fn approver_and_role_names_are_checked() {
+    for bad in ["x$(id)", "a b", "\u{1b}]52;c;x\u{7}"] {
+        let c = OpenGate {
+            approvers: vec![bad.into()],
+            ..basic()
+        };
+        let cx = ctx(&[]);
+        assert!(decide(None, &Command::Open(c), &cx).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn first_terminal_event_wins() {
     let mut g = open(OpenGate {
         timeout_ms: Some(1000),

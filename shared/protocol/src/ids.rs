@@ -75,6 +75,21 @@ impl GateId {
 
 /// Run ids are free-form in this crate (the runner owns their format), but
 /// they travel inside subjects, so they must be a single safe token.
+/// The longest user, tool or role name.
+pub const MAX_NAME: usize = 64;
+
+/// Whether `s` is an acceptable user, tool or role name: 1 to
+/// [`MAX_NAME`] characters of ASCII letters, digits and `. _ @ + -`,
+/// starting with a letter or digit. Names end up in step environments,
+/// terminals, chat messages and mail, so nothing that any of those would
+/// read as syntax is allowed.
+pub fn is_valid_name(s: &str) -> bool {
+    s.len() <= MAX_NAME
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'-'))
+}
+
 pub fn is_subject_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
@@ -84,6 +99,29 @@ pub fn is_subject_token(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn names() {
+        for ok in ["alice", "ci-bot", "a.b@example.com", "x+y_z", "7"] {
+            assert!(super::is_valid_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "x$(touch /tmp/p)",
+            "a`id`",
+            "a;b",
+            "a\"b",
+            "a'b",
+            "a b",
+            "-x",
+            "moira:timeout",
+            "\u{1b}[2J",
+            "é",
+            &"a".repeat(65),
+        ] {
+            assert!(!super::is_valid_name(bad), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

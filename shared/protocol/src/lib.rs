@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod codec;
 pub mod command;
 pub mod event;
 pub mod gate;

@@ -216,7 +216,7 @@ impl RunEnvelope {
     }
     /// `None` for an event this build cannot read (logged and skipped by callers).
     pub fn decode(bytes: &[u8]) -> Option<RunEnvelope> {
-        rmp_serde::from_slice(bytes).ok()
+        crate::codec::from_msgpack(bytes).ok()
     }
     pub fn kind(&self) -> &'static str {
         match &self.event {

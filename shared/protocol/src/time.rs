@@ -10,9 +10,14 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 with milliseconds, e.g. `2026-11-21T19:40:00.123Z`.
+/// The last millisecond RFC 3339 can show (9999-12-31T23:59:59.999Z).
+pub const MAX_MS: u64 = 253_402_300_799_999;
+
+/// RFC 3339 with milliseconds, e.g. `2026-11-21T19:40:00.123Z`. Times come
+/// from stored events that anyone with write access could have made, so a
+/// time past the year 9999 is shown as [`MAX_MS`] instead of failing.
 pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms.min(MAX_MS))).to_string()
 }
 
 /// Parses `30s`, `5m`, `24h`, `1h30m`, `250ms`. Zero is refused.
@@ -63,5 +68,7 @@ mod tests {
         assert_eq!(short_duration(Duration::from_secs(310)), "5m10s");
         assert_eq!(short_duration(Duration::from_millis(850)), "850ms");
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(MAX_MS + 1), "9999-12-31T23:59:59.999Z");
     }
 }

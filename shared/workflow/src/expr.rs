@@ -12,8 +12,26 @@
 //!
 //! Values are text or booleans. A missing output is empty text. Text is
 //! true unless it is empty or `false`.
+//!
+//! Templates come from workflow files, which anyone who may submit a run
+//! writes, so parsing is bounded: a template is at most [`MAX_TEMPLATE`]
+//! bytes and an expression nests at most [`MAX_DEPTH`] levels. Evaluation
+//! recurses only over a parsed tree, so it inherits that bound.
+//!
+//! In a `run:` command a template never becomes shell text:
+//! [`Template::render_shell`] turns each `${{ … }}` into a quoted reference
+//! to an environment variable that holds the value.
 
+use std::collections::BTreeMap;
 use std::fmt;
+
+/// The longest template accepted, in bytes.
+pub const MAX_TEMPLATE: usize = 16 * 1024;
+/// How deeply `!` and `( )` may nest in one expression.
+pub const MAX_DEPTH: usize = 32;
+/// The prefix of the environment variables that carry template values
+/// into a `run:` command (`MOIRA_EXPR_1`, `MOIRA_EXPR_2`, …).
+pub const SHELL_VAR_PREFIX: &str = "MOIRA_EXPR_";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -84,22 +102,20 @@ enum Tok {
 
 fn lex(src: &str) -> Result<Vec<Tok>, ExprError> {
     let mut out = Vec::new();
-    let chars: Vec<char> = src.chars().collect();
     let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
+    while let Some(c) = src[i..].chars().next() {
+        let rest = &src[i..];
         if c.is_whitespace() {
-            i += 1;
+            i += c.len_utf8();
         } else if c == '\'' || c == '"' {
-            let end = chars[i + 1..]
-                .iter()
-                .position(|&d| d == c)
+            let end = rest[1..]
+                .find(c)
                 .ok_or_else(|| bad(format!("unterminated text in `{src}`")))?;
-            out.push(Tok::Text(chars[i + 1..i + 1 + end].iter().collect()));
+            out.push(Tok::Text(rest[1..1 + end].to_string()));
             i += end + 2;
         } else if let Some(op) = ["==", "!=", "&&", "||"]
             .into_iter()
-            .find(|op| src[byte(&chars, i)..].starts_with(op))
+            .find(|op| rest.starts_with(op))
         {
             out.push(Tok::Op(op));
             i += 2;
@@ -111,13 +127,11 @@ fn lex(src: &str) -> Result<Vec<Tok>, ExprError> {
             }));
             i += 1;
         } else if c.is_ascii_alphanumeric() || c == '_' {
-            let start = i;
-            while i < chars.len()
-                && (chars[i].is_ascii_alphanumeric() || matches!(chars[i], '_' | '-' | '.'))
-            {
-                i += 1;
-            }
-            out.push(Tok::Word(chars[start..i].iter().collect()));
+            let len = rest
+                .find(|d: char| !(d.is_ascii_alphanumeric() || matches!(d, '_' | '-' | '.')))
+                .unwrap_or(rest.len());
+            out.push(Tok::Word(rest[..len].to_string()));
+            i += len;
         } else {
             return Err(bad(format!("unexpected '{c}' in `{src}`")));
         }
@@ -125,17 +139,24 @@ fn lex(src: &str) -> Result<Vec<Tok>, ExprError> {
     Ok(out)
 }
 
-fn byte(chars: &[char], i: usize) -> usize {
-    chars[..i].iter().map(|c| c.len_utf8()).sum()
-}
-
 struct Parser<'a> {
     toks: Vec<Tok>,
     pos: usize,
     src: &'a str,
+    depth: usize,
 }
 
 impl Parser<'_> {
+    /// Counts one level of nesting; refuses past [`MAX_DEPTH`].
+    fn enter(&mut self) -> Result<(), ExprError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(bad(format!(
+                "an expression may nest `!` and `( )` at most {MAX_DEPTH} deep"
+            )));
+        }
+        Ok(())
+    }
     fn peek_op(&self, op: &str) -> bool {
         matches!(self.toks.get(self.pos), Some(Tok::Op(o)) if *o == op)
     }
@@ -158,7 +179,10 @@ impl Parser<'_> {
     fn unary(&mut self) -> Result<Expr, ExprError> {
         if self.peek_op("!") {
             self.pos += 1;
-            return Ok(Expr::Not(Box::new(self.unary()?)));
+            self.enter()?;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(inner)));
         }
         let left = self.primary()?;
         for (op, make) in [
@@ -177,7 +201,9 @@ impl Parser<'_> {
         self.pos += 1;
         match tok {
             Some(Tok::Op("(")) => {
+                self.enter()?;
                 let e = self.or()?;
+                self.depth -= 1;
                 if !self.peek_op(")") {
                     return Err(bad(format!("missing ')' in `{}`", self.src)));
                 }
@@ -216,10 +242,16 @@ fn parse_path(w: &str) -> Result<Path, ExprError> {
 }
 
 pub fn parse(src: &str) -> Result<Expr, ExprError> {
+    if src.len() > MAX_TEMPLATE {
+        return Err(bad(format!(
+            "an expression is longer than {MAX_TEMPLATE} bytes"
+        )));
+    }
     let mut p = Parser {
         toks: lex(src)?,
         pos: 0,
         src,
+        depth: 0,
     };
     let e = p.or()?;
     if p.pos != p.toks.len() {
@@ -269,6 +301,11 @@ enum Part {
 
 impl Template {
     pub fn parse(src: &str) -> Result<Template, ExprError> {
+        if src.len() > MAX_TEMPLATE {
+            return Err(bad(format!(
+                "a template is longer than {MAX_TEMPLATE} bytes"
+            )));
+        }
         let mut parts = Vec::new();
         let mut rest = src;
         while let Some(start) = rest.find("${{") {
@@ -298,6 +335,42 @@ impl Template {
             .collect()
     }
 
+    /// Renders a `run:` command for `sh -c` without putting any value into
+    /// the shell text: each `${{ … }}` becomes a reference to a variable
+    /// `MOIRA_EXPR_<n>`, returned with its value. The reference is quoted
+    /// for where it stands (`"${V}"` outside quotes, `${V}` inside double
+    /// quotes, `'"${V}"'` inside single quotes), so the value reaches the
+    /// command as one literal word. Whatever the surrounding text, only
+    /// quote characters and a variable name are inserted: a value can
+    /// never become shell syntax.
+    pub fn render_shell(
+        &self,
+        lookup: &dyn Fn(&Path) -> Option<String>,
+    ) -> (String, BTreeMap<String, String>) {
+        let mut script = String::new();
+        let mut vars = BTreeMap::new();
+        let mut quotes = ShellQuotes::default();
+        for p in &self.parts {
+            match p {
+                Part::Lit(l) => {
+                    quotes.feed(l);
+                    script.push_str(l);
+                }
+                Part::Expr(e) => {
+                    let name = format!("{SHELL_VAR_PREFIX}{}", vars.len() + 1);
+                    let reference = match quotes.state {
+                        Quote::None => format!("\"${{{name}}}\""),
+                        Quote::Double => format!("${{{name}}}"),
+                        Quote::Single => format!("'\"${{{name}}}\"'"),
+                    };
+                    script.push_str(&reference);
+                    vars.insert(name, e.eval(lookup).into_text());
+                }
+            }
+        }
+        (script, vars)
+    }
+
     /// A condition: a template that is one expression, or plain text.
     pub fn truthy(&self, lookup: &dyn Fn(&Path) -> Option<String>) -> bool {
         match self.parts.as_slice() {
@@ -314,6 +387,44 @@ impl Template {
             }
         }
         out
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Quote {
+    #[default]
+    None,
+    Single,
+    Double,
+}
+
+/// Follows `sh` quoting through literal text, well enough to pick how to
+/// quote a variable reference. It only chooses quoting; safety does not
+/// depend on it (see [`Template::render_shell`]).
+#[derive(Debug, Default)]
+struct ShellQuotes {
+    state: Quote,
+    escaped: bool,
+}
+
+impl ShellQuotes {
+    fn feed(&mut self, text: &str) {
+        for c in text.chars() {
+            if self.escaped {
+                self.escaped = false;
+                continue;
+            }
+            self.state = match (self.state, c) {
+                (Quote::None, '\\') | (Quote::Double, '\\') => {
+                    self.escaped = true;
+                    self.state
+                }
+                (Quote::None, '\'') => Quote::Single,
+                (Quote::None, '"') => Quote::Double,
+                (Quote::Single, '\'') | (Quote::Double, '"') => Quote::None,
+                (s, _) => s,
+            };
+        }
     }
 }
 
@@ -364,6 +475,49 @@ mod tests {
         assert!(Template::parse("${{ secrets.token }}").is_err());
         assert!(Template::parse("${{ vars.a vars.b }}").is_err());
         assert!(Template::parse("${{ vars.a = 'x' }}").is_err());
+    }
+
+    #[test]
+    fn shell_rendering_keeps_values_out_of_the_script() {
+        let evil = "x$(touch /tmp/p)`id`;\"'";
+        let look = |_: &Path| Some(evil.to_string());
+        let t = Template::parse("echo ${{ vars.a }} \"by ${{ vars.a }}\" 'q ${{ vars.a }}'")
+            .expect("parse");
+        let (script, vars) = t.render_shell(&look);
+        assert_eq!(
+            script,
+            "echo \"${MOIRA_EXPR_1}\" \"by ${MOIRA_EXPR_2}\" 'q '\"${MOIRA_EXPR_3}\"''"
+        );
+        assert!(!script.contains("touch"));
+        assert_eq!(vars.len(), 3);
+        assert!(vars.values().all(|v| v == evil));
+    }
+
+    #[test]
+    fn escaped_quotes_do_not_change_the_quoting() {
+        let look = |_: &Path| Some("v".to_string());
+        let t = Template::parse("echo \\\" ${{ vars.a }} \"a\\\"b ${{ vars.a }}\"").expect("parse");
+        let (script, _) = t.render_shell(&look);
+        assert_eq!(
+            script,
+            "echo \\\" \"${MOIRA_EXPR_1}\" \"a\\\"b ${MOIRA_EXPR_2}\""
+        );
+    }
+
+    #[test]
+    fn deep_nesting_and_long_templates_are_refused_without_recursing() {
+        let deep = format!("${{{{ {}vars.a }}}}", "!".repeat(5_000));
+        let e = Template::parse(&deep).expect_err("too deep");
+        assert!(e.0.contains("nest"), "{e}");
+        let parens = format!(
+            "${{{{ {}vars.a{} }}}}",
+            "(".repeat(5_000),
+            ")".repeat(5_000)
+        );
+        assert!(Template::parse(&parens).is_err());
+        let ok = format!("${{{{ {}vars.a }}}}", "!".repeat(MAX_DEPTH));
+        assert!(Template::parse(&ok).is_ok());
+        assert!(Template::parse(&"x".repeat(MAX_TEMPLATE + 1)).is_err());
     }
 
     #[test]

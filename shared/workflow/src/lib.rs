@@ -24,6 +24,13 @@ pub use expr::{Path, Template};
 
 /// The use: value of a gate step.
 pub const GATE_USE: &str = "moira.gate";
+/// The largest workflow file accepted, in bytes.
+pub const MAX_WORKFLOW_BYTES: usize = 256 * 1024;
+/// The most steps a workflow may have.
+pub const MAX_STEPS: usize = 256;
+/// The longest step or gate timeout (the gate-keeper's own maximum).
+pub const MAX_TIMEOUT: Duration = Duration::from_millis(moira_protocol::gate::MAX_TIMEOUT_MS);
+
 /// Output keys every gate step has (besides its inputs).
 pub const GATE_OUTPUTS: [&str; 3] = ["approved_by", "approved_at", "reason"];
 
@@ -181,6 +188,12 @@ impl Workflow {
         yaml: &str,
         overrides: &BTreeMap<String, String>,
     ) -> Result<Workflow, WorkflowError> {
+        if yaml.len() > MAX_WORKFLOW_BYTES {
+            return Err(WorkflowError::Invalid(vec![format!(
+                "the workflow is {} bytes; at most {MAX_WORKFLOW_BYTES} are accepted",
+                yaml.len()
+            )]));
+        }
         let mut wf: Workflow =
             serde_yaml::from_str(yaml).map_err(|e| WorkflowError::Yaml(e.to_string()))?;
         for (k, v) in overrides {
@@ -240,6 +253,13 @@ impl Workflow {
         if self.steps.is_empty() {
             p.push("the workflow has no steps".to_string());
         }
+        if self.steps.len() > MAX_STEPS {
+            p.push(format!(
+                "the workflow has {} steps; at most {MAX_STEPS} are allowed",
+                self.steps.len()
+            ));
+            return p;
+        }
         let mut seen = HashMap::new();
         for s in &self.steps {
             if !is_subject_token(&s.name) || s.name.len() > 64 {
@@ -276,6 +296,11 @@ impl Workflow {
                                 ));
                             }
                         }
+                        for i in g.inputs.iter().chain(&g.required) {
+                            if is_reserved_env(i) {
+                                p.push(format!("{at}: input name '{i}' is reserved: inputs become environment variables, and PATH, IFS, LD_*, MOIRA_* and the like may not be set by an approver"));
+                            }
+                        }
                         if g.approvals == Some(0) {
                             p.push(format!("{at}: approvals must be at least 1"));
                         }
@@ -294,12 +319,24 @@ impl Workflow {
                 p.push(format!("{at}: with: belongs to use: {GATE_USE} steps"));
             }
             if let Some(r) = &s.approval {
+                for i in &r.input {
+                    if is_reserved_env(i) {
+                        p.push(format!("{at}: approval input name '{i}' is reserved: inputs become environment variables, and PATH, IFS, LD_*, MOIRA_* and the like may not be set by an approver"));
+                    }
+                }
                 if r.prompt.trim().is_empty() {
                     p.push(format!("{at}: approval.prompt is empty"));
                 }
                 check_duration(&mut p, &at, "approval.timeout", r.timeout.as_deref());
             }
             check_duration(&mut p, &at, "timeout", s.timeout.as_deref());
+            for k in s.env.keys() {
+                if !valid_env_name(k) {
+                    p.push(format!("{at}: env name '{k}' must be letters, digits and '_', not starting with a digit"));
+                } else if is_reserved_env(k) {
+                    p.push(format!("{at}: env name '{k}' is reserved (PATH, IFS, LD_*, MOIRA_* and the like are set by the runner)"));
+                }
+            }
             for d in &s.depends_on {
                 if self.step(d).is_none() {
                     p.push(format!("{at}: depends on unknown step '{d}'"));
@@ -425,10 +462,43 @@ impl Workflow {
 
 fn check_duration(p: &mut Vec<String>, at: &str, field: &str, value: Option<&str>) {
     if let Some(v) = value {
-        if let Err(e) = parse_duration(v) {
-            p.push(format!("{at}: {field}: {e}"));
+        match parse_duration(v) {
+            Err(e) => p.push(format!("{at}: {field}: {e}")),
+            Ok(d) if d > MAX_TIMEOUT => p.push(format!(
+                "{at}: {field}: '{v}' is longer than the maximum of 366 days"
+            )),
+            Ok(_) => {}
         }
     }
+}
+
+/// Environment variables that change how a shell or the dynamic loader
+/// behaves. Values from approvers (gate inputs) and workflow `env:` never
+/// set them, and validation refuses them as names.
+pub fn is_reserved_env(name: &str) -> bool {
+    const EXACT: [&str; 9] = [
+        "PATH",
+        "IFS",
+        "ENV",
+        "BASH_ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "CDPATH",
+        "GLOBIGNORE",
+    ];
+    EXACT.contains(&name)
+        || ["LD_", "DYLD_", "MOIRA_", "BASH_FUNC_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+}
+
+/// An environment variable name a step may set.
+fn valid_env_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && k.len() <= 128
 }
 
 #[cfg(test)]

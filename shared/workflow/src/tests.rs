@@ -134,3 +134,32 @@ fn bad_yaml_and_unknown_fields() {
     .unwrap_err();
     assert!(e.to_string().contains("retry"), "{e}");
 }
+
+#[test]
+fn hostile_sizes_are_refused() {
+    let deep = format!(
+        "name: x\nsteps:\n  - {{name: a, run: 'true', when: '${{{{ {}true }}}}'}}\n",
+        "!".repeat(5_000)
+    );
+    let p = invalid(&deep);
+    assert!(p.iter().any(|m| m.contains("nest")), "{p:?}");
+    let huge = format!(
+        "name: x\nsteps:\n  - {{name: a, run: '{}'}}\n",
+        "x".repeat(300_000)
+    );
+    assert!(Workflow::parse(&huge, &BTreeMap::new()).is_err());
+    let p = invalid("name: x\nsteps:\n  - {name: a, run: 'true', timeout: 18446744073709552s}\n");
+    assert!(p.iter().any(|m| m.contains("timeout")), "{p:?}");
+    let p = invalid("name: x\nsteps:\n  - name: g\n    use: moira.gate\n    with: {message: m, timeout: 400d, on_timeout: approve}\n");
+    assert!(p.iter().any(|m| m.contains("366 days")), "{p:?}");
+    let p =
+        invalid("name: x\nsteps:\n  - {name: a, run: 'true', env: {MOIRA_OUTPUT: x, 'A B': y}}\n");
+    assert!(p.iter().any(|m| m.contains("MOIRA_")), "{p:?}");
+    assert!(p.iter().any(|m| m.contains("'A B'")), "{p:?}");
+    let p = invalid("name: x\nsteps:\n  - name: g\n    use: moira.gate\n    with: {message: m, inputs: [LD_PRELOAD, PATH]}\n");
+    assert_eq!(
+        p.iter().filter(|m| m.contains("is reserved")).count(),
+        2,
+        "{p:?}"
+    );
+}
