@@ -4,6 +4,7 @@ mod bad_input;
 mod cli;
 mod concurrency;
 mod gates;
+mod hostile;
 mod notify;
 mod runs;
 mod waiting;

@@ -178,16 +178,22 @@ impl Stack {
     }
 
     fn notifier(&self, config: &str, data: &str) -> Proc {
+        self.notifier_env(config, data, &[])
+    }
+
+    fn notifier_env(&self, config: &str, data: &str, env: &[(&str, &str)]) -> Proc {
         let file = self.dir.path().join(format!("{data}.toml"));
         std::fs::write(&file, config).expect("write config");
-        let p = ProcBuilder::new(bin("moira-notifier"), &format!("moira-notifier {data}"))
+        let mut b = ProcBuilder::new(bin("moira-notifier"), &format!("moira-notifier {data}"))
             .args(["--nats-url", &self.server.url(), "--config"])
             .arg(&file)
             .arg("--data")
             .arg(self.dir.path().join(data))
-            .env("MOIRA_LOG", "info")
-            .spawn()
-            .expect("spawn notifier");
+            .env("MOIRA_LOG", "info");
+        for (k, v) in env {
+            b = b.env(k, v);
+        }
+        let p = b.spawn().expect("spawn notifier");
         p.wait_for_line("moira-notifier ready", Duration::from_secs(20));
         p
     }
@@ -262,11 +268,11 @@ async fn signed_webhooks_for_opened_decided_and_timed_out_gates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn routing_rules_and_gate_named_channels() {
+async fn routing_rules_trust_run_gates_and_gates_name_only_opted_in_channels() {
     let s = Stack::start().await;
     let (rx, port) = Receiver::start().await;
     let config = format!(
-        "{}{}{}[channels.team]\ntype = \"slack\"\nurl = \"http://127.0.0.1:{port}/slack\"\n\
+        "gate_channels = [\"named\", \"team\"]\n{}{}{}[channels.team]\ntype = \"slack\"\nurl = \"http://127.0.0.1:{port}/slack\"\n\
          [[rules]]\nkinds = [\"approved\"]\nchannels = [\"decisions\"]\n\
          [[rules]]\nmetadata = {{ env = \"prod\" }}\nchannels = [\"prod\"]\n",
         webhook("decisions", port, "/decisions"),
@@ -277,20 +283,36 @@ async fn routing_rules_and_gate_named_channels() {
     let prod = s
         .open(OpenGate {
             metadata: [("env".into(), "prod".into())].into(),
+            run_id: Some("r-prod".into()),
+            step: Some("deploy".into()),
             ..gate("Prod?")
+        })
+        .await;
+    // Not a runner's gate: its metadata does not route it, and it cannot
+    // name a channel that did not opt in.
+    let spoof = s
+        .open(OpenGate {
+            metadata: [
+                ("env".into(), "prod".into()),
+                ("notify".into(), "prod".into()),
+            ]
+            .into(),
+            ..gate("Spoof?")
         })
         .await;
     let dev = s
         .open(OpenGate {
             metadata: [("notify".into(), "named,team".into())].into(),
-            ..gate("Dev?")
+            ..gate("Dev? <!channel> <https://evil.example/login|open in moira>")
         })
         .await;
     s.approve(&prod).await;
+    s.approve(&spoof).await;
     s.approve(&dev).await;
     rx.wait("all routed deliveries", |r| {
         r.about("/prod", "approved", &prod) == 1
             && r.about("/decisions", "approved", &dev) == 1
+            && r.about("/decisions", "approved", &spoof) == 1
             && r.about("/named", "approved", &dev) == 1
             && r.hits("/slack").len() == 2
     })
@@ -301,13 +323,16 @@ async fn routing_rules_and_gate_named_channels() {
         0,
         "the decisions rule is for approvals only"
     );
-    assert_eq!(
-        rx.hits("/prod")
-            .iter()
-            .filter(|h| h.body["gate"]["id"] == dev.as_str())
-            .count(),
-        0
-    );
+    for other in [&dev, &spoof] {
+        assert_eq!(
+            rx.hits("/prod")
+                .iter()
+                .filter(|h| h.body["gate"]["id"] == other.as_str())
+                .count(),
+            0,
+            "{other} must not reach the prod channel"
+        );
+    }
     // Handlers run concurrently: pick the "opened" message, not the first.
     let slack = rx.hits("/slack");
     let text = slack
@@ -323,6 +348,14 @@ async fn routing_rules_and_gate_named_channels() {
     assert!(
         text.contains("Dev?") && text.contains("moira gate approve"),
         "{text}"
+    );
+    assert!(
+        text.contains("&lt;!channel&gt;") && !text.contains("<!channel>"),
+        "a gate's text cannot mention the channel: {text}"
+    );
+    assert!(
+        !text.contains("<https://evil.example"),
+        "a gate's text cannot make a link: {text}"
     );
 }
 
@@ -554,17 +587,17 @@ async fn smtp_server() -> (Arc<Mutex<Vec<String>>>, Arc<tokio::sync::Notify>, u1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn email_and_exec_channels() {
+async fn email_and_exec_channels_and_exec_gets_no_notifier_secrets() {
     let s = Stack::start().await;
     let (mails, arrived, smtp_port) = smtp_server().await;
     let out = s.dir.path().join("exec");
     let config = format!(
         "[channels.mail]\ntype = \"email\"\nsmtp = \"127.0.0.1:{smtp_port}\"\nfrom = \"moira@example.com\"\nto = [\"ops@example.com\"]\n\
-         [channels.script]\ntype = \"exec\"\ncommand = [\"sh\", \"-c\", \"cat > {out}.$MOIRA_EVENT.json; echo \\\"$MOIRA_GATE_ID $MOIRA_GATE_MESSAGE $MOIRA_WAITING_GATES\\\" > {out}.$MOIRA_EVENT.env\"]\n\
+         [channels.script]\ntype = \"exec\"\ncommand = [\"sh\", \"-c\", \"cat > {out}.$MOIRA_EVENT.json; echo \\\"$MOIRA_GATE_ID $MOIRA_GATE_MESSAGE $MOIRA_WAITING_GATES ${{SMTP_SECRET:-none}}\\\" > {out}.$MOIRA_EVENT.env\"]\n\
          [[rules]]\nkinds = [\"opened\"]\nchannels = [\"mail\", \"script\"]\n",
         out = out.display()
     );
-    let n = s.notifier(&config, "n1");
+    let n = s.notifier_env(&config, "n1", &[("SMTP_SECRET", "hunter2")]);
     let g = s.open(gate("Mail me?")).await;
     n.wait_for_nth_line("delivered", 2, Duration::from_secs(30));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -580,7 +613,11 @@ async fn email_and_exec_channels() {
     );
     assert!(mail.contains(&format!("moira gate approve {g}")), "{mail}");
     let env = std::fs::read_to_string(format!("{}.opened.env", out.display())).expect("exec ran");
-    assert_eq!(env.trim(), format!("{g} Mail me? {g}"));
+    assert_eq!(
+        env.trim(),
+        format!("{g} Mail me? {g} none"),
+        "the command sees the event, not the notifier's environment"
+    );
     let json: Value = serde_json::from_str(
         &std::fs::read_to_string(format!("{}.opened.json", out.display())).expect("stdin"),
     )

@@ -23,6 +23,8 @@ fn runner(url: &str, dir: &TempDir, n: usize) -> Proc {
         .args(["--nats-url", url, "--ack-wait", "2s", "--work-dir"])
         .arg(dir.path().join(format!("work{n}")))
         .env("MOIRA_LOG", "info")
+        // Steps must never see the runner's own environment.
+        .env("MOIRA_TEST_RUNNER_SECRET", "s3cret")
         .spawn()
         .unwrap_or_else(|e| panic!("spawn moira-runner: {e}"));
     p.wait_for_line("moira-runner ready", Duration::from_secs(20));
@@ -571,6 +573,194 @@ async fn the_cli_submits_waits_and_shows_runs() {
         .0,
         1
     );
+}
+
+const INJECT: &str = r#"
+name: inject
+vars: { evil: "" }
+steps:
+  - name: g
+    use: moira.gate
+    with: { message: "Ship?", inputs: [NOTE] }
+  - name: emit
+    run: printf 'out=%s\n' "$EVIL" > "$MOIRA_OUTPUT"
+    env: { EVIL: "${{ vars.evil }}" }
+  - name: use
+    depends_on: [g, emit]
+    run: |
+      printf '%s\n' ${{ steps.g.outputs.NOTE }} > {dir}/note-bare.txt
+      printf '%s\n' "${{ steps.g.outputs.NOTE }}" > {dir}/note.txt
+      printf '%s\n' '${{ steps.emit.outputs.out }}' > {dir}/out.txt
+      printf '%s\n' "by ${{ steps.g.outputs.approved_by }}" > {dir}/by.txt
+      printf '%s\n' "${MOIRA_TEST_RUNNER_SECRET:-none}" > {dir}/env.txt
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_values_never_run_as_shell_and_steps_get_a_clean_environment() {
+    let s = Runs::start(1).await;
+    let d = s.dir.path().display().to_string();
+    let evil = |tag: &str| {
+        format!(
+            "$(touch {d}/pwned-{tag}-1) `touch {d}/pwned-{tag}-2`; touch {d}/pwned-{tag}-3; \"'"
+        )
+    };
+    let run = s.submit(INJECT, &[("evil", &evil("output"))]).await;
+    s.step_is(&run, "g", StepStatus::Waiting).await;
+    // An actor name that is shell syntax is refused by the gate-keeper.
+    for actor in [
+        format!("x$(touch {d}/pwned-actor)"),
+        "`id`".to_string(),
+        "a;b".to_string(),
+        "a\"b'".to_string(),
+    ] {
+        let e = s
+            .client
+            .approve(ApproveGate {
+                gate_id: gate_of(&run, "g"),
+                actor: actor.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("a shell-syntax actor is refused");
+        assert_eq!(
+            e.code(),
+            Some(moira_client::ErrorCode::BadRequest),
+            "{actor}: {e}"
+        );
+    }
+    s.client
+        .approve(ApproveGate {
+            gate_id: gate_of(&run, "g"),
+            actor: "bob".into(),
+            inputs: [("NOTE".into(), evil("input"))].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("approve");
+    let done = s.finished(&run).await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
+    let pwned: Vec<String> = std::fs::read_dir(s.dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("pwned"))
+        .collect();
+    assert!(pwned.is_empty(), "injected commands ran: {pwned:?}");
+    assert_eq!(s.file("note.txt").trim_end(), evil("input"));
+    assert_eq!(
+        s.file("note-bare.txt").trim_end(),
+        evil("input"),
+        "one literal word, unquoted too"
+    );
+    assert_eq!(
+        s.file("out.txt").trim_end(),
+        evil("output"),
+        "inside single quotes too"
+    );
+    assert_eq!(s.file("by.txt").trim_end(), "by bob");
+    assert_eq!(
+        s.file("env.txt").trim_end(),
+        "none",
+        "the runner's environment stays out of steps"
+    );
+}
+
+const SQUAT: &str = r#"
+name: squat
+steps:
+  - name: wait
+    run: while [ ! -f {dir}/go ]; do sleep 0.05; done
+  - name: approve
+    use: moira.gate
+    with: { message: "Ship?", approvers: { users: [bob] } }
+    depends_on: [wait]
+  - name: after
+    run: echo "by ${{ steps.approve.outputs.approved_by }}" > {dir}/after.txt
+    depends_on: [approve]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_squatted_gate_id_is_not_adopted_and_a_forged_gate_does_not_wake_the_run() {
+    let s = Runs::start(1).await;
+    let run = s.submit(SQUAT, &[]).await;
+    // Mallory opens the step's predictable gate id first, naming the run,
+    // with herself as approver.
+    let squatted = gate_of(&run, "approve");
+    s.client
+        .open(moira_client::OpenGate {
+            gate_id: Some(squatted),
+            actor: "mallory".into(),
+            message: "Ship?".into(),
+            approvers: vec!["mallory".into()],
+            run_id: Some(run.clone()),
+            step: Some("approve".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("squat");
+    std::fs::write(s.dir.path().join("go"), "").expect("go");
+    let parked = s.step_is(&run, "approve", StepStatus::Waiting).await;
+    let real = step(&parked, "approve").gate_id.expect("a gate");
+    assert_ne!(
+        real, squatted,
+        "the runner must not adopt a gate it did not open"
+    );
+    assert_eq!(real, GateId::for_step(&run, "approve", 2));
+    let view = s.client.show(real).await.expect("show");
+    assert_eq!(view.approvers.users, vec!["bob".to_string()]);
+    // Mallory approves her own gate: the run is not woken by it.
+    s.client
+        .approve(ApproveGate {
+            gate_id: squatted,
+            actor: "mallory".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("mallory approves her gate");
+    s.runners[0].wait_for_line("did not open the gate; ignored", Duration::from_secs(30));
+    let still = s.client.show_run(&run).await.expect("run");
+    assert_eq!(step(&still, "approve").status, StepStatus::Waiting);
+    s.client
+        .approve(ApproveGate {
+            gate_id: real,
+            actor: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("bob approves");
+    let done = s.finished(&run).await;
+    assert_eq!(done.status, RunStatus::Succeeded);
+    assert_eq!(s.file("after.txt").trim_end(), "by bob");
+}
+
+#[test]
+fn hostile_workflows_are_refused_at_submit() {
+    let server = NatsServer::start();
+    let dir = TempDir::new("moira-hostile").expect("tmp");
+    let cases = [
+        (
+            format!("name: deep\nsteps:\n  - {{name: a, run: 'true', when: '${{{{ {}true }}}}'}}\n", "!".repeat(5_000)),
+            "nest",
+        ),
+        (
+            "name: big\nsteps:\n  - name: g\n    use: moira.gate\n    with: {message: m, timeout: 18446744073709552s, on_timeout: approve}\n".to_string(),
+            "with.timeout",
+        ),
+        (
+            "name: env\nsteps:\n  - {name: a, run: 'true', env: {LD_PRELOAD: /tmp/x.so}}\n".to_string(),
+            "reserved",
+        ),
+    ];
+    for (i, (yaml, needle)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("w{i}.yml"));
+        std::fs::write(&file, yaml).expect("write");
+        let (code, _, err) = moira(
+            &server.url(),
+            &["run", "submit", &file.display().to_string()],
+        );
+        assert_ne!(code, 0, "{err}");
+        assert!(err.contains(needle), "missing {needle:?} in: {err}");
+    }
 }
 
 #[test]

@@ -59,6 +59,7 @@ impl LocalStack {
             nats_url: url.clone(),
             approvers: args.approvers.clone(),
             replicas: 1,
+            ..Default::default()
         };
         let gatekeeper = match moira_gatekeeper::start(gk_config).await {
             Ok(gk) => tokio::spawn(gk.serve(shutdown.clone())),
@@ -128,10 +129,10 @@ pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
         "stopping moira dev (Ctrl-C again to exit at once)",
     );
     let url = stack.url.clone();
-    eprintln!();
-    eprintln!("moira dev is running");
-    eprintln!("  NATS:         {url}");
-    eprintln!(
+    errln!();
+    errln!("moira dev is running");
+    errln!("  NATS:         {url}");
+    errln!(
         "  data:         {}",
         if stack.broker.is_some() {
             args.data.display().to_string()
@@ -139,27 +140,27 @@ pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
             "(external server)".into()
         }
     );
-    eprintln!("  gate-keeper:  in-process");
-    eprintln!(
+    errln!("  gate-keeper:  in-process");
+    errln!(
         "  runner:       in-process (steps run in {})",
         args.data.join("work").display()
     );
     let notify = args.notify_config.as_ref().map(|p| p.display().to_string());
-    eprintln!(
+    errln!(
         "  notifier:     in-process ({})",
         notify.unwrap_or_else(|| "everything to the log".into())
     );
-    eprintln!();
-    eprintln!("In another terminal:");
-    eprintln!("  export MOIRA_NATS_URL={url}");
-    eprintln!("  moira gate open --message 'Deploy?' --wait");
-    eprintln!("  moira run submit examples/release.yml");
-    eprintln!();
-    eprintln!("Press Ctrl-C to stop.");
-    println!("{url}");
+    errln!();
+    errln!("In another terminal:");
+    errln!("  export MOIRA_NATS_URL={url}");
+    errln!("  moira gate open --message 'Deploy?' --wait");
+    errln!("  moira run submit examples/release.yml");
+    errln!();
+    errln!("Press Ctrl-C to stop.");
+    outln!("{url}");
     stack.shutdown.cancelled().await;
     let result = stack.stop().await;
-    eprintln!("moira dev stopped");
+    errln!("moira dev stopped");
     result
 }
 

@@ -99,9 +99,13 @@ pub struct OpenArgs {
     /// Approvals required (N of M)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     approvals: u32,
-    /// The requester may not approve their own gate
-    #[arg(long)]
+    /// The requester may not approve their own gate (without this flag or
+    /// --self-approval, the gate-keeper's policy decides)
+    #[arg(long, conflicts_with = "self_approval")]
     no_self_approval: bool,
+    /// The requester may approve their own gate
+    #[arg(long)]
+    self_approval: bool,
     /// An input to collect from the approver (repeatable)
     #[arg(long = "input", value_name = "NAME")]
     inputs: Vec<String>,
@@ -172,12 +176,12 @@ pub async fn run(cli: &Cli, cmd: &GateCmd) -> anyhow::Result<u8> {
                 std::io::Write::write_all(&mut out, b"\n")?;
                 std::io::Write::flush(&mut out)?;
             } else if gates.is_empty() {
-                eprintln!(
+                errln!(
                     "no {} gates",
                     if a.status == "all" { "" } else { &a.status }
                 );
             } else {
-                print!("{}", render::table(&gates));
+                out!("{}", render::table(&gates));
             }
             Ok(0)
         }
@@ -259,7 +263,11 @@ async fn open(cli: &Cli, client: &Client, a: &OpenArgs) -> anyhow::Result<u8> {
         approvers: a.approvers.clone(),
         roles: a.roles.clone(),
         approvals: Some(a.approvals),
-        allow_self_approval: Some(!a.no_self_approval),
+        allow_self_approval: match (a.self_approval, a.no_self_approval) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
         inputs: a.inputs.clone(),
         required: a.required.clone(),
         timeout_ms: a
@@ -271,32 +279,32 @@ async fn open(cli: &Cli, client: &Client, a: &OpenArgs) -> anyhow::Result<u8> {
     if a.wait {
         // Following from before the open: no decision can slip past.
         let (gate, follower) = client.open_and_follow(spec).await?;
-        println!("{}", gate.id);
+        outln!("{}", gate.id);
         return wait_on(cli, follower, None).await;
     }
     let gate = client.open(spec).await?;
     if cli.json {
-        println!("{}", serde_json::to_string(&gate)?);
+        outln!("{}", serde_json::to_string(&gate)?);
     } else {
-        println!("{}", gate.id);
+        outln!("{}", gate.id);
     }
     Ok(0)
 }
 
 fn print_gate(cli: &Cli, gate: &GateView) -> anyhow::Result<()> {
     if cli.json {
-        println!("{}", serde_json::to_string(gate)?);
+        outln!("{}", serde_json::to_string(gate)?);
     } else {
-        print!("{}", render::gate(gate));
+        out!("{}", render::gate(gate));
     }
     Ok(())
 }
 
 fn decided(cli: &Cli, gate: &GateView) -> anyhow::Result<u8> {
     if cli.json {
-        println!("{}", serde_json::to_string(gate)?);
+        outln!("{}", serde_json::to_string(gate)?);
     } else {
-        println!("{}", render::outcome(gate));
+        outln!("{}", render::outcome(gate));
     }
     Ok(0)
 }
@@ -320,7 +328,7 @@ async fn wait_on(
     let mut seen_iteration = follower.current().map(|s| s.iteration).unwrap_or(1);
     if !cli.json {
         if let Some(s) = follower.current().filter(|s| !s.status.is_terminal()) {
-            eprintln!("waiting for gate {id}: {}", s.spec.message);
+            errln!("waiting for gate {id}: {}", s.spec.message);
         }
     }
     loop {
@@ -328,16 +336,16 @@ async fn wait_on(
             if state.status.is_terminal() {
                 let view = GateView::from(&*state);
                 if cli.json {
-                    println!("{}", serde_json::to_string(&view)?);
+                    outln!("{}", serde_json::to_string(&view)?);
                 } else {
-                    println!("{}", render::outcome(&view));
+                    outln!("{}", render::outcome(&view));
                 }
                 return Ok(exit_code(view.status));
             }
             if state.iteration > seen_iteration {
                 seen_iteration = state.iteration;
                 if let Some(pb) = state.push_backs.last() {
-                    eprintln!(
+                    errln!(
                         "pushed back by {}{}; still waiting (iteration {})",
                         pb.by,
                         pb.comment
@@ -369,7 +377,7 @@ async fn watch(cli: &Cli, client: &Client, run_id: Option<&str>, all: bool) -> a
     // Gate id -> run id, learned from opened events or read on first sight.
     let mut runs: BTreeMap<GateId, Option<String>> = BTreeMap::new();
     if !cli.json {
-        eprintln!("watching gate events (Ctrl-C to stop)");
+        errln!("watching gate events (Ctrl-C to stop)");
     }
     while let Some(ev) = feed.next().await {
         let ev = ev?;
@@ -395,12 +403,12 @@ async fn watch(cli: &Cli, client: &Client, run_id: Option<&str>, all: bool) -> a
             }
         }
         if cli.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string(&render::EventLine::from_stored(ev.seq, env))?
             );
         } else {
-            println!("{}", render::event_line(env));
+            outln!("{}", render::event_line(env));
         }
     }
     Ok(0)

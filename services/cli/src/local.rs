@@ -41,13 +41,13 @@ async fn drive(
 ) -> anyhow::Result<u8> {
     let client = Client::connect(url).await?;
     let run_id = client.submit_run(yaml, vars, actor).await?;
-    eprintln!("run {run_id} started (another terminal can decide gates: MOIRA_NATS_URL={url} moira gate approve ID)");
+    errln!("run {run_id} started (another terminal can decide gates: MOIRA_NATS_URL={url} moira gate approve ID)");
 
     // Step output as it comes.
     let mut logs = Box::pin(client.run_logs(&run_id, None, true).await?);
     tokio::spawn(async move {
         while let Some(Ok(l)) = logs.next().await {
-            println!("[{}] {}", l.step, l.line);
+            outln!("[{}] {}", l.step, l.line);
         }
     });
 
@@ -65,7 +65,7 @@ async fn drive(
             })
             .await?;
         if view.status.is_terminal() {
-            eprint!("{}", render(&view));
+            err!("{}", render(&view));
             return Ok(if view.status == RunStatus::Succeeded {
                 0
             } else {
@@ -122,7 +122,7 @@ async fn read(
         },
         g = f.wait_until(|g| g.status.is_terminal() || g.iteration > iteration) => {
             let g = GateView::from(&*g?);
-            eprintln!("\n{}", gate_render::outcome(&g));
+            errln!("\n{}", gate_render::outcome(&g));
             Ok(None)
         }
     }
@@ -140,14 +140,14 @@ async fn ask(
         if g.status.is_terminal() {
             return Ok(());
         }
-        eprintln!();
-        eprint!("{}", gate_render::gate(&g));
+        errln!();
+        err!("{}", gate_render::gate(&g));
         let choices = if review {
             "[y]es, [n]o, [p]ush back"
         } else {
             "[y]es, [n]o"
         };
-        eprintln!("Approve? {choices}, or Enter to leave it to another terminal:");
+        errln!("Approve? {choices}, or Enter to leave it to another terminal:");
         let Some(answer) = read(client, gate, g.iteration, answers).await? else {
             return Ok(());
         };
@@ -165,7 +165,7 @@ async fn ask(
                     .await
             }
             "n" | "no" => {
-                eprintln!("reason:");
+                errln!("reason:");
                 let Some(reason) = read(client, gate, g.iteration, answers).await? else {
                     return Ok(());
                 };
@@ -192,7 +192,7 @@ async fn ask(
                     .await
             }
             "" => {
-                eprintln!("waiting for a decision from another terminal");
+                errln!("waiting for a decision from another terminal");
                 client
                     .follow(gate)
                     .await?
@@ -201,16 +201,16 @@ async fn ask(
                 return Ok(());
             }
             other => {
-                eprintln!("'{other}' is not one of {choices}");
+                errln!("'{other}' is not one of {choices}");
                 continue;
             }
         };
         match result {
             Ok(v) => {
-                eprintln!("{}", gate_render::outcome(&v));
+                errln!("{}", gate_render::outcome(&v));
                 return Ok(());
             }
-            Err(e) => eprintln!("refused: {e}"),
+            Err(e) => errln!("refused: {e}"),
         }
     }
 }
@@ -227,7 +227,7 @@ async fn collect_inputs(
         } else {
             ""
         };
-        eprintln!("{name}{required}:");
+        errln!("{name}{required}:");
         let Some(v) = read(client, g.id, g.iteration, answers).await? else {
             return Ok(None);
         };

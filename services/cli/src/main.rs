@@ -6,6 +6,9 @@
 
 #![forbid(unsafe_code)]
 
+#[macro_use]
+mod term;
+
 mod dev;
 mod gate;
 mod local;
@@ -147,7 +150,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("moira: cannot start: {e}");
+            errln!("moira: cannot start: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -166,10 +169,10 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             if let Some(Exit(code, msg)) = e.downcast_ref::<Exit>() {
-                eprintln!("moira: {msg}");
+                errln!("moira: {msg}");
                 return ExitCode::from(*code);
             }
-            eprintln!("moira: {e:#}");
+            errln!("moira: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -21,13 +21,16 @@ pub async fn run(cli: &Cli, cmd: &NotifyCmd) -> anyhow::Result<u8> {
         NotifyCmd::Failures { channel } => {
             let failures = moira_notifier::failures(&client, channel.as_deref()).await?;
             if cli.json {
-                println!("{}", serde_json::to_string(&failures)?);
+                outln!("{}", serde_json::to_string(&failures)?);
             } else if failures.is_empty() {
-                eprintln!("no failed deliveries");
+                errln!("no failed deliveries");
             } else {
-                println!(
+                outln!(
                     "{:<24}  {:<14}  {:<12}  {:<8}  ERROR",
-                    "AT", "CHANNEL", "KIND", "ATTEMPTS"
+                    "AT",
+                    "CHANNEL",
+                    "KIND",
+                    "ATTEMPTS"
                 );
                 for f in &failures {
                     let target = f
@@ -35,9 +38,13 @@ pub async fn run(cli: &Cli, cmd: &NotifyCmd) -> anyhow::Result<u8> {
                         .map(|g| g.to_string())
                         .or(f.run_id.clone())
                         .unwrap_or_default();
-                    println!(
+                    outln!(
                         "{:<24}  {:<14}  {:<12}  {:<8}  {} ({target})",
-                        f.at, f.channel, f.kind, f.attempts, f.error
+                        f.at,
+                        f.channel,
+                        f.kind,
+                        f.attempts,
+                        f.error
                     );
                 }
             }

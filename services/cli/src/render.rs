@@ -261,10 +261,12 @@ pub fn event_line(env: &Envelope) -> String {
         GateEvent::GateOpened { spec, .. } => one_line(&spec.message, 60),
         GateEvent::ApprovalRecorded { comment, .. }
         | GateEvent::GateApproved { comment, .. }
-        | GateEvent::GatePushedBack { comment, .. } => comment.clone().unwrap_or_default(),
-        GateEvent::GateDenied { reason } => reason.clone(),
+        | GateEvent::GatePushedBack { comment, .. } => {
+            one_line(comment.as_deref().unwrap_or_default(), 200)
+        }
+        GateEvent::GateDenied { reason } => one_line(reason, 200),
         GateEvent::GateTimedOut { on_timeout } => format!("then {}", on_timeout.as_str()),
-        GateEvent::GateCancelled { reason } => reason.clone().unwrap_or_default(),
+        GateEvent::GateCancelled { reason } => one_line(reason.as_deref().unwrap_or_default(), 200),
     };
     format!(
         "{}  {}  {:<16}  {:<10}  {}",

@@ -88,9 +88,9 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
             let yaml = read_workflow(&a.file)?;
             let vars: BTreeMap<String, String> = a.vars.iter().cloned().collect();
             let id = client.submit_run(&yaml, &vars, &cli.actor()?).await?;
-            println!("{id}");
+            outln!("{id}");
             if a.wait {
-                eprintln!("waiting for run {id} (moira run show {id})");
+                errln!("waiting for run {id} (moira run show {id})");
                 let done = client.wait_run(&id).await?;
                 return finished(cli, &done);
             }
@@ -99,9 +99,9 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
         RunCmd::Show { id } => {
             let run = client.show_run(id).await?;
             if cli.json {
-                println!("{}", serde_json::to_string(&run)?);
+                outln!("{}", serde_json::to_string(&run)?);
             } else {
-                print!("{}", render(&run));
+                out!("{}", render(&run));
             }
             Ok(0)
         }
@@ -113,14 +113,14 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
             };
             let runs = client.list_runs(filter).await?;
             if cli.json {
-                println!("{}", serde_json::to_string(&runs)?);
+                outln!("{}", serde_json::to_string(&runs)?);
             } else if runs.is_empty() {
-                eprintln!("no runs");
+                errln!("no runs");
             } else {
-                println!("{:<36}  {:<10}  {:<20}  STEPS", "ID", "STATUS", "WORKFLOW");
+                outln!("{:<36}  {:<10}  {:<20}  STEPS", "ID", "STATUS", "WORKFLOW");
                 for r in &runs {
                     let done = r.steps.iter().filter(|s| s.status.is_done()).count();
-                    println!(
+                    outln!(
                         "{:<36}  {:<10}  {:<20}  {done}/{}",
                         r.id,
                         r.status.as_str(),
@@ -137,11 +137,11 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
             while let Some(line) = lines.next().await {
                 let line = line?;
                 if cli.json {
-                    println!("{}", serde_json::to_string(&line)?);
+                    outln!("{}", serde_json::to_string(&line)?);
                 } else if step.is_some() {
-                    println!("{}", line.line);
+                    outln!("{}", line.line);
                 } else {
-                    println!("[{}] {}", line.step, line.line);
+                    outln!("[{}] {}", line.step, line.line);
                 }
             }
             Ok(0)
@@ -149,9 +149,9 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
         RunCmd::Cancel { id } => {
             let run = client.cancel_run(id, &cli.actor()?).await?;
             if cli.json {
-                println!("{}", serde_json::to_string(&run)?);
+                outln!("{}", serde_json::to_string(&run)?);
             } else {
-                println!("run {id} cancelled");
+                outln!("run {id} cancelled");
             }
             Ok(0)
         }
@@ -160,9 +160,9 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
 
 fn finished(cli: &Cli, run: &RunView) -> anyhow::Result<u8> {
     if cli.json {
-        println!("{}", serde_json::to_string(run)?);
+        outln!("{}", serde_json::to_string(run)?);
     } else {
-        eprint!("{}", render(run));
+        err!("{}", render(run));
     }
     Ok(if run.status == RunStatus::Succeeded {
         0

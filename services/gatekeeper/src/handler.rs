@@ -22,6 +22,7 @@ const MAX_ATTEMPTS: usize = 200;
 
 pub struct Handler {
     pub client: Client,
+    pub policy: moira_protocol::gate::Policy,
     pub registry: Arc<Registry>,
     pub cache: Arc<Cache>,
 }
@@ -85,6 +86,7 @@ impl Handler {
                 }
             };
             let ctx = Context {
+                policy: self.policy.clone(),
                 now: now_ms(),
                 command_id,
                 new_gate_id: gate_id,

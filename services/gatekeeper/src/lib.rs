@@ -44,6 +44,8 @@ pub struct Config {
     pub approvers: Option<PathBuf>,
     /// Replicas for a newly created stream (1 for one node, 3 on a cluster).
     pub replicas: usize,
+    /// The house rules for opening gates (dev or strict).
+    pub policy: moira_protocol::gate::Policy,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             nats_url: "nats://127.0.0.1:4222".into(),
             approvers: None,
             replicas: 1,
+            policy: moira_protocol::gate::Policy::dev(),
         }
     }
 }
@@ -65,6 +68,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// on are queued for it.
 pub struct Gatekeeper {
     client: Client,
+    policy: moira_protocol::gate::Policy,
     registry: Registry,
     sub: async_nats::Subscriber,
 }
@@ -87,9 +91,11 @@ pub async fn start(config: Config) -> anyhow::Result<Gatekeeper> {
         .flush()
         .await
         .map_err(|e| anyhow::anyhow!("flush: {e}"))?;
-    tracing::info!(url = %config.nats_url, approvers = registry.len(), "moira-gatekeeper ready");
+    let strict = config.policy.require_approvers;
+    tracing::info!(url = %config.nats_url, approvers = registry.len(), strict, "moira-gatekeeper ready");
     Ok(Gatekeeper {
         client,
+        policy: config.policy,
         registry,
         sub,
     })
@@ -100,12 +106,14 @@ impl Gatekeeper {
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Gatekeeper {
             client,
+            policy,
             registry,
             mut sub,
         } = self;
         let cache = Arc::new(cache::Cache::default());
         let handler = Arc::new(handler::Handler {
             client: client.clone(),
+            policy,
             registry: Arc::new(registry),
             cache,
         });

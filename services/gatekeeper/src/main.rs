@@ -17,6 +17,11 @@ struct Args {
     /// Replicas for the gate stream when this gate-keeper creates it.
     #[arg(long, env = "MOIRA_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     replicas: u8,
+    /// Production rules: every gate names its approvers, no self-approval
+    /// unless a gate allows it, and `on_timeout: approve` needs a timeout
+    /// of 15 minutes or more and the `auto-approver` role.
+    #[arg(long, env = "MOIRA_STRICT")]
+    strict: bool,
 }
 
 #[tokio::main]
@@ -26,6 +31,11 @@ async fn main() -> std::process::ExitCode {
         nats_url: args.nats_url,
         approvers: args.approvers,
         replicas: args.replicas as usize,
+        policy: if args.strict {
+            moira_protocol::gate::Policy::strict()
+        } else {
+            moira_protocol::gate::Policy::dev()
+        },
     };
     moira_gatekeeper::signals::serve("moira-gatekeeper", |shutdown| {
         moira_gatekeeper::run(config, shutdown)

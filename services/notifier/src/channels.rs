@@ -110,14 +110,7 @@ pub async fn send(
             expect_2xx(http::post(&url, &headers, &body, r.timeout).await?)
         }
         ChannelConfig::Slack { url } => {
-            let mut text = format!(
-                "*{}*\n{}",
-                headline(n),
-                body(n).split_once("\n\n").map(|x| x.1).unwrap_or("")
-            );
-            if let Some(link) = &n.link {
-                text = text.replace(link.as_str(), &format!("<{link}|open in moira>"));
-            }
+            let text = slack_text(n);
             let payload = serde_json::to_vec(&serde_json::json!({ "text": text }))
                 .map_err(|e| e.to_string())?;
             let url = Url::parse(url)?;
@@ -163,6 +156,39 @@ pub async fn send(
     }
 }
 
+/// Escapes text for Slack mrkdwn: `&`, `<` and `>` are the only
+/// characters Slack reads as control syntax (links, `<!channel>`
+/// mentions), so after this a gate's text can neither mention anyone nor
+/// disguise a link.
+pub fn mrkdwn_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The Slack message: gate text escaped, then moira's own link.
+pub fn slack_text(n: &Notification) -> String {
+    let body = body(n);
+    let mut detail = body
+        .split_once("\n\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    if let Some(link) = &n.link {
+        detail = detail.replace(link.as_str(), "");
+    }
+    let mut text = format!(
+        "*{}*\n{}",
+        mrkdwn_escape(&headline(n)),
+        mrkdwn_escape(detail.trim_end())
+    );
+    if let Some(link) = &n.link {
+        // The link is built from the configured base URL and the gate id.
+        text.push_str(&format!("\n<{}|open in moira>", mrkdwn_escape(link)));
+    }
+    text
+}
+
 fn expect_2xx(code: u16) -> Result<(), String> {
     if (200..300).contains(&code) {
         Ok(())
@@ -174,6 +200,14 @@ fn expect_2xx(code: u16) -> Result<(), String> {
 async fn exec(command: &[String], n: &Notification, r: &Resolved) -> Result<(), String> {
     let (prog, args) = command.split_first().ok_or("empty command")?;
     let mut cmd = tokio::process::Command::new(prog);
+    // A clean environment: the notifier holds SMTP passwords and webhook
+    // secrets that the command has no business reading.
+    cmd.env_clear();
+    for name in ["PATH", "HOME", "LANG", "LC_ALL", "TZ"] {
+        if let Some(v) = std::env::var_os(name) {
+            cmd.env(name, v);
+        }
+    }
     cmd.args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -229,6 +263,14 @@ async fn exec(command: &[String], n: &Notification, r: &Resolved) -> Result<(), 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mrkdwn_is_escaped() {
+        assert_eq!(
+            super::mrkdwn_escape("<!channel> <https://evil.example/login|open in moira> & co"),
+            "&lt;!channel&gt; &lt;https://evil.example/login|open in moira&gt; &amp; co"
+        );
+    }
+
     #[test]
     fn signatures_are_hex_hmac_sha256() {
         // RFC 4231 test case 2.

@@ -21,6 +21,11 @@ pub struct Config {
     pub channels: BTreeMap<String, ChannelConfig>,
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Channels a gate may name itself (`notify` metadata). A channel not
+    /// listed here is used only by rules: whoever opens a gate does not
+    /// choose where, or which command, the notifier sends to.
+    #[serde(default)]
+    pub gate_channels: Vec<String>,
     #[serde(default)]
     pub reminders: Option<Reminders>,
     #[serde(default)]
@@ -263,6 +268,11 @@ impl Config {
                     }
                 }
                 ChannelConfig::Log {} => {}
+            }
+        }
+        for c in &self.gate_channels {
+            if !names.contains(c.as_str()) {
+                p.push(format!("gate_channels: unknown channel '{c}'"));
             }
         }
         for (i, rule) in self.rules.iter().enumerate() {

@@ -469,13 +469,17 @@ fn notification(
 }
 
 /// The channels a notification goes to: matching rules, channels the gate
-/// names itself (`notify` metadata), and `extra`.
+/// names itself (`notify` metadata, only those in `gate_channels`), and
+/// `extra`. Rules on `workflow` and `metadata` trust only gates a runner
+/// opened for a run: anyone else who opens a gate could write any metadata.
 pub fn route(config: &config::Config, n: &Notification, extra: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let gate = n.gate.as_ref();
-    let workflow = gate
-        .and_then(|g| g.metadata.get("workflow").cloned())
-        .or_else(|| n.run.as_ref().map(|r| r.workflow.clone()));
+    let trusted = gate.filter(|g| g.run_id.is_some());
+    let workflow = match gate {
+        Some(_) => trusted.and_then(|g| g.metadata.get("workflow").cloned()),
+        None => n.run.as_ref().map(|r| r.workflow.clone()),
+    };
     let run_id = gate
         .and_then(|g| g.run_id.clone())
         .or_else(|| n.run.as_ref().map(|r| r.id.clone()));
@@ -493,19 +497,19 @@ pub fn route(config: &config::Config, n: &Notification, extra: &[String]) -> Vec
         let meta_ok = rule
             .metadata
             .iter()
-            .all(|(k, v)| gate.and_then(|g| g.metadata.get(k)) == Some(v));
+            .all(|(k, v)| trusted.and_then(|g| g.metadata.get(k)) == Some(v));
         if kind_ok && run_ok && step_ok && wf_ok && meta_ok {
             out.extend(rule.channels.iter().cloned());
         }
     }
     if let Some(named) = gate.and_then(|g| g.metadata.get("notify")) {
         for c in named.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-            if config.channels.contains_key(c) {
+            if config.gate_channels.iter().any(|g| g == c) {
                 out.push(c.to_string());
             } else {
                 tracing::warn!(
-                    channel = c,
-                    "a gate names a channel this notifier does not have"
+                    channel = c.chars().take(64).collect::<String>(),
+                    "a gate names a channel that is not in gate_channels; ignored"
                 );
             }
         }

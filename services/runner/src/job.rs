@@ -46,13 +46,89 @@ fn env(run_id: &str, event: RunEvent, actor: &str) -> RunEnvelope {
 }
 
 /// The deterministic id of a step's gate (its review gate is another one,
-/// reused across push-backs).
-pub fn gate_id(run_id: &str, step: &str, review: bool) -> GateId {
+/// reused across push-backs). `n` is 1 unless someone else took that id
+/// first (see [`open_own_gate`]).
+pub fn gate_id(run_id: &str, step: &str, review: bool, n: u32) -> GateId {
     if review {
-        GateId::for_step(run_id, &format!("{step}#review"), 1)
+        GateId::for_step(run_id, &format!("{step}#review"), n)
     } else {
-        GateId::for_step(run_id, step, 1)
+        GateId::for_step(run_id, step, n)
     }
+}
+
+/// How many ids a step tries before it gives up on opening its gate.
+const GATE_ID_TRIES: u32 = 4;
+
+/// Opens a step's gate, or re-attaches to it (a restarted runner, a
+/// review after a push-back). Gate ids can be computed by anyone, so an
+/// existing gate is accepted only if this run opened it: same run, step,
+/// requester and policy. A gate someone else put there is never adopted
+/// (its opener would have chosen its approvers); the step moves to the
+/// next id instead.
+async fn open_own_gate(
+    client: &Client,
+    run: &RunState,
+    step: &str,
+    review: bool,
+    spec: OpenGate,
+) -> Result<(GateId, GateView), ActError> {
+    let wanted = moira_protocol::gate::spec_from(&spec, &moira_protocol::gate::Policy::dev())
+        .map_err(|e| ActError::Other(anyhow::anyhow!("the gate of step {step}: {}", e.message)))?;
+    for n in 1..=GATE_ID_TRIES {
+        let g = gate_id(&run.id, step, review, n);
+        let attempt = OpenGate {
+            gate_id: Some(g),
+            ..spec.clone()
+        };
+        match client.open(attempt).await {
+            Ok(v) => return Ok((g, v)),
+            Err(e) if e.code() == Some(moira_protocol::ErrorCode::Conflict) => {
+                let view = client.show(g).await?;
+                if ours(
+                    &view,
+                    run,
+                    step,
+                    &spec.actor,
+                    spec.allow_self_approval,
+                    &wanted,
+                ) {
+                    return Ok((g, view));
+                }
+                tracing::warn!(
+                    run_id = run.id,
+                    step,
+                    gate = %g,
+                    by = view.requested_by,
+                    "a gate this run did not open holds the step's gate id; using another id"
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ActError::Other(anyhow::anyhow!(
+        "step {step}: every gate id it may use is taken by a gate this run did not open"
+    )))
+}
+
+/// Whether an existing gate is the one this run opened for `step`.
+fn ours(
+    view: &GateView,
+    run: &RunState,
+    step: &str,
+    requester: &str,
+    spec_self_approval: Option<bool>,
+    wanted: &moira_protocol::event::GateSpec,
+) -> bool {
+    view.run_id.as_deref() == Some(run.id.as_str())
+        && view.step.as_deref() == Some(step)
+        && view.requested_by == requester
+        && view.approvers == wanted.approvers
+        && view.approvals_required == wanted.approvals_required
+        // Left unset, the gate-keeper's policy picks it.
+        && spec_self_approval.is_none_or(|a| a == view.allow_self_approval)
+        && view.input_names == wanted.inputs
+        && view.required_inputs == wanted.required
+        && view.on_timeout == wanted.on_timeout
 }
 
 pub async fn advance(
@@ -336,7 +412,7 @@ async fn act(
             for i in def.gate().map(|g| g.inputs.clone()).unwrap_or_default() {
                 outputs.entry(i).or_default();
             }
-            let g = gate_id(id, &step, false);
+            let g = gate_id(id, &step, false, 1);
             append(
                 client,
                 last,
@@ -366,16 +442,7 @@ async fn act(
                 return Ok(false);
             };
             let spec = open_spec(wf, run, def, review);
-            let g = spec.gate_id.unwrap_or_else(|| gate_id(id, &step, review));
-            let view = match client.open(spec).await {
-                Ok(v) => v,
-                // The same id with another definition: a re-run's review
-                // reuses its gate, which is waiting again after the push-back.
-                Err(e) if e.code() == Some(moira_protocol::ErrorCode::Conflict) => {
-                    client.show(g).await?
-                }
-                Err(e) => return Err(e.into()),
-            };
+            let (g, view) = open_own_gate(client, run, &step, review, spec).await?;
             let ev = RunEvent::StepWaiting {
                 step: step.clone(),
                 gate_id: g,
@@ -523,7 +590,7 @@ fn open_spec(wf: &Workflow, run: &RunState, def: &Step, review: bool) -> OpenGat
     };
     let mut meta = BTreeMap::from([("workflow".to_string(), wf.name.clone())]);
     let base = OpenGate {
-        gate_id: Some(gate_id(&run.id, &def.name, review)),
+        gate_id: Some(gate_id(&run.id, &def.name, review, 1)),
         actor: run.submitted_by.clone(),
         run_id: Some(run.id.clone()),
         step: Some(def.name.clone()),

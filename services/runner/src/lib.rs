@@ -310,6 +310,25 @@ async fn resume_loop(
         let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
         if let Ok(Decoded::Event(env)) = Envelope::decode(&msg.payload) {
             if let Some(run_id) = relevant(&env) {
+                match opened_by_run(&client, &run_id, &env).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(
+                            run_id = run_id.chars().take(128).collect::<String>(),
+                            gate = %env.gate_id,
+                            "a gate event names a run that did not open the gate; ignored"
+                        );
+                        let _ = msg.ack().await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(run_id, "reading the run failed ({e}); will retry");
+                        let _ = msg
+                            .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                            .await;
+                        continue;
+                    }
+                }
                 let dedupe = format!("gate:{}:{seq}", env.gate_id);
                 if let Err(e) = client.enqueue_run(&run_id, &dedupe).await {
                     tracing::warn!(run_id, "enqueueing a resume job failed ({e}); will retry");
@@ -323,6 +342,26 @@ async fn resume_loop(
         }
         let _ = msg.ack().await;
     }
+}
+
+/// Whether the run records the gate as one of its steps' gates. Anyone
+/// who may open gates can name a run in one; only the run's own gates may
+/// wake it. (A gate decided before its step recorded it is picked up by
+/// the job that opened it, which checks the gate right after recording.)
+async fn opened_by_run(
+    client: &Client,
+    run_id: &str,
+    env: &Envelope,
+) -> Result<bool, moira_client::ClientError> {
+    if !moira_protocol::ids::is_subject_token(run_id) {
+        return Ok(false);
+    }
+    Ok(client.read_run(run_id).await?.is_some_and(|rec| {
+        rec.state
+            .steps
+            .values()
+            .any(|s| s.gate_id == Some(env.gate_id))
+    }))
 }
 
 fn relevant(env: &Envelope) -> Option<String> {

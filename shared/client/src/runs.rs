@@ -161,6 +161,12 @@ impl Client {
         vars: &BTreeMap<String, String>,
         actor: &str,
     ) -> Result<String, ClientError> {
+        if !moira_protocol::ids::is_valid_name(actor) {
+            return Err(ClientError::Invalid(moira_protocol::gate::bad_name(
+                "the submitter's",
+                actor,
+            )));
+        }
         let wf = Workflow::parse(yaml, vars).map_err(|e| ClientError::Invalid(e.to_string()))?;
         let run_id = uuid::Uuid::now_v7().to_string();
         let all_vars: BTreeMap<String, String> =

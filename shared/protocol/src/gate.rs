@@ -196,10 +196,60 @@ fn reject(code: ErrorCode, message: impl Into<String>) -> Rejection {
     CommandError::new(code, message)
 }
 
+/// The gate-keeper's house rules for opening gates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// A gate must name its approvers (users or roles); without this a
+    /// gate that names none may be decided by anyone.
+    pub require_approvers: bool,
+    /// Whether the requester may approve their own gate when the open
+    /// does not say.
+    pub self_approval_by_default: bool,
+    /// The shortest timeout of a gate that approves itself on timeout, so
+    /// a requester cannot approve their own gate with a 1 ms deadline.
+    pub min_auto_approve_ms: u64,
+    /// A role the requester must hold to open such a gate at all.
+    pub auto_approve_role: Option<String>,
+}
+
+/// The role that may open gates with `on_timeout: approve` under
+/// [`Policy::strict`].
+pub const AUTO_APPROVE_ROLE: &str = "auto-approver";
+
+impl Policy {
+    /// `moira dev`, the demo and the gate-keeper's default: easy to try.
+    pub fn dev() -> Policy {
+        Policy {
+            require_approvers: false,
+            self_approval_by_default: true,
+            min_auto_approve_ms: 1_000,
+            auto_approve_role: None,
+        }
+    }
+    /// Production (`--strict`): gates name their approvers, no
+    /// self-approval unless a gate allows it, and auto-approval on timeout
+    /// needs at least 15 minutes and the `auto-approver` role.
+    pub fn strict() -> Policy {
+        Policy {
+            require_approvers: true,
+            self_approval_by_default: false,
+            min_auto_approve_ms: 15 * 60 * 1000,
+            auto_approve_role: Some(AUTO_APPROVE_ROLE.to_string()),
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy::dev()
+    }
+}
+
 /// What `decide` needs besides the state and the command. The caller does
 /// the I/O to fill it in (clock, approvers registry).
 #[derive(Debug, Clone)]
 pub struct Context {
+    pub policy: Policy,
     pub now: u64,
     /// The command id to stamp on the events.
     pub command_id: CommandId,
@@ -258,7 +308,8 @@ pub fn decide(
     };
     let event = match cmd {
         Command::Open(c) => {
-            let spec = spec_from(c)?;
+            let spec = spec_from(c, &ctx.policy)?;
+            check_auto_approve(&spec, &ctx.policy, &ctx.actor_roles)?;
             if let Some(existing) = state {
                 return if existing.spec == spec && existing.requested_by == c.actor {
                     Ok(Decision::AlreadyDone)
@@ -507,7 +558,7 @@ fn valid_name(s: &str) -> bool {
 }
 
 /// Validates an open command and turns it into the gate's fixed policy.
-pub fn spec_from(c: &OpenGate) -> Result<GateSpec, Rejection> {
+pub fn spec_from(c: &OpenGate, policy: &Policy) -> Result<GateSpec, Rejection> {
     let bad = |m: String| reject(ErrorCode::BadRequest, m);
     if c.message.trim().is_empty() {
         return Err(bad(
@@ -581,6 +632,12 @@ pub fn spec_from(c: &OpenGate) -> Result<GateSpec, Rejection> {
     } else if c.on_timeout.is_some_and(|o| o != OnTimeout::Fail) {
         return Err(bad("--on-timeout needs --timeout".into()));
     }
+    if policy.require_approvers && c.approvers.is_empty() && c.roles.is_empty() {
+        return Err(reject(
+            ErrorCode::NotAllowed,
+            "this gate-keeper requires every gate to name its approvers (--approver or --role)",
+        ));
+    }
     Ok(GateSpec {
         message: c.message.clone(),
         title: c.title.clone(),
@@ -593,12 +650,44 @@ pub fn spec_from(c: &OpenGate) -> Result<GateSpec, Rejection> {
             roles: c.roles.clone(),
         },
         approvals_required: approvals,
-        allow_self_approval: c.allow_self_approval.unwrap_or(true),
+        allow_self_approval: c
+            .allow_self_approval
+            .unwrap_or(policy.self_approval_by_default),
         inputs,
         required: c.required.clone(),
         timeout_ms: c.timeout_ms,
         on_timeout: c.on_timeout.unwrap_or_default(),
     })
+}
+
+/// A gate that approves itself when its deadline passes skips every
+/// approver rule, so its timeout has a floor and, under a strict policy,
+/// its requester needs a role for it.
+fn check_auto_approve(spec: &GateSpec, policy: &Policy, roles: &[String]) -> Result<(), Rejection> {
+    if spec.on_timeout != OnTimeout::Approve {
+        return Ok(());
+    }
+    let t = spec.timeout_ms.unwrap_or(0);
+    if t < policy.min_auto_approve_ms {
+        return Err(reject(
+            ErrorCode::NotAllowed,
+            format!(
+                "a gate that approves itself on timeout needs a timeout of at least {}",
+                crate::time::short_duration(std::time::Duration::from_millis(
+                    policy.min_auto_approve_ms
+                ))
+            ),
+        ));
+    }
+    if let Some(role) = &policy.auto_approve_role {
+        if !roles.contains(role) {
+            return Err(reject(
+                ErrorCode::NotAllowed,
+                format!("opening a gate with on_timeout approve needs the '{role}' role in the approvers registry"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The event the server's scheduler writes when a gate's deadline passes.

@@ -13,6 +13,7 @@ struct Given {
 
 fn ctx(roles: &[&str]) -> Context {
     Context {
+        policy: Policy::dev(),
         now: NOW,
         command_id: CommandId::new(),
         new_gate_id: GateId::new(),
@@ -404,11 +405,11 @@ fn timeout_actions() {
         (OnTimeout::Deny, GateStatus::Denied),
     ] {
         let mut g = open(OpenGate {
-            timeout_ms: Some(5),
+            timeout_ms: Some(5_000),
             on_timeout: Some(action),
             ..basic()
         });
-        let ev = timed_out_event(g.gate, NOW + 5, &g.state().spec.clone());
+        let ev = timed_out_event(g.gate, NOW + 5_000, &g.state().spec.clone());
         apply(&mut g.state, &ev);
         assert_eq!(g.state().status, status);
         assert!(g.state().timed_out);
@@ -468,4 +469,63 @@ fn view_has_the_documented_fields() {
     }
     assert_eq!(v["status"], "approved");
     assert_eq!(v["approvals"][0]["by"], "bob");
+}
+
+#[test]
+fn strict_policy_requires_approvers_and_forbids_self_approval_by_default() {
+    let mut cx = ctx(&[]);
+    cx.policy = Policy::strict();
+    let e = decide(None, &Command::Open(basic()), &cx).expect_err("no approvers");
+    assert_eq!(e.code, ErrorCode::NotAllowed);
+    let named = OpenGate {
+        approvers: vec!["alice".into(), "bob".into()],
+        ..basic()
+    };
+    let Ok(Decision::Append(events)) = decide(None, &Command::Open(named), &cx) else {
+        panic!("open")
+    };
+    let mut state = None;
+    apply(&mut state, &events[0]);
+    let s = state.expect("opened");
+    assert!(!s.spec.allow_self_approval);
+    let self_approve = Command::Approve(ApproveGate {
+        gate_id: s.id,
+        actor: "alice".into(),
+        ..Default::default()
+    });
+    let mut later = ctx(&[]);
+    later.policy = Policy::strict();
+    assert_eq!(
+        decide(Some(&s), &self_approve, &later).map_err(|e| e.code),
+        Err(ErrorCode::NotAllowed)
+    );
+}
+
+#[test]
+fn auto_approval_on_timeout_has_a_floor_and_under_strict_a_role() {
+    let quick = OpenGate {
+        timeout_ms: Some(1),
+        on_timeout: Some(OnTimeout::Approve),
+        ..basic()
+    };
+    let cx = ctx(&[]);
+    assert_eq!(
+        decide(None, &Command::Open(quick.clone()), &cx).map_err(|e| e.code),
+        Err(ErrorCode::NotAllowed)
+    );
+    let mut strict = ctx(&[]);
+    strict.policy = Policy::strict();
+    let slow = OpenGate {
+        timeout_ms: Some(3_600_000),
+        approvers: vec!["bob".into()],
+        ..quick
+    };
+    assert_eq!(
+        decide(None, &Command::Open(slow.clone()), &strict).map_err(|e| e.code),
+        Err(ErrorCode::NotAllowed),
+        "without the role"
+    );
+    let mut with_role = ctx(&[AUTO_APPROVE_ROLE]);
+    with_role.policy = Policy::strict();
+    assert!(decide(None, &Command::Open(slow), &with_role).is_ok());
 }

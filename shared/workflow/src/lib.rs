@@ -250,6 +250,12 @@ impl Workflow {
         if self.name.trim().is_empty() {
             p.push("the workflow needs a name".to_string());
         }
+        if self.name.len() > 128 || self.name.chars().any(char::is_control) {
+            p.push(
+                "the workflow name must be at most 128 bytes, without control characters"
+                    .to_string(),
+            );
+        }
         if self.steps.is_empty() {
             p.push("the workflow has no steps".to_string());
         }
