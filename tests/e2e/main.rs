@@ -1,5 +1,6 @@
 //! End-to-end tests: real nats-servers, real moira processes.
 
+mod auth;
 mod bad_input;
 mod cli;
 mod concurrency;

@@ -85,6 +85,7 @@ impl LocalStack {
             nats_url: url.clone(),
             config: args.notify_config.clone(),
             data_dir: args.data.join("notifier"),
+            auth: Default::default(),
         };
         let notifier = match moira_notifier::start(settings).await {
             Ok(n) => tokio::spawn(n.serve(shutdown.clone())),
@@ -124,7 +125,7 @@ pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
         .clone()
         .filter(|_| cli.nats_url_on_command_line);
     let stack = LocalStack::start(args, external).await?;
-    moira_gatekeeper::signals::cancel_on_signals(
+    moira_service::signals::cancel_on_signals(
         stack.shutdown.clone(),
         "stopping moira dev (Ctrl-C again to exit at once)",
     );
@@ -173,7 +174,7 @@ fn flatten(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Res
 }
 
 async fn start_broker(args: &DevArgs) -> anyhow::Result<Child> {
-    let bin = moira_testkit::find_nats_server()?;
+    let bin = moira_service::find_nats_server()?;
     let store = args.data.join("jetstream");
     std::fs::create_dir_all(&store)
         .with_context(|| format!("cannot create {}", store.display()))?;

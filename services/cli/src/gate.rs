@@ -154,7 +154,7 @@ pub fn exit_code(status: GateStatus) -> u8 {
 }
 
 pub async fn run(cli: &Cli, cmd: &GateCmd) -> anyhow::Result<u8> {
-    let client = Client::connect(&cli.url()).await?;
+    let client = cli.connect().await?;
     match cmd {
         GateCmd::Open(a) => open(cli, &client, a).await,
         GateCmd::List(a) => {

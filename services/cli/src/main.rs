@@ -45,6 +45,8 @@ pub struct Cli {
     /// Print JSON instead of text
     #[arg(long, global = true)]
     pub json: bool,
+    #[command(flatten)]
+    pub connect: moira_service::ConnectArgs,
     #[command(subcommand)]
     pub command: Top,
     /// Whether --nats-url was typed on the command line (not from the env).
@@ -67,6 +69,11 @@ pub enum Top {
 }
 
 impl Cli {
+    /// Connects with the URL, credentials and TLS settings given.
+    pub async fn connect(&self) -> Result<moira_client::Client, moira_client::ClientError> {
+        moira_client::Client::connect_with(&self.url(), "moira", &self.connect.auth()).await
+    }
+
     pub fn url(&self) -> String {
         self.nats_url
             .clone()

@@ -2,8 +2,6 @@
 
 use clap::Subcommand;
 
-use moira_client::Client;
-
 use crate::Cli;
 
 #[derive(Subcommand, Debug)]
@@ -16,7 +14,7 @@ pub enum NotifyCmd {
 }
 
 pub async fn run(cli: &Cli, cmd: &NotifyCmd) -> anyhow::Result<u8> {
-    let client = Client::connect(&cli.url()).await?;
+    let client = cli.connect().await?;
     match cmd {
         NotifyCmd::Failures { channel } => {
             let failures = moira_notifier::failures(&client, channel.as_deref()).await?;

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 
 use moira_client::protocol::run::{RunStatus, StepStatus};
-use moira_client::{Client, RunView};
+use moira_client::RunView;
 
 use crate::{usage, Cli};
 
@@ -82,7 +82,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
             )),
         };
     };
-    let client = Client::connect(&cli.url()).await?;
+    let client = cli.connect().await?;
     match cmd {
         RunCmd::Submit(a) => {
             let yaml = read_workflow(&a.file)?;

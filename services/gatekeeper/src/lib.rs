@@ -16,7 +16,6 @@ mod append;
 mod cache;
 mod handler;
 pub mod registry;
-pub mod signals;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,6 +45,8 @@ pub struct Config {
     pub replicas: usize,
     /// The house rules for opening gates (dev or strict).
     pub policy: moira_protocol::gate::Policy,
+    /// Broker credentials and TLS.
+    pub auth: moira_client::Auth,
 }
 
 impl Default for Config {
@@ -55,6 +56,7 @@ impl Default for Config {
             approvers: None,
             replicas: 1,
             policy: moira_protocol::gate::Policy::dev(),
+            auth: moira_client::Auth::default(),
         }
     }
 }
@@ -79,7 +81,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gatekeeper> {
         Some(path) => Registry::load(path)?,
         None => Registry::default(),
     };
-    let client = Client::connect_named(&config.nats_url, "moira-gatekeeper").await?;
+    let client = Client::connect_with(&config.nats_url, "moira-gatekeeper", &config.auth).await?;
     moira_client::streams::ensure_gate_stream(&jetstream(&client), config.replicas).await?;
     let sub = client
         .nats()

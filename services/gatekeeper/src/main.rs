@@ -22,6 +22,8 @@ struct Args {
     /// of 15 minutes or more and the `auto-approver` role.
     #[arg(long, env = "MOIRA_STRICT")]
     strict: bool,
+    #[command(flatten)]
+    connect: moira_service::ConnectArgs,
 }
 
 #[tokio::main]
@@ -36,8 +38,9 @@ async fn main() -> std::process::ExitCode {
         } else {
             moira_protocol::gate::Policy::dev()
         },
+        auth: args.connect.auth(),
     };
-    moira_gatekeeper::signals::serve("moira-gatekeeper", |shutdown| {
+    moira_service::signals::serve("moira-gatekeeper", |shutdown| {
         moira_gatekeeper::run(config, shutdown)
     })
     .await

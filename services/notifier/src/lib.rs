@@ -104,6 +104,8 @@ pub struct Settings {
     pub config: Option<PathBuf>,
     /// Where the local delivery record lives.
     pub data_dir: PathBuf,
+    /// Broker credentials and TLS.
+    pub auth: moira_client::Auth,
 }
 
 pub(crate) struct Shared {
@@ -142,7 +144,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Notifier> {
     };
     let store = store::Store::open(&settings.data_dir.join("deliveries.redb"))
         .map_err(anyhow::Error::msg)?;
-    let client = Client::connect_named(&settings.nats_url, "moira-notifier").await?;
+    let client = Client::connect_with(&settings.nats_url, "moira-notifier", &settings.auth).await?;
     let js = async_nats::jetstream::new(client.nats().clone());
     moira_client::streams::ensure_gate_stream(&js, 1).await?;
     moira_client::streams::ensure_run_streams(&js, 1).await?;

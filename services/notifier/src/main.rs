@@ -17,6 +17,8 @@ struct Args {
     /// Folder for this notifier's delivery record.
     #[arg(long, env = "MOIRA_NOTIFY_DATA", default_value = ".moira/notifier")]
     data: PathBuf,
+    #[command(flatten)]
+    connect: moira_service::ConnectArgs,
 }
 
 #[tokio::main]
@@ -26,8 +28,9 @@ async fn main() -> std::process::ExitCode {
         nats_url: args.nats_url,
         config: args.config,
         data_dir: args.data,
+        auth: args.connect.auth(),
     };
-    moira_gatekeeper::signals::serve("moira-notifier", |shutdown| {
+    moira_service::signals::serve("moira-notifier", |shutdown| {
         moira_notifier::run(settings, shutdown)
     })
     .await

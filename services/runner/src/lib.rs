@@ -58,6 +58,8 @@ pub struct Config {
     pub pass_env: Vec<String>,
     /// Keep each run's folder after the run ends (default: removed).
     pub keep_work_files: bool,
+    /// Broker credentials and TLS.
+    pub auth: moira_client::Auth,
 }
 
 impl Default for Config {
@@ -70,6 +72,7 @@ impl Default for Config {
             replicas: 1,
             pass_env: Vec::new(),
             keep_work_files: false,
+            auth: moira_client::Auth::default(),
         }
     }
 }
@@ -138,7 +141,7 @@ pub struct Runner {
 
 /// Connects, creates or checks the streams and the shared consumers.
 pub async fn start(config: Config) -> anyhow::Result<Runner> {
-    let client = Client::connect_named(&config.nats_url, "moira-runner").await?;
+    let client = Client::connect_with(&config.nats_url, "moira-runner", &config.auth).await?;
     let js = async_nats::jetstream::new(client.nats().clone());
     moira_client::streams::ensure_gate_stream(&js, config.replicas).await?;
     moira_client::streams::ensure_run_streams(&js, config.replicas).await?;

@@ -33,6 +33,8 @@ struct Args {
     /// Replicas for streams this runner creates.
     #[arg(long, env = "MOIRA_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     replicas: u8,
+    #[command(flatten)]
+    connect: moira_service::ConnectArgs,
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {
@@ -55,8 +57,9 @@ async fn main() -> std::process::ExitCode {
         replicas: args.replicas as usize,
         pass_env: args.pass_env,
         keep_work_files: args.keep_work_files,
+        auth: args.connect.auth(),
     };
-    moira_gatekeeper::signals::serve("moira-runner", |shutdown| {
+    moira_service::signals::serve("moira-runner", |shutdown| {
         moira_runner::run(config, shutdown)
     })
     .await

@@ -118,6 +118,80 @@ fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
     Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
 }
 
+/// How to authenticate to the broker and secure the connection. Every
+/// field is optional; the default is a plain, anonymous connection (the
+/// dev setup).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Auth {
+    /// A `.creds` file (user JWT and NKey seed).
+    pub creds: Option<std::path::PathBuf>,
+    /// A file holding an NKey seed (`SU…`).
+    pub nkey_seed: Option<std::path::PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// CA certificate(s) to trust, PEM; implies TLS.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate and key, PEM, for mutual TLS.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Refuse a connection that is not TLS.
+    pub require_tls: bool,
+}
+
+impl Auth {
+    /// Applies these settings to connect options.
+    async fn apply(&self, mut opts: ConnectOptions) -> Result<ConnectOptions, ClientError> {
+        let bad = |what: &str, path: &std::path::Path, e: std::io::Error| {
+            ClientError::Invalid(format!("cannot read the {what} {}: {e}", path.display()))
+        };
+        if let Some(path) = &self.creds {
+            opts = opts
+                .credentials_file(path)
+                .await
+                .map_err(|e| bad("credentials file", path, e))?;
+        }
+        if let Some(path) = &self.nkey_seed {
+            let seed = tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| bad("NKey seed file", path, e))?;
+            opts = opts.nkey(seed.trim().to_string());
+        }
+        match (&self.user, &self.password) {
+            (Some(u), Some(p)) => opts = opts.user_and_password(u.clone(), p.clone()),
+            (None, None) => {}
+            _ => {
+                return Err(ClientError::Invalid(
+                    "a NATS user needs a password and a password needs a user".into(),
+                ))
+            }
+        }
+        if let Some(t) = &self.token {
+            opts = opts.token(t.clone());
+        }
+        if let Some(ca) = &self.tls_ca {
+            opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => {
+                opts = opts
+                    .add_client_certificate(c.clone(), k.clone())
+                    .require_tls(true)
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ClientError::Invalid(
+                    "a TLS client certificate needs its key, and a key its certificate".into(),
+                ))
+            }
+        }
+        if self.require_tls {
+            opts = opts.require_tls(true);
+        }
+        Ok(opts)
+    }
+}
+
 impl Client {
     /// Connects and checks the server version.
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
@@ -126,6 +200,11 @@ impl Client {
 
     /// Connects with a connection name shown in the server's monitoring.
     pub async fn connect_named(url: &str, name: &str) -> Result<Client, ClientError> {
+        Self::connect_with(url, name, &Auth::default()).await
+    }
+
+    /// Connects with credentials and TLS settings.
+    pub async fn connect_with(url: &str, name: &str, auth: &Auth) -> Result<Client, ClientError> {
         let (tx, rx) = watch::channel(0u64);
         let opts = ConnectOptions::new()
             .name(name)
@@ -145,6 +224,7 @@ impl Client {
                     }
                 }
             });
+        let opts = auth.apply(opts).await?;
         // Accept "url1,url2,…" as well as one URL.
         let servers: Vec<&str> = url
             .split(',')

@@ -11,12 +11,13 @@
 
 #![forbid(unsafe_code)]
 
-pub mod locate;
 mod process;
 mod server;
 mod tempdir;
 
-pub use locate::{find_nats_server, LocateError, NatsServerBinary, MIN_VERSION};
+pub use moira_service::locate::{
+    self as locate, find_nats_server, LocateError, NatsServerBinary, MIN_VERSION,
+};
 pub use process::{free_port, Proc, ProcBuilder};
 pub use server::{Cluster, NatsServer};
 pub use tempdir::TempDir;

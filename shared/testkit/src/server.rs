@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::locate::find_nats_server;
 use crate::process::{free_port, Proc, ProcBuilder};
 use crate::tempdir::TempDir;
+use moira_service::locate::find_nats_server;
 
 const READY: &str = "Server is ready";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
