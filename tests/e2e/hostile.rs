@@ -254,3 +254,36 @@ async fn a_strict_gatekeeper_requires_approvers_and_refuses_self_and_quick_auto_
     let (code, _, err) = moira(&url, &["--as", "bob", "gate", "approve", id]);
     assert_eq!(code, 0, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_cannot_open_a_gate_for_a_run_or_act_as_a_service() {
+    let s = Stack::start().await;
+    let ask = |subject: &'static str, body: String| {
+        let nats = s.client.nats().clone();
+        async move {
+            let msg =
+                tokio::time::timeout(Duration::from_secs(10), nats.request(subject, body.into()))
+                    .await
+                    .expect("in time")
+                    .expect("a reply");
+            serde_json::from_slice::<serde_json::Value>(&msg.payload).expect("json")
+        }
+    };
+    let v = ask(
+        "moira.cmd.gate.open",
+        r#"{"actor":"mallory","message":"m","run_id":"r1","step":"deploy"}"#.to_string(),
+    )
+    .await;
+    assert_eq!(v["error"]["code"], "not_allowed", "{v}");
+    let g = s.client.open(open("alice", "Mine")).await.expect("open");
+    let v = ask(
+        "moira.cmd.gate.cancel",
+        format!(r#"{{"gate_id":"{}","actor":"moira:runner"}}"#, g.id),
+    )
+    .await;
+    assert_eq!(v["error"]["code"], "bad_request", "{v}");
+    assert_eq!(
+        s.client.show(g.id).await.expect("show").status,
+        GateStatus::Waiting
+    );
+}

@@ -510,13 +510,39 @@ async fn cancel_stops_the_run_and_its_gates() {
     let s = Runs::start(1).await;
     let run = s.submit(&gated("fail", "1h"), &[]).await;
     s.step_is(&run, "approve", StepStatus::Waiting).await;
-    let (code, _, err) = moira(&s.server.url(), &["--as", "alice", "run", "cancel", &run]);
+    // Someone who is neither the submitter, an approver nor an admin.
+    let (code, _, err) = moira(&s.server.url(), &["--as", "mallory", "run", "cancel", &run]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("may not cancel"), "{err}");
+    let still = s.client.show_run(&run).await.expect("run");
+    assert_eq!(
+        still.status,
+        RunStatus::Waiting,
+        "a refused cancel changes nothing"
+    );
+    assert_eq!(
+        s.client
+            .show(gate_of(&run, "approve"))
+            .await
+            .expect("gate")
+            .status,
+        moira_client::GateStatus::Waiting
+    );
+    // bob is the gate's approver: he may.
+    let (code, _, err) = moira(&s.server.url(), &["--as", "bob", "run", "cancel", &run]);
     assert_eq!(code, 0, "{err}");
     let done = s.finished(&run).await;
     assert_eq!(done.status, RunStatus::Cancelled);
     assert_eq!(step(&done, "deploy").status, StepStatus::Cancelled);
     let gate = s.client.show(gate_of(&run, "approve")).await.expect("gate");
     assert_eq!(gate.status, moira_client::GateStatus::Cancelled);
+    assert_eq!(gate.decided_by.as_deref(), Some("moira:runner"));
+    assert!(
+        gate.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("cancelled by bob")),
+        "{gate:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

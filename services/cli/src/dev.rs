@@ -71,6 +71,7 @@ impl LocalStack {
         let runner_config = moira_runner::Config {
             nats_url: url.clone(),
             work_dir: args.data.join("work"),
+            approvers: args.approvers.clone(),
             ..Default::default()
         };
         let runner = match moira_runner::start(runner_config).await {

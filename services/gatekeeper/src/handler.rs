@@ -14,7 +14,7 @@ use moira_protocol::{Command, CommandError, ErrorCode, GateId, GateState, GateVi
 
 use crate::append::{append, append_open_with_timeout, AppendError};
 use crate::cache::Cache;
-use crate::registry::Registry;
+use moira_service::registry::Registry;
 
 /// How many times a command is decided again after losing a write race.
 /// 50 deciders on one gate settle well within this.
@@ -87,6 +87,7 @@ impl Handler {
             };
             let ctx = Context {
                 policy: self.policy.clone(),
+                service: moira_protocol::subjects::is_service_subject(subject),
                 now: now_ms(),
                 command_id,
                 new_gate_id: gate_id,

@@ -15,7 +15,6 @@
 mod append;
 mod cache;
 mod handler;
-pub mod registry;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,9 +25,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use moira_client::Client;
-use moira_protocol::subjects::{GATEKEEPER_QUEUE, GATE_COMMANDS_ALL};
+use moira_protocol::subjects::{GATEKEEPER_QUEUE, GATE_COMMANDS_ALL, SERVICE_GATE_COMMANDS_ALL};
 
-pub use registry::Registry;
+pub use moira_service::registry::{self, Registry};
 
 /// Commands handled at once by one gate-keeper.
 const MAX_IN_FLIGHT: usize = 1024;
@@ -73,6 +72,8 @@ pub struct Gatekeeper {
     policy: moira_protocol::gate::Policy,
     registry: Registry,
     sub: async_nats::Subscriber,
+    /// Commands from moira's services (`moira.svc.gate.*`).
+    svc_sub: async_nats::Subscriber,
 }
 
 /// Connects, creates or verifies the streams, and subscribes.
@@ -88,6 +89,11 @@ pub async fn start(config: Config) -> anyhow::Result<Gatekeeper> {
         .queue_subscribe(GATE_COMMANDS_ALL, GATEKEEPER_QUEUE.to_string())
         .await
         .map_err(|e| anyhow::anyhow!("cannot subscribe to {GATE_COMMANDS_ALL}: {e}"))?;
+    let svc_sub = client
+        .nats()
+        .queue_subscribe(SERVICE_GATE_COMMANDS_ALL, GATEKEEPER_QUEUE.to_string())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to {SERVICE_GATE_COMMANDS_ALL}: {e}"))?;
     client
         .nats()
         .flush()
@@ -100,6 +106,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gatekeeper> {
         policy: config.policy,
         registry,
         sub,
+        svc_sub,
     })
 }
 
@@ -111,6 +118,7 @@ impl Gatekeeper {
             policy,
             registry,
             mut sub,
+            mut svc_sub,
         } = self;
         let cache = Arc::new(cache::Cache::default());
         let handler = Arc::new(handler::Handler {
@@ -124,6 +132,10 @@ impl Gatekeeper {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 msg = sub.next() => match msg {
+                    Some(m) => m,
+                    None => break,
+                },
+                msg = svc_sub.next() => match msg {
                     Some(m) => m,
                     None => break,
                 },
@@ -151,6 +163,7 @@ impl Gatekeeper {
         // step is bounded: the broker may be down while we stop, and then
         // an unbounded flush would wait for a reconnect forever.
         let _ = tokio::time::timeout(SHUTDOWN_IO, sub.unsubscribe()).await;
+        let _ = tokio::time::timeout(SHUTDOWN_IO, svc_sub.unsubscribe()).await;
         let drained = tokio::time::timeout(DRAIN, slots.acquire_many(MAX_IN_FLIGHT as u32)).await;
         if drained.is_err() {
             tracing::warn!("stopping with commands still in flight after {DRAIN:?}");

@@ -26,7 +26,7 @@ use crate::plan::{lookup, plan, Action};
 use crate::Shared;
 
 /// The actor runners use on gates they open and events they write.
-pub const RUNNER_ACTOR: &str = "moira-runner";
+pub const RUNNER_ACTOR: &str = "moira:runner";
 
 /// What a finished step task reports.
 struct Done {
@@ -80,7 +80,10 @@ async fn open_own_gate(
             gate_id: Some(g),
             ..spec.clone()
         };
-        match client.open(attempt).await {
+        match client
+            .send_as_service(moira_protocol::Command::Open(attempt))
+            .await
+        {
             Ok(v) => return Ok((g, v)),
             Err(e) if e.code() == Some(moira_protocol::ErrorCode::Conflict) => {
                 let view = client.show(g).await?;

@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+mod commands;
 mod exec;
 mod job;
 pub mod plan;
@@ -37,7 +38,7 @@ use moira_client::feed::DurableFeed;
 use moira_client::Client;
 use moira_protocol::event::{Decoded, GateEvent};
 use moira_protocol::run::{JOBS_ALL, JOBS_STREAM, RESUMER_CONSUMER, RUNNERS_CONSUMER};
-use moira_protocol::subjects::{GATES_STREAM, GATE_EVENTS_ALL};
+use moira_protocol::subjects::{GATES_STREAM, GATE_EVENTS_ALL, RUNNER_QUEUE, RUN_COMMANDS_ALL};
 use moira_protocol::Envelope;
 
 pub use job::RUNNER_ACTOR;
@@ -60,6 +61,8 @@ pub struct Config {
     pub keep_work_files: bool,
     /// Broker credentials and TLS.
     pub auth: moira_client::Auth,
+    /// The approvers registry, for who may cancel a run (roles, admins).
+    pub approvers: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             pass_env: Vec::new(),
             keep_work_files: false,
             auth: moira_client::Auth::default(),
+            approvers: None,
         }
     }
 }
@@ -133,6 +137,8 @@ pub(crate) struct Shared {
 
 pub struct Runner {
     shared: Arc<Shared>,
+    registry: Arc<moira_service::Registry>,
+    commands: async_nats::Subscriber,
     jobs: async_nats::jetstream::consumer::Consumer<pull::Config>,
     resumer: async_nats::jetstream::consumer::Consumer<pull::Config>,
     concurrency: usize,
@@ -176,6 +182,20 @@ pub async fn start(config: Config) -> anyhow::Result<Runner> {
         )
         .await?;
     check_work_dir(&config.work_dir).await?;
+    let registry = match &config.approvers {
+        Some(path) => moira_service::Registry::load(path)?,
+        None => moira_service::Registry::default(),
+    };
+    let commands = client
+        .nats()
+        .queue_subscribe(RUN_COMMANDS_ALL, RUNNER_QUEUE.to_string())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to {RUN_COMMANDS_ALL}: {e}"))?;
+    client
+        .nats()
+        .flush()
+        .await
+        .map_err(|e| anyhow::anyhow!("flush: {e}"))?;
     let name = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().to_string()[..8]);
     tracing::info!(url = %config.nats_url, runner = name, concurrency = config.concurrency, "moira-runner ready");
     Ok(Runner {
@@ -186,6 +206,8 @@ pub async fn start(config: Config) -> anyhow::Result<Runner> {
             pass_env: Arc::new(config.pass_env),
             keep_work_files: config.keep_work_files,
         }),
+        registry: Arc::new(registry),
+        commands,
         jobs,
         resumer,
         concurrency: config.concurrency.max(1),
@@ -211,6 +233,12 @@ impl Runner {
         let resumer = tokio::spawn(resume_loop(
             self.shared.client.clone(),
             self.resumer,
+            shutdown.clone(),
+        ));
+        let commands = tokio::spawn(command_loop(
+            self.shared.client.clone(),
+            self.registry.clone(),
+            self.commands,
             shutdown.clone(),
         ));
         let slots = Arc::new(Semaphore::new(self.concurrency));
@@ -295,10 +323,48 @@ impl Runner {
             });
         }
         resumer.abort();
+        commands.abort();
         // Jobs in flight are not drained: their steps would be cut off by a
         // long wait anyway; another runner takes them over after ack_wait.
         tracing::info!("moira-runner stopped");
         Ok(())
+    }
+}
+
+/// How many run commands one runner answers at once.
+const MAX_COMMANDS_IN_FLIGHT: usize = 64;
+
+/// Answers run commands (submit, cancel) until `shutdown`.
+async fn command_loop(
+    client: Client,
+    registry: Arc<moira_service::Registry>,
+    mut sub: async_nats::Subscriber,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_COMMANDS_IN_FLIGHT));
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = sub.next() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let Some(reply_to) = msg.reply.clone() else {
+            tracing::warn!(subject = %msg.subject, "ignoring a run command with no reply subject (use a request)");
+            continue;
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (client, registry) = (client.clone(), registry.clone());
+        tokio::spawn(async move {
+            let body = commands::handle(&client, &registry, &msg.subject, &msg.payload).await;
+            if let Err(e) = client.nats().publish(reply_to, body.into()).await {
+                tracing::warn!("could not send a reply: {e}");
+            }
+            drop(permit);
+        });
     }
 }
 

@@ -33,6 +33,10 @@ struct Args {
     /// Replicas for streams this runner creates.
     #[arg(long, env = "MOIRA_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     replicas: u8,
+    /// Approvers registry (TOML, as for the gate-keeper): roles decide who
+    /// may cancel a run (`admin` may cancel any).
+    #[arg(long, env = "MOIRA_APPROVERS")]
+    approvers: Option<PathBuf>,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
 }
@@ -58,6 +62,7 @@ async fn main() -> std::process::ExitCode {
         pass_env: args.pass_env,
         keep_work_files: args.keep_work_files,
         auth: args.connect.auth(),
+        approvers: args.approvers,
     };
     moira_service::signals::serve("moira-runner", |shutdown| {
         moira_runner::run(config, shutdown)

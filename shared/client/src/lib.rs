@@ -61,6 +61,10 @@ pub enum ClientError {
     ServerTooOld { url: String, found: String },
     #[error("no gate-keeper answered on {subject}: {reason}; is moira-gatekeeper (or `moira dev`) running?")]
     NoGatekeeper { subject: String, reason: String },
+    #[error(
+        "no runner answered on {subject}: {reason}; is moira-runner (or `moira dev`) running?"
+    )]
+    NoRunner { subject: String, reason: String },
     #[error("{0}")]
     Rejected(CommandError),
     #[error("no gate has id {0}; list gates with `moira gate list --status all`")]
@@ -266,10 +270,22 @@ impl Client {
     ///
     /// The command gets an id if it has none; on a timeout it is sent again
     /// with the same id, which the gate-keeper applies at most once.
-    pub async fn send(&self, mut cmd: Command) -> Result<GateView, ClientError> {
+    pub async fn send(&self, cmd: Command) -> Result<GateView, ClientError> {
+        let subject = cmd.verb().subject();
+        self.send_on(cmd, subject).await
+    }
+
+    /// Sends a command on the services' subject (`moira.svc.gate.<verb>`),
+    /// which the locked-down broker opens only to runners. The gate-keeper
+    /// then lets it open gates for runs and cancel them.
+    pub async fn send_as_service(&self, cmd: Command) -> Result<GateView, ClientError> {
+        let subject = cmd.verb().service_subject();
+        self.send_on(cmd, subject).await
+    }
+
+    async fn send_on(&self, mut cmd: Command, subject: String) -> Result<GateView, ClientError> {
         let id = cmd.id().unwrap_or_default();
         set_id(&mut cmd, id);
-        let subject = cmd.verb().subject();
         let body = Bytes::from(cmd.encode(Format::MsgPack));
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(HDR_CONTENT_TYPE, CONTENT_TYPE_MSGPACK);
@@ -309,8 +325,15 @@ impl Client {
         })
     }
 
+    /// Opens a gate. A gate that names a run is a runner's business, so it
+    /// goes on the services' subject: on the locked-down broker only
+    /// runner credentials may publish there.
     pub async fn open(&self, c: OpenGate) -> Result<GateView, ClientError> {
-        self.send(Command::Open(c)).await
+        if c.run_id.is_some() {
+            self.send_as_service(Command::Open(c)).await
+        } else {
+            self.send(Command::Open(c)).await
+        }
     }
     pub async fn approve(&self, c: ApproveGate) -> Result<GateView, ClientError> {
         self.send(Command::Approve(c)).await

@@ -9,9 +9,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use moira_protocol::command::CancelGate;
 use moira_protocol::run::*;
-use moira_protocol::time::{now_ms, rfc3339};
+use moira_protocol::subjects::{CONTENT_TYPE_JSON, HDR_CONTENT_TYPE, RUN_CANCEL, RUN_SUBMIT};
+use moira_protocol::time::rfc3339;
 use moira_protocol::{ErrorCode, GateId};
 use moira_workflow::Workflow;
 
@@ -87,6 +87,59 @@ impl From<&RunState> for RunView {
     }
 }
 
+/// How long a run command waits for a runner's answer.
+const RUN_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `moira.cmd.run.submit`: record a run of a workflow file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRun {
+    /// Command id: the same id submits the same run once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub actor: String,
+    /// The workflow file's text.
+    pub workflow: String,
+    /// `--var` overrides.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+/// `moira.cmd.run.cancel`: cancel a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRun {
+    pub run_id: String,
+    pub actor: String,
+}
+
+/// A runner's answer to a run command (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<moira_protocol::CommandError>,
+}
+
+impl RunReply {
+    pub fn ok(run: RunView) -> Self {
+        RunReply {
+            ok: true,
+            run: Some(run),
+            error: None,
+        }
+    }
+    pub fn err(e: moira_protocol::CommandError) -> Self {
+        RunReply {
+            ok: false,
+            run: None,
+            error: Some(e),
+        }
+    }
+}
+
 /// One line a step printed.
 #[derive(Debug, Clone, Serialize)]
 pub struct LogLine {
@@ -154,7 +207,9 @@ impl Client {
             })
     }
 
-    /// Validates and submits a workflow; returns the run id.
+    /// Validates and submits a workflow; returns the run id. The file is
+    /// checked here first (for a quick, clear error), then by the runner
+    /// that answers `moira.cmd.run.submit` and records the run.
     pub async fn submit_run(
         &self,
         yaml: &str,
@@ -167,28 +222,55 @@ impl Client {
                 actor,
             )));
         }
-        let wf = Workflow::parse(yaml, vars).map_err(|e| ClientError::Invalid(e.to_string()))?;
-        let run_id = uuid::Uuid::now_v7().to_string();
-        let all_vars: BTreeMap<String, String> =
-            wf.vars.iter().map(|(k, v)| (k.clone(), v.text())).collect();
-        let env = RunEnvelope {
-            schema: 1,
-            run_id: run_id.clone(),
+        Workflow::parse(yaml, vars).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let cmd = SubmitRun {
+            id: Some(uuid::Uuid::now_v7().to_string()),
             actor: actor.to_string(),
-            at: now_ms(),
-            event: RunEvent::RunSubmitted {
-                name: wf.name.clone(),
-                workflow: yaml.to_string(),
-                vars: all_vars,
-            },
+            workflow: yaml.to_string(),
+            vars: vars.clone(),
         };
-        self.append_run(&env, Some(0)).await.map_err(|e| match e {
-            AppendError::Unavailable(m) if m.contains("no responders") => ClientError::NoRunStreams,
-            other => ClientError::Nats(other.to_string()),
-        })?;
-        self.enqueue_run(&run_id, &format!("submit:{run_id}"))
-            .await?;
-        Ok(run_id)
+        Ok(self.run_command(RUN_SUBMIT, &cmd).await?.id)
+    }
+
+    /// Sends a run command and waits for the runner's answer.
+    async fn run_command<T: Serialize>(
+        &self,
+        subject: &str,
+        cmd: &T,
+    ) -> Result<RunView, ClientError> {
+        let body = serde_json::to_vec(cmd).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(HDR_CONTENT_TYPE, CONTENT_TYPE_JSON);
+        let req = async_nats::Request::new()
+            .payload(Bytes::from(body))
+            .headers(headers)
+            .timeout(Some(RUN_COMMAND_TIMEOUT));
+        let msg = match self.nats.send_request(subject.to_string(), req).await {
+            Ok(m) => m,
+            Err(e) => {
+                let reason = match e.kind() {
+                    async_nats::RequestErrorKind::NoResponders => "no responders".to_string(),
+                    async_nats::RequestErrorKind::TimedOut => {
+                        format!("no reply within {RUN_COMMAND_TIMEOUT:?}")
+                    }
+                    _ => return Err(nats_err(e)),
+                };
+                return Err(ClientError::NoRunner {
+                    subject: subject.to_string(),
+                    reason,
+                });
+            }
+        };
+        let reply: RunReply = serde_json::from_slice(&msg.payload)
+            .map_err(|e| ClientError::Nats(format!("undecodable reply from a runner: {e}")))?;
+        match (reply.ok, reply.run, reply.error) {
+            (true, Some(run), _) => Ok(run),
+            (_, _, Some(e)) if e.code == ErrorCode::NotFound => {
+                Err(ClientError::RunNotFound(e.message))
+            }
+            (_, _, Some(e)) => Err(ClientError::Rejected(e)),
+            _ => Err(ClientError::Nats("a runner sent an empty reply".into())),
+        }
     }
 
     pub async fn show_run(&self, run_id: &str) -> Result<RunView, ClientError> {
@@ -250,55 +332,15 @@ impl Client {
         Err(ClientError::Nats("the run feed ended".into()))
     }
 
-    /// Cancels a run: records it, cancels the gates it waits on, and asks a
-    /// runner to wind it up.
+    /// Asks a runner to cancel a run. The runner checks that `actor` may
+    /// (the submitter, an approver of one of its gates, or an admin),
+    /// records it, cancels the gates the run waits on and stops its steps.
     pub async fn cancel_run(&self, run_id: &str, actor: &str) -> Result<RunView, ClientError> {
-        let rec = self
-            .read_run(run_id)
-            .await?
-            .ok_or_else(|| ClientError::RunNotFound(run_id.to_string()))?;
-        if rec.state.status().is_terminal() {
-            return Err(ClientError::Invalid(format!(
-                "run {run_id} already ended: {}",
-                rec.state.status().as_str()
-            )));
-        }
-        let env = RunEnvelope {
-            schema: 1,
+        let cmd = CancelRun {
             run_id: run_id.to_string(),
             actor: actor.to_string(),
-            at: now_ms(),
-            event: RunEvent::RunCancelled {
-                by: actor.to_string(),
-            },
         };
-        self.append_run(&env, None)
-            .await
-            .map_err(|e| ClientError::Nats(e.to_string()))?;
-        for st in rec
-            .state
-            .steps
-            .values()
-            .filter(|s| s.status == StepStatus::Waiting)
-        {
-            if let Some(gate_id) = st.gate_id {
-                // The runner opened the gate on behalf of the run's submitter.
-                let cancel = CancelGate {
-                    gate_id,
-                    actor: rec.state.submitted_by.clone(),
-                    reason: Some(format!("run {run_id} cancelled by {actor}")),
-                    ..Default::default()
-                };
-                match self.cancel(cancel).await {
-                    Ok(_) => {}
-                    Err(e) if e.code() == Some(ErrorCode::AlreadyDecided) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        self.enqueue_run(run_id, &format!("cancel:{run_id}"))
-            .await?;
-        self.show_run(run_id).await
+        self.run_command(RUN_CANCEL, &cmd).await
     }
 
     /// Step output lines of a run (one step, or all), as stored so far; with

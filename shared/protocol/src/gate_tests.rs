@@ -14,6 +14,7 @@ struct Given {
 fn ctx(roles: &[&str]) -> Context {
     Context {
         policy: Policy::dev(),
+        service: false,
         now: NOW,
         command_id: CommandId::new(),
         new_gate_id: GateId::new(),
@@ -528,4 +529,53 @@ fn auto_approval_on_timeout_has_a_floor_and_under_strict_a_role() {
     let mut with_role = ctx(&[AUTO_APPROVE_ROLE]);
     with_role.policy = Policy::strict();
     assert!(decide(None, &Command::Open(slow), &with_role).is_ok());
+}
+
+#[test]
+fn only_services_open_gates_for_runs_and_cancel_them() {
+    let for_run = OpenGate {
+        run_id: Some("r1".into()),
+        step: Some("deploy".into()),
+        approvers: vec!["bob".into()],
+        ..basic()
+    };
+    let public = ctx(&[]);
+    assert_eq!(
+        decide(None, &Command::Open(for_run.clone()), &public).map_err(|e| e.code),
+        Err(ErrorCode::NotAllowed)
+    );
+    let mut service = ctx(&[]);
+    service.service = true;
+    let Ok(Decision::Append(events)) = decide(None, &Command::Open(for_run), &service) else {
+        panic!("a runner opens it")
+    };
+    let mut state = None;
+    apply(&mut state, &events[0]);
+    let s = state.expect("opened");
+    let cancel = Command::Cancel(CancelGate {
+        gate_id: s.id,
+        actor: "moira:runner".into(),
+        reason: Some("run r1 cancelled by bob".into()),
+        ..Default::default()
+    });
+    assert_eq!(
+        decide(Some(&s), &cancel, &ctx(&[])).map_err(|e| e.code),
+        Err(ErrorCode::BadRequest),
+        "a person cannot act as a service"
+    );
+    let mut later = ctx(&[]);
+    later.service = true;
+    assert!(matches!(
+        decide(Some(&s), &cancel, &later),
+        Ok(Decision::Append(_))
+    ));
+    let mallory = Command::Cancel(CancelGate {
+        gate_id: s.id,
+        actor: "mallory".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        decide(Some(&s), &mallory, &ctx(&[])).map_err(|e| e.code),
+        Err(ErrorCode::NotAllowed)
+    );
 }

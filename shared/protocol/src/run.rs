@@ -256,7 +256,7 @@ pub struct StepState {
     pub in_review: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunState {
     pub id: String,
     pub name: String,

@@ -17,8 +17,27 @@ const GATE_SCHEDULE_PREFIX: &str = "moira.gate.sched.";
 /// Command requests (core NATS, not stored): `moira.cmd.gate.<verb>`.
 pub const GATE_COMMANDS_ALL: &str = "moira.cmd.gate.*";
 const GATE_COMMAND_PREFIX: &str = "moira.cmd.gate.";
+/// Gate commands from moira's own services (`moira.svc.gate.<verb>`). The
+/// locked-down broker lets only runners publish here, so the gate-keeper
+/// trusts what arrives on it a little more: a `moira:` service actor, and
+/// opens that name a run. People and tools use [`GATE_COMMANDS_ALL`].
+pub const SERVICE_GATE_COMMANDS_ALL: &str = "moira.svc.gate.*";
+const SERVICE_GATE_COMMAND_PREFIX: &str = "moira.svc.gate.";
 /// Queue group shared by all gate-keepers.
 pub const GATEKEEPER_QUEUE: &str = "gatekeeper";
+
+/// Run commands (core NATS, answered by runners): `moira.cmd.run.submit`
+/// and `moira.cmd.run.cancel`.
+pub const RUN_COMMANDS_ALL: &str = "moira.cmd.run.*";
+pub const RUN_SUBMIT: &str = "moira.cmd.run.submit";
+pub const RUN_CANCEL: &str = "moira.cmd.run.cancel";
+/// Queue group shared by all runners for run commands.
+pub const RUNNER_QUEUE: &str = "runner";
+
+/// Whether a command arrived on the services' subject.
+pub fn is_service_subject(subject: &str) -> bool {
+    subject.starts_with(SERVICE_GATE_COMMAND_PREFIX)
+}
 
 /// Headers set on every stored event so tools can filter without decoding.
 pub const HDR_EVENT: &str = "Moira-Event";
@@ -101,10 +120,16 @@ impl Verb {
         format!("{GATE_COMMAND_PREFIX}{}", self.as_str())
     }
 
-    /// The verb named by a command subject, if any.
+    /// The same verb on the services' subject.
+    pub fn service_subject(self) -> String {
+        format!("{SERVICE_GATE_COMMAND_PREFIX}{}", self.as_str())
+    }
+
+    /// The verb named by a command subject (public or services'), if any.
     pub fn from_subject(subject: &str) -> Option<Self> {
         subject
             .strip_prefix(GATE_COMMAND_PREFIX)
+            .or_else(|| subject.strip_prefix(SERVICE_GATE_COMMAND_PREFIX))
             .and_then(Self::parse)
     }
 }
@@ -121,6 +146,9 @@ mod tests {
         assert_eq!(gate_id_from_subject(&gate_schedule(&id)), None);
         for v in Verb::ALL {
             assert_eq!(Verb::from_subject(&v.subject()), Some(v));
+            assert_eq!(Verb::from_subject(&v.service_subject()), Some(v));
+            assert!(is_service_subject(&v.service_subject()));
+            assert!(!is_service_subject(&v.subject()));
         }
         assert_eq!(Verb::from_subject("moira.cmd.gate.explode"), None);
     }

@@ -4,13 +4,16 @@
 //! - [`signals`]: SIGINT/SIGTERM, tracing setup and the exit code;
 //! - [`connect`]: the broker connection flags (credentials, TLS), with
 //!   their environment variables;
-//! - [`locate`]: finding a nats-server binary that is new enough.
+//! - [`locate`]: finding a nats-server binary that is new enough;
+//! - [`registry`]: the approvers registry (users and their roles).
 
 #![forbid(unsafe_code)]
 
 pub mod connect;
 pub mod locate;
+pub mod registry;
 pub mod signals;
 
 pub use connect::ConnectArgs;
 pub use locate::{find_nats_server, LocateError, NatsServerBinary, MIN_VERSION};
+pub use registry::Registry;
