@@ -6,6 +6,7 @@ mod cli;
 mod concurrency;
 mod gates;
 mod hostile;
+mod locked;
 mod notify;
 mod runs;
 mod waiting;

@@ -147,7 +147,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Notifier> {
     let client = Client::connect_with(&settings.nats_url, "moira-notifier", &settings.auth).await?;
     let js = async_nats::jetstream::new(client.nats().clone());
     moira_client::streams::ensure_gate_stream(&js, 1).await?;
-    moira_client::streams::ensure_run_streams(&js, 1).await?;
+    moira_client::streams::ensure_runs_stream(&js, 1).await?;
     js.get_or_create_stream(notify_stream_config()).await?;
     let mut consumers = Vec::new();
     for (name, stream, filter) in [

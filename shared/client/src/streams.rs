@@ -83,13 +83,49 @@ pub async fn ensure_gate_stream(js: &Context, replicas: usize) -> Result<(), Str
     ensure(js, gate_stream_config(replicas)).await
 }
 
+/// Creates the run stream if missing; otherwise verifies it (for readers
+/// of runs that have no business with the runners' work queue).
+pub async fn ensure_runs_stream(js: &Context, replicas: usize) -> Result<(), StreamError> {
+    ensure(js, runs_stream_config(replicas)).await
+}
+
 /// Creates the run and job streams if missing; otherwise verifies them.
 pub async fn ensure_run_streams(js: &Context, replicas: usize) -> Result<(), StreamError> {
     ensure(js, runs_stream_config(replicas)).await?;
     ensure(js, jobs_stream_config(replicas)).await
 }
 
+/// How long start-up keeps trying while JetStream is not answering yet (a
+/// cluster that is still forming, a leader being elected).
+const ENSURE_PATIENCE: Duration = Duration::from_secs(30);
+
 async fn ensure(js: &Context, want: Config) -> Result<(), StreamError> {
+    let deadline = tokio::time::Instant::now() + ENSURE_PATIENCE;
+    loop {
+        match ensure_once(js, want.clone()).await {
+            Err(StreamError::Create(name, e))
+                if is_transient(&e) && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(
+                    stream = name,
+                    "JetStream is not answering yet ({e}); trying again"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Errors that mean "not yet" rather than "no": no answer, or JetStream
+/// (or its leader) temporarily unavailable. A create that timed out may
+/// have been stored; the next try finds the stream and checks it.
+fn is_transient(e: &str) -> bool {
+    let e = e.to_lowercase();
+    e.contains("timed out") || e.contains("temporarily unavailable")
+}
+
+async fn ensure_once(js: &Context, want: Config) -> Result<(), StreamError> {
     let name = want.name.clone();
     match js.get_stream(&name).await {
         Ok(stream) => verify(&stream.cached_info().config, &want),
