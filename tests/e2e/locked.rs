@@ -57,6 +57,43 @@ fn nkey_user(dir: &Path, name: &str) -> NKeyUser {
     }
 }
 
+/// The same, made the way the README tells a person to: `moira nkey new`.
+fn nkey_user_by_cli(dir: &Path, name: &str) -> NKeyUser {
+    let seed_file = dir.join(format!("{name}.nk"));
+    let out = std::process::Command::new(bin("moira"))
+        .args(["nkey", "new"])
+        .arg(&seed_file)
+        .output()
+        .expect("run moira nkey new");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        public.starts_with('U') && public.len() == 56,
+        "a user public key: {public}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&seed_file)
+        .expect("seed file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the seed is private to its owner");
+    let again = std::process::Command::new(bin("moira"))
+        .args(["nkey", "new"])
+        .arg(&seed_file)
+        .output()
+        .expect("run moira nkey new");
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "an existing seed is never overwritten"
+    );
+    NKeyUser { seed_file, public }
+}
+
 /// Everyone who connects to the locked broker in these tests.
 struct Users {
     gatekeeper: NKeyUser,
@@ -116,7 +153,7 @@ impl Locked {
             gatekeeper: nkey_user(dir.path(), "gatekeeper"),
             runner: nkey_user(dir.path(), "runner"),
             notifier: nkey_user(dir.path(), "notifier"),
-            bob: nkey_user(dir.path(), "bob"),
+            bob: nkey_user_by_cli(dir.path(), "bob"),
             alice_password: uuid::Uuid::new_v4().simple().to_string(),
         };
         write_configs(dir.path(), &users);

@@ -108,12 +108,17 @@ async fn a_waiter_survives_a_broker_restart() {
         .await
         .expect("connect through proxy");
     let gate = s.client.open(open("alice", "Deploy?")).await.expect("open");
-    let wait = {
-        let w = waiter.clone();
-        tokio::spawn(async move { w.wait(gate.id, WAIT).await })
-    };
-    // Let the waiter register before the restart.
-    let _f = waiter.follow(gate.id).await.expect("follow");
+    // The waiter has read the gate and follows it before the restart (a
+    // wait whose first read were cut off would rightly fail instead).
+    let mut follower = waiter.follow(gate.id).await.expect("follow");
+    let wait = tokio::spawn(async move {
+        tokio::time::timeout(
+            WAIT.expect("a bound"),
+            follower.wait_until(|g| g.status.is_terminal()),
+        )
+        .await
+        .map(|r| r.map(|g| g.status))
+    });
 
     proxy.cut();
     s.server.stop();
@@ -131,6 +136,6 @@ async fn a_waiter_survives_a_broker_restart() {
     .expect("approve after restart");
     assert_eq!(decided.status, GateStatus::Approved);
     proxy.restore();
-    let woken = wait.await.expect("join").expect("wait");
-    assert_eq!(woken.status, GateStatus::Approved);
+    let woken = wait.await.expect("join").expect("in time").expect("wait");
+    assert_eq!(woken, GateStatus::Approved);
 }

@@ -132,7 +132,10 @@ pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
     );
     let url = stack.url.clone();
     errln!();
-    errln!("moira dev is running");
+    errln!("moira dev is running. This is a development setup: the broker has no");
+    errln!("authentication or TLS, anyone who can reach it may decide any gate, and the");
+    errln!("gate-keeper uses the easy defaults. For production see the README's");
+    errln!("\"Production setup\" and deploy/README.md.");
     errln!("  NATS:         {url}");
     errln!(
         "  data:         {}",

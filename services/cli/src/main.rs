@@ -11,6 +11,7 @@ mod term;
 
 mod dev;
 mod gate;
+mod keys;
 mod local;
 mod notify;
 mod render;
@@ -66,6 +67,9 @@ pub enum Top {
     Notify(notify::NotifyCmd),
     /// Run a one-machine stack: a nats-server child, a gate-keeper, a runner and a notifier
     Dev(dev::DevArgs),
+    /// Make NKeys for users of the locked-down broker
+    #[command(subcommand)]
+    Nkey(keys::NkeyCmd),
 }
 
 impl Cli {
@@ -167,6 +171,7 @@ fn main() -> ExitCode {
             Top::Run(cmd) => run::run(&cli, cmd).await,
             Top::Notify(cmd) => notify::run(&cli, cmd).await,
             Top::Dev(args) => dev::run(&cli, args).await,
+            Top::Nkey(cmd) => keys::run(cmd),
         }
     });
     // A read of stdin (`run --local`) sits on a blocking thread that would

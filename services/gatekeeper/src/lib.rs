@@ -100,6 +100,15 @@ pub async fn start(config: Config) -> anyhow::Result<Gatekeeper> {
         .await
         .map_err(|e| anyhow::anyhow!("flush: {e}"))?;
     let strict = config.policy.require_approvers;
+    let info = client.nats().server_info();
+    if strict && !(info.auth_required && info.tls_required) {
+        tracing::warn!(
+            auth_required = info.auth_required,
+            tls_required = info.tls_required,
+            "--strict on a broker that does not require both authentication and TLS: anyone who \
+             can reach it may write events directly; use the locked-down configs in deploy/nats/locked"
+        );
+    }
     tracing::info!(url = %config.nats_url, approvers = registry.len(), strict, "moira-gatekeeper ready");
     Ok(Gatekeeper {
         client,
