@@ -87,6 +87,14 @@ async fn store_raw(s: &Stack, gate: GateId, kind: &str, payload: Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_stored_events_are_reported_and_every_reader_goes_on() {
     let s = Stack::start().await;
+    let data = moira_testkit::TempDir::new("moira-hostile-notify").expect("tmp");
+    let notifier = ProcBuilder::new(bin("moira-notifier"), "moira-notifier")
+        .args(["--nats-url", &s.url(), "--data"])
+        .arg(data.path())
+        .env("MOIRA_LOG", "info")
+        .spawn()
+        .expect("spawn notifier");
+    notifier.wait_for_line("moira-notifier ready", Duration::from_secs(20));
     let fine = s.client.open(open("alice", "Fine?")).await.expect("open");
     // A GateOpened from the far future, past what RFC 3339 can show.
     let future = GateId::new();
@@ -141,6 +149,16 @@ async fn hostile_stored_events_are_reported_and_every_reader_goes_on() {
         .expect("the gate-keeper still serves");
     assert_eq!(v.status, GateStatus::Approved);
     assert!(s.gk.pid().is_some());
+    // The notifier read both stored events and still delivers the next one.
+    notifier.wait_for_line("approved: Fine?", Duration::from_secs(20));
+    assert!(
+        notifier
+            .output()
+            .iter()
+            .any(|l| l.contains("from the year 584556019")),
+        "the far-future gate was notified like any other: {:?}",
+        notifier.output()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

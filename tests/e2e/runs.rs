@@ -33,8 +33,12 @@ fn runner(url: &str, dir: &TempDir, n: usize) -> Proc {
 
 impl Runs {
     async fn start(runners: usize) -> Runs {
+        Self::start_with(runners, &[]).await
+    }
+
+    async fn start_with(runners: usize, gatekeeper_args: &[&str]) -> Runs {
         let server = NatsServer::start();
-        let gk = gatekeeper(&server.url(), &[]);
+        let gk = gatekeeper(&server.url(), gatekeeper_args);
         let dir = TempDir::new("moira-runs").expect("tmp");
         let runners = (0..runners)
             .map(|n| runner(&server.url(), &dir, n))
@@ -609,7 +613,9 @@ steps:
     use: moira.gate
     with: { message: "Ship?", inputs: [NOTE] }
   - name: emit
-    run: printf 'out=%s\n' "$EVIL" > "$MOIRA_OUTPUT"
+    run: |
+      printf 'out=%s\n' "$EVIL" > "$MOIRA_OUTPUT"
+      printf 'log \033]52;c;ZXZpbA==\007 \033[2K\rfake\n'
     env: { EVIL: "${{ vars.evil }}" }
   - name: use
     depends_on: [g, emit]
@@ -689,6 +695,11 @@ async fn template_values_never_run_as_shell_and_steps_get_a_clean_environment() 
         "none",
         "the runner's environment stays out of steps"
     );
+    // A step's output cannot drive the terminal of whoever reads the logs.
+    let (code, out, err) = moira(&s.server.url(), &["run", "logs", &run, "--step", "emit"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\\u001b]52"), "{out:?}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\r'), "{out:?}");
 }
 
 const SQUAT: &str = r#"
@@ -757,6 +768,27 @@ async fn a_squatted_gate_id_is_not_adopted_and_a_forged_gate_does_not_wake_the_r
     let done = s.finished(&run).await;
     assert_eq!(done.status, RunStatus::Succeeded);
     assert_eq!(s.file("after.txt").trim_end(), "by bob");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_the_gatekeeper_refuses_ends_its_step_with_the_reason() {
+    let s = Runs::start_with(1, &["--strict"]).await;
+    let run = s
+        .submit(
+            "name: open\nsteps:\n  - name: g\n    use: moira.gate\n    with: { message: \"Anyone?\" }\n  - {name: after, run: 'true', depends_on: [g]}\n",
+            &[],
+        )
+        .await;
+    let done = s.finished(&run).await;
+    assert_ne!(done.status, RunStatus::Succeeded);
+    let g = step(&done, "g");
+    assert_eq!(g.status, StepStatus::Aborted, "{done:?}");
+    assert!(
+        g.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("name its approvers")),
+        "{g:?}"
+    );
 }
 
 #[test]

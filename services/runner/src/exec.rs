@@ -134,7 +134,10 @@ async fn write_new(path: &std::path::Path, text: &str) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)
         .await?;
-    tokio::io::AsyncWriteExt::write_all(&mut f, text.as_bytes()).await
+    tokio::io::AsyncWriteExt::write_all(&mut f, text.as_bytes()).await?;
+    // tokio writes in the background: without a flush the step could start
+    // before the bytes reach the file.
+    tokio::io::AsyncWriteExt::flush(&mut f).await
 }
 
 /// Reads at most [`MAX_OUTPUTS`] bytes of the step's output file.
@@ -275,6 +278,50 @@ pub async fn run(client: &Client, s: StepRun) -> StepResult {
 
 #[cfg(test)]
 mod tests {
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("moira-exec-{name}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        d
+    }
+
+    #[tokio::test]
+    async fn a_planted_symlink_is_replaced_not_followed() {
+        let d = scratch("symlink");
+        let victim = d.join("victim");
+        std::fs::write(&victim, "keep me").expect("write");
+        let path = d.join("moira-previous-output");
+        std::os::unix::fs::symlink(&victim, &path).expect("symlink");
+        super::write_new(&path, "a=1\n").await.expect("write_new");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "keep me");
+        let meta = std::fs::symlink_metadata(&path).expect("meta");
+        assert!(meta.file_type().is_file());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "a=1\n");
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[tokio::test]
+    async fn the_work_dir_is_private_and_never_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = scratch("workdir");
+        let work = d.join("work");
+        crate::check_work_dir(&work).await.expect("created");
+        let mode = std::fs::metadata(&work).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        crate::check_work_dir(&work).await.expect("narrowed");
+        let mode = std::fs::metadata(&work).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "an open folder of ours is narrowed");
+        let link = d.join("link");
+        std::os::unix::fs::symlink(&work, &link).expect("symlink");
+        let e = crate::check_work_dir(&link)
+            .await
+            .expect_err("a symlink is refused");
+        assert!(e.to_string().contains("symlink"), "{e}");
+        std::fs::remove_dir_all(&d).ok();
+    }
+
     #[test]
     fn outputs() {
         let o = super::parse_outputs("a=1\nb=x=y\n\nnoequals\n=v\n");

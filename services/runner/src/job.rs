@@ -105,11 +105,19 @@ async fn open_own_gate(
                     "a gate this run did not open holds the step's gate id; using another id"
                 );
             }
+            Err(moira_client::ClientError::Rejected(e))
+                if matches!(
+                    e.code,
+                    moira_protocol::ErrorCode::NotAllowed | moira_protocol::ErrorCode::BadRequest
+                ) =>
+            {
+                return Err(ActError::Refused(e.message));
+            }
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ActError::Other(anyhow::anyhow!(
-        "step {step}: every gate id it may use is taken by a gate this run did not open"
+    Err(ActError::Refused(format!(
+        "every gate id step {step} may use is taken by a gate this run did not open"
     )))
 }
 
@@ -204,6 +212,7 @@ pub async fn advance(
                     break;
                 }
                 Err(ActError::Other(e)) => return Err(e),
+                Err(ActError::Refused(m)) => return Err(anyhow::anyhow!(m)),
             }
         }
         if conflict || progressed {
@@ -250,6 +259,9 @@ impl Drop for AbortOnDrop {
 
 enum ActError {
     Conflict,
+    /// The gate-keeper refused a gate this step asked for: retrying cannot
+    /// help, so the step ends with the reason.
+    Refused(String),
     Other(anyhow::Error),
 }
 
@@ -445,7 +457,16 @@ async fn act(
                 return Ok(false);
             };
             let spec = open_spec(wf, run, def, review);
-            let (g, view) = open_own_gate(client, run, &step, review, spec).await?;
+            let (g, view) = match open_own_gate(client, run, &step, review, spec).await {
+                Err(ActError::Refused(why)) => {
+                    let reason = format!("the gate-keeper refused its gate: {why}");
+                    tracing::warn!(run_id = id, step, "{reason}");
+                    let ev = RunEvent::StepAborted { step, reason };
+                    append(client, last, env(id, ev, RUNNER_ACTOR)).await?;
+                    return Ok(true);
+                }
+                other => other?,
+            };
             let ev = RunEvent::StepWaiting {
                 step: step.clone(),
                 gate_id: g,
