@@ -40,12 +40,19 @@ pub fn gatekeeper(url: &str, extra: &[&str]) -> Proc {
 
 /// Runs the CLI to completion and returns (exit code, stdout, stderr).
 pub fn moira(url: &str, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(bin("moira"))
-        .args(["--nats-url", url])
+    moira_env(url, args, &[])
+}
+
+/// [`moira`] with extra environment variables (credentials, say).
+pub fn moira_env(url: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(bin("moira"));
+    cmd.args(["--nats-url", url])
         .args(args)
-        .env_remove("MOIRA_USER")
-        .output()
-        .unwrap_or_else(|e| panic!("run moira: {e}"));
+        .env_remove("MOIRA_USER");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("run moira: {e}"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use moira_testkit::{find_nats_server, free_port, TempDir};
-use moira_tests::{bin, gatekeeper, ProcBuilder};
+use moira_tests::{bin, gatekeeper, moira_env, ProcBuilder};
 
 #[test]
 fn binaries_connect_with_credentials_and_wrong_ones_fail_clearly() {
@@ -24,19 +24,7 @@ fn binaries_connect_with_credentials_and_wrong_ones_fail_clearly() {
     let url = format!("nats://127.0.0.1:{port}");
 
     let _gk = gatekeeper(&url, &["--nats-user", "moira", "--password", &password]);
-    let cli = |extra: &[(&str, &str)], args: &[&str]| {
-        let mut cmd = std::process::Command::new(bin("moira"));
-        cmd.args(["--nats-url", &url]).args(args);
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().expect("run moira");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |env: &[(&str, &str)], args: &[&str]| moira_env(&url, args, env);
     let good = [
         ("MOIRA_NATS_USER", "moira"),
         ("MOIRA_NATS_PASSWORD", password.as_str()),

@@ -20,8 +20,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use moira_client::Client;
@@ -33,8 +31,6 @@ pub use moira_service::registry::{self, Registry};
 const MAX_IN_FLIGHT: usize = 1024;
 /// How long a stopping gate-keeper waits for commands in flight.
 const DRAIN: Duration = Duration::from_secs(10);
-/// Bound on each NATS call made while stopping.
-const SHUTDOWN_IO: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -126,8 +122,8 @@ impl Gatekeeper {
             client,
             policy,
             registry,
-            mut sub,
-            mut svc_sub,
+            sub,
+            svc_sub,
         } = self;
         let cache = Arc::new(cache::Cache::default());
         let handler = Arc::new(handler::Handler {
@@ -136,53 +132,25 @@ impl Gatekeeper {
             registry: Arc::new(registry),
             cache,
         });
-        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        loop {
-            let msg = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                msg = sub.next() => match msg {
-                    Some(m) => m,
-                    None => break,
-                },
-                msg = svc_sub.next() => match msg {
-                    Some(m) => m,
-                    None => break,
-                },
-            };
-            let Some(reply_to) = msg.reply.clone() else {
-                tracing::warn!(subject = %msg.subject, "ignoring a command with no reply subject (use a request)");
-                continue;
-            };
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                break;
-            };
-            let handler = handler.clone();
-            let nats = client.nats().clone();
-            tokio::spawn(async move {
-                let body = handler
-                    .handle(&msg.subject, msg.headers.as_ref(), &msg.payload)
-                    .await;
-                if let Err(e) = nats.publish(reply_to, body.into()).await {
-                    tracing::warn!("could not send a reply: {e}");
+        let limits = moira_service::requests::Limits {
+            max_in_flight: MAX_IN_FLIGHT,
+            drain: DRAIN,
+        };
+        moira_service::requests::serve(
+            client.nats().clone(),
+            vec![sub, svc_sub],
+            limits,
+            shutdown,
+            move |msg| {
+                let handler = handler.clone();
+                async move {
+                    handler
+                        .handle(&msg.subject, msg.headers.as_ref(), &msg.payload)
+                        .await
                 }
-                drop(permit);
-            });
-        }
-        // Stop taking commands, then let the ones in flight finish. Every
-        // step is bounded: the broker may be down while we stop, and then
-        // an unbounded flush would wait for a reconnect forever.
-        let _ = tokio::time::timeout(SHUTDOWN_IO, sub.unsubscribe()).await;
-        let _ = tokio::time::timeout(SHUTDOWN_IO, svc_sub.unsubscribe()).await;
-        let drained = tokio::time::timeout(DRAIN, slots.acquire_many(MAX_IN_FLIGHT as u32)).await;
-        if drained.is_err() {
-            tracing::warn!("stopping with commands still in flight after {DRAIN:?}");
-        }
-        if tokio::time::timeout(SHUTDOWN_IO, client.nats().flush())
-            .await
-            .is_err()
-        {
-            tracing::warn!("could not flush to NATS while stopping (is the broker down?)");
-        }
+            },
+        )
+        .await;
         tracing::info!("moira-gatekeeper stopped");
         Ok(())
     }

@@ -338,34 +338,19 @@ const MAX_COMMANDS_IN_FLIGHT: usize = 64;
 async fn command_loop(
     client: Client,
     registry: Arc<moira_service::Registry>,
-    mut sub: async_nats::Subscriber,
+    sub: async_nats::Subscriber,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_COMMANDS_IN_FLIGHT));
-    loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            m = sub.next() => match m {
-                Some(m) => m,
-                None => break,
-            },
-        };
-        let Some(reply_to) = msg.reply.clone() else {
-            tracing::warn!(subject = %msg.subject, "ignoring a run command with no reply subject (use a request)");
-            continue;
-        };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
+    let limits = moira_service::requests::Limits {
+        max_in_flight: MAX_COMMANDS_IN_FLIGHT,
+        drain: Duration::from_secs(5),
+    };
+    let nats = client.nats().clone();
+    moira_service::requests::serve(nats, vec![sub], limits, shutdown, move |msg| {
         let (client, registry) = (client.clone(), registry.clone());
-        tokio::spawn(async move {
-            let body = commands::handle(&client, &registry, &msg.subject, &msg.payload).await;
-            if let Err(e) = client.nats().publish(reply_to, body.into()).await {
-                tracing::warn!("could not send a reply: {e}");
-            }
-            drop(permit);
-        });
-    }
+        async move { commands::handle(&client, &registry, &msg.subject, &msg.payload).await }
+    })
+    .await;
 }
 
 /// Turns decisions on runs' gates into jobs for those runs.

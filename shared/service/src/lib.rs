@@ -5,13 +5,15 @@
 //! - [`connect`]: the broker connection flags (credentials, TLS), with
 //!   their environment variables;
 //! - [`locate`]: finding a nats-server binary that is new enough;
-//! - [`registry`]: the approvers registry (users and their roles).
+//! - [`registry`]: the approvers registry (users and their roles);
+//! - [`requests`]: answering requests with bounded concurrency and drain.
 
 #![forbid(unsafe_code)]
 
 pub mod connect;
 pub mod locate;
 pub mod registry;
+pub mod requests;
 pub mod signals;
 
 pub use connect::ConnectArgs;
