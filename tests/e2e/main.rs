@@ -9,6 +9,7 @@ mod hostile;
 mod locked;
 mod notify;
 mod runs;
+mod signatures;
 mod waiting;
 
 use moira_client::{Client, OpenGate};

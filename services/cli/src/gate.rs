@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 
 use moira_client::protocol::event::{Decoded, OnTimeout};
 use moira_client::protocol::time::parse_duration;
+use moira_client::protocol::{Command, CommandId};
 use moira_client::{
     ApproveGate, CancelGate, Client, ClientError, DenyGate, GateId, GateStatus, GateView,
     ListFilter, OpenGate, PushBackGate,
@@ -32,12 +33,16 @@ pub enum GateCmd {
         /// An input value, NAME=VALUE (repeatable)
         #[arg(long = "input", value_name = "NAME=VALUE", value_parser = parse_kv)]
         inputs: Vec<(String, String)>,
+        #[command(flatten)]
+        signed: Presigned,
     },
     /// Deny a gate
     Deny {
         id: GateId,
         #[arg(long)]
         reason: String,
+        #[command(flatten)]
+        signed: Presigned,
     },
     /// Send a gate back to waiting (iteration + 1), recording inputs
     PushBack {
@@ -46,12 +51,35 @@ pub enum GateCmd {
         inputs: Vec<(String, String)>,
         #[arg(long)]
         comment: Option<String>,
+        #[command(flatten)]
+        signed: Presigned,
     },
     /// Cancel a gate
     Cancel {
         id: GateId,
         #[arg(long)]
         reason: Option<String>,
+        #[command(flatten)]
+        signed: Presigned,
+    },
+    /// Print the exact bytes a decision signs, for `ssh-keygen -Y sign -n moira`
+    Statement {
+        id: GateId,
+        /// approve, deny, push-back or cancel
+        #[arg(long)]
+        verb: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long = "input", value_name = "NAME=VALUE", value_parser = parse_kv)]
+        inputs: Vec<(String, String)>,
+        /// The command id the decision will be sent with
+        #[arg(long)]
+        command_id: CommandId,
+        /// The signing time, ms since the epoch, sent with the decision
+        #[arg(long)]
+        signed_at: u64,
     },
     /// Wait until a gate is decided; exit 0 approved, 3 denied, 4 timed out, 5 cancelled
     Wait {
@@ -153,6 +181,151 @@ pub fn exit_code(status: GateStatus) -> u8 {
     }
 }
 
+/// A signature made elsewhere (`ssh-keygen -Y sign`), sent as it is.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Presigned {
+    /// The command id the statement names
+    #[arg(long, requires_all = ["signed_at", "signature"])]
+    command_id: Option<CommandId>,
+    /// The signing time the statement names, ms since the epoch
+    #[arg(long, requires_all = ["command_id", "signature"])]
+    signed_at: Option<u64>,
+    /// The signature file (`ssh-keygen -Y sign` writes FILE.sig)
+    #[arg(long, value_name = "FILE", requires_all = ["command_id", "signed_at"])]
+    signature: Option<std::path::PathBuf>,
+}
+
+impl Presigned {
+    /// Puts the id and signature on `cmd`, if given.
+    fn apply(&self, mut cmd: Command) -> anyhow::Result<Command> {
+        if let (Some(id), Some(at), Some(path)) = (self.command_id, self.signed_at, &self.signature)
+        {
+            let sig = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("cannot read the signature {}: {e}", path.display())
+            })?;
+            match &mut cmd {
+                Command::Approve(c) => c.id = Some(id),
+                Command::Deny(c) => c.id = Some(id),
+                Command::PushBack(c) => c.id = Some(id),
+                Command::Cancel(c) => c.id = Some(id),
+                Command::Open(c) => c.id = Some(id),
+            }
+            cmd.set_signature(sig, at);
+        }
+        Ok(cmd)
+    }
+}
+
+/// The decision a subcommand describes, if it is one.
+fn decision(cli: &Cli, cmd: &GateCmd) -> anyhow::Result<Option<(Command, Presigned)>> {
+    let actor = || cli.actor();
+    let kv = |i: &[(String, String)]| i.iter().cloned().collect();
+    Ok(Some(match cmd {
+        GateCmd::Approve {
+            id,
+            comment,
+            inputs,
+            signed,
+        } => (
+            Command::Approve(ApproveGate {
+                gate_id: *id,
+                actor: actor()?,
+                comment: comment.clone(),
+                inputs: kv(inputs),
+                ..Default::default()
+            }),
+            signed.clone(),
+        ),
+        GateCmd::Deny { id, reason, signed } => (
+            Command::Deny(DenyGate {
+                gate_id: *id,
+                actor: actor()?,
+                reason: reason.clone(),
+                ..Default::default()
+            }),
+            signed.clone(),
+        ),
+        GateCmd::PushBack {
+            id,
+            inputs,
+            comment,
+            signed,
+        } => (
+            Command::PushBack(PushBackGate {
+                gate_id: *id,
+                actor: actor()?,
+                comment: comment.clone(),
+                inputs: kv(inputs),
+                ..Default::default()
+            }),
+            signed.clone(),
+        ),
+        GateCmd::Cancel { id, reason, signed } => (
+            Command::Cancel(CancelGate {
+                gate_id: *id,
+                actor: actor()?,
+                reason: reason.clone(),
+                ..Default::default()
+            }),
+            signed.clone(),
+        ),
+        _ => return Ok(None),
+    }))
+}
+
+/// The decision `moira gate statement` describes.
+fn statement_command(
+    cli: &Cli,
+    cmd: &GateCmd,
+) -> anyhow::Result<Option<(Command, CommandId, u64)>> {
+    let GateCmd::Statement {
+        id,
+        verb,
+        comment,
+        reason,
+        inputs,
+        command_id,
+        signed_at,
+    } = cmd
+    else {
+        return Ok(None);
+    };
+    let actor = cli.actor()?;
+    let inputs: BTreeMap<String, String> = inputs.iter().cloned().collect();
+    let c = match verb.as_str() {
+        "approve" => Command::Approve(ApproveGate {
+            gate_id: *id,
+            actor,
+            comment: comment.clone(),
+            inputs,
+            ..Default::default()
+        }),
+        "deny" => Command::Deny(DenyGate {
+            gate_id: *id,
+            actor,
+            reason: reason
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("a denial needs --reason"))?,
+            ..Default::default()
+        }),
+        "push-back" => Command::PushBack(PushBackGate {
+            gate_id: *id,
+            actor,
+            comment: comment.clone(),
+            inputs,
+            ..Default::default()
+        }),
+        "cancel" => Command::Cancel(CancelGate {
+            gate_id: *id,
+            actor,
+            reason: reason.clone(),
+            ..Default::default()
+        }),
+        other => anyhow::bail!("unknown verb '{other}'; use approve, deny, push-back or cancel"),
+    };
+    Ok(Some((c, *command_id, *signed_at)))
+}
+
 pub async fn run(cli: &Cli, cmd: &GateCmd) -> anyhow::Result<u8> {
     let client = cli.connect().await?;
     match cmd {
@@ -190,59 +363,23 @@ pub async fn run(cli: &Cli, cmd: &GateCmd) -> anyhow::Result<u8> {
             print_gate(cli, &gate)?;
             Ok(0)
         }
-        GateCmd::Approve {
-            id,
-            comment,
-            inputs,
-        } => {
-            let gate = client
-                .approve(ApproveGate {
-                    gate_id: *id,
-                    actor: cli.actor()?,
-                    comment: comment.clone(),
-                    inputs: inputs.iter().cloned().collect(),
-                    ..Default::default()
-                })
-                .await?;
+        GateCmd::Approve { .. }
+        | GateCmd::Deny { .. }
+        | GateCmd::PushBack { .. }
+        | GateCmd::Cancel { .. } => {
+            let Some((c, signed)) = decision(cli, cmd)? else {
+                return Ok(2);
+            };
+            let gate = client.send(signed.apply(c)?).await?;
             decided(cli, &gate)
         }
-        GateCmd::Deny { id, reason } => {
-            let gate = client
-                .deny(DenyGate {
-                    gate_id: *id,
-                    actor: cli.actor()?,
-                    reason: reason.clone(),
-                    ..Default::default()
-                })
-                .await?;
-            decided(cli, &gate)
-        }
-        GateCmd::PushBack {
-            id,
-            inputs,
-            comment,
-        } => {
-            let gate = client
-                .push_back(PushBackGate {
-                    gate_id: *id,
-                    actor: cli.actor()?,
-                    comment: comment.clone(),
-                    inputs: inputs.iter().cloned().collect(),
-                    ..Default::default()
-                })
-                .await?;
-            decided(cli, &gate)
-        }
-        GateCmd::Cancel { id, reason } => {
-            let gate = client
-                .cancel(CancelGate {
-                    gate_id: *id,
-                    actor: cli.actor()?,
-                    reason: reason.clone(),
-                    ..Default::default()
-                })
-                .await?;
-            decided(cli, &gate)
+        GateCmd::Statement { .. } => {
+            let Some((c, id, at)) = statement_command(cli, cmd)? else {
+                return Ok(2);
+            };
+            let bytes = client.statement(&c, id, at).await?;
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &bytes)?;
+            Ok(0)
         }
         GateCmd::Wait { id, timeout } => wait(cli, &client, *id, *timeout).await,
         GateCmd::Watch { run_id, all } => watch(cli, &client, run_id.as_deref(), *all).await,

@@ -48,6 +48,20 @@ pub struct Cli {
     pub json: bool,
     #[command(flatten)]
     pub connect: moira_service::ConnectArgs,
+    /// Sign gate commands with this SSH key: a private key file, or a
+    /// public key (.pub) whose private half is held by ssh-agent [env: MOIRA_KEY]
+    #[arg(
+        long,
+        global = true,
+        env = "MOIRA_KEY",
+        hide_env = true,
+        value_name = "FILE"
+    )]
+    pub key: Option<std::path::PathBuf>,
+    /// Sign gate commands with the first Ed25519 or ECDSA P-256 key of the
+    /// running ssh-agent (SSH_AUTH_SOCK)
+    #[arg(long, global = true, conflicts_with = "key")]
+    pub agent: bool,
     #[command(subcommand)]
     pub command: Top,
     /// Whether --nats-url was typed on the command line (not from the env).
@@ -73,9 +87,26 @@ pub enum Top {
 }
 
 impl Cli {
-    /// Connects with the URL, credentials and TLS settings given.
-    pub async fn connect(&self) -> Result<moira_client::Client, moira_client::ClientError> {
-        moira_client::Client::connect_with(&self.url(), "moira", &self.connect.auth()).await
+    /// Connects with the URL, credentials and TLS settings given, signing
+    /// gate commands when a key or the agent was named.
+    pub async fn connect(&self) -> anyhow::Result<moira_client::Client> {
+        let signer = self.signer()?;
+        let client =
+            moira_client::Client::connect_with(&self.url(), "moira", &self.connect.auth()).await?;
+        Ok(match signer {
+            Some(s) => client.with_signer(s),
+            None => client,
+        })
+    }
+
+    /// The signer named by --key or --agent.
+    pub fn signer(&self) -> anyhow::Result<Option<moira_client::signing::Signer>> {
+        use moira_client::signing::Signer;
+        Ok(match (&self.key, self.agent) {
+            (Some(path), _) => Some(Signer::from_file(path)?),
+            (None, true) => Some(Signer::agent()?),
+            (None, false) => None,
+        })
     }
 
     pub fn url(&self) -> String {

@@ -20,9 +20,25 @@ use moira_service::registry::Registry;
 /// 50 deciders on one gate settle well within this.
 const MAX_ATTEMPTS: usize = 200;
 
+/// How far a statement's signing time may be from the gate-keeper's clock.
+pub const SIGNATURE_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// Whether commands must be signed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Signatures {
+    /// Unsigned commands are accepted (dev, demo); signatures that come
+    /// along are still checked.
+    #[default]
+    Off,
+    /// Every command on the public subject must be signed by a key the
+    /// approvers registry lists for its actor.
+    Require,
+}
+
 pub struct Handler {
     pub client: Client,
     pub policy: moira_protocol::gate::Policy,
+    pub signatures: Signatures,
     pub registry: Arc<Registry>,
     pub cache: Arc<Cache>,
 }
@@ -85,13 +101,26 @@ impl Handler {
                     }
                 }
             };
+            let service = moira_protocol::subjects::is_service_subject(subject);
+            let now = now_ms();
+            let signer = match self.check_signature(&cmd, gate_id, state.as_ref(), service, now) {
+                Ok(s) => s,
+                // A refusal is confirmed on a fresh read, like any other.
+                Err(_) if !fresh_read => {
+                    fresh_read = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let ctx = Context {
                 policy: self.policy.clone(),
-                service: moira_protocol::subjects::is_service_subject(subject),
-                now: now_ms(),
+                service,
+                now,
                 command_id,
                 new_gate_id: gate_id,
                 actor_roles: roles.clone(),
+                signer,
+                registry: Some(self.registry.revision().to_string()),
             };
             let events = match decide(state.as_ref(), &cmd, &ctx) {
                 // Never refuse on a state that may be stale: confirm first.
@@ -163,6 +192,72 @@ impl Handler {
             ErrorCode::Conflict,
             format!("gate {gate_id} kept changing; try again"),
         ))
+    }
+
+    /// Checks the command's signature, if it has one or must have one;
+    /// returns the fingerprint of the key that signed.
+    fn check_signature(
+        &self,
+        cmd: &Command,
+        gate_id: GateId,
+        state: Option<&GateState>,
+        service: bool,
+        now: u64,
+    ) -> Result<Option<String>, CommandError> {
+        let Some(sig) = cmd.signature() else {
+            // Runners' commands arrive on the services' subject, which the
+            // locked-down broker opens to runners alone.
+            return if self.signatures == Signatures::Require && !service {
+                Err(err(
+                    ErrorCode::Unsigned,
+                    "this gate-keeper requires signed commands: sign with your SSH key (--key FILE, or --agent)",
+                ))
+            } else {
+                Ok(None)
+            };
+        };
+        let (Some(id), Some(at)) = (cmd.id(), cmd.signed_at()) else {
+            return Err(err(
+                ErrorCode::BadSignature,
+                "a signed command carries its command id (id) and signing time (signed_at)",
+            ));
+        };
+        if let Command::Open(c) = cmd {
+            if c.gate_id.is_none() {
+                return Err(err(
+                    ErrorCode::BadSignature,
+                    "a signed open names its gate_id",
+                ));
+            }
+        }
+        if now.abs_diff(at) > SIGNATURE_SKEW_MS {
+            return Err(err(
+                ErrorCode::Stale,
+                format!(
+                    "the statement was signed at {}, more than {} minutes from now; sign it again",
+                    moira_protocol::time::rfc3339(at),
+                    SIGNATURE_SKEW_MS / 60_000
+                ),
+            ));
+        }
+        // A decision on a missing gate: let decide say "not found".
+        let Some(about) = moira_protocol::statement::About::of(cmd, gate_id, state) else {
+            return Ok(None);
+        };
+        let bytes = moira_protocol::statement::statement(cmd, &about, id, at);
+        let key = moira_client::signing::verify(&bytes, sig)
+            .map_err(|e| err(ErrorCode::BadSignature, e.to_string()))?;
+        let fp = moira_client::signing::fingerprint(&key);
+        if !self.registry.has_key(cmd.actor(), &key) {
+            return Err(err(
+                ErrorCode::WrongKey,
+                format!(
+                    "the key {fp} is not one of {}'s keys in the approvers registry",
+                    cmd.actor()
+                ),
+            ));
+        }
+        Ok(Some(fp))
     }
 
     async fn read(&self, id: GateId) -> Result<(Option<GateState>, u64), CommandError> {

@@ -14,7 +14,7 @@
 
 mod append;
 mod cache;
-mod handler;
+pub mod handler;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,6 +42,8 @@ pub struct Config {
     pub policy: moira_protocol::gate::Policy,
     /// Broker credentials and TLS.
     pub auth: moira_client::Auth,
+    /// Whether commands must be signed.
+    pub signatures: handler::Signatures,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             replicas: 1,
             policy: moira_protocol::gate::Policy::dev(),
             auth: moira_client::Auth::default(),
+            signatures: handler::Signatures::Off,
         }
     }
 }
@@ -65,6 +68,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// on are queued for it.
 pub struct Gatekeeper {
     client: Client,
+    signatures: handler::Signatures,
     policy: moira_protocol::gate::Policy,
     registry: Registry,
     sub: async_nats::Subscriber,
@@ -108,6 +112,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gatekeeper> {
     tracing::info!(url = %config.nats_url, approvers = registry.len(), strict, "moira-gatekeeper ready");
     Ok(Gatekeeper {
         client,
+        signatures: config.signatures,
         policy: config.policy,
         registry,
         sub,
@@ -120,6 +125,7 @@ impl Gatekeeper {
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Gatekeeper {
             client,
+            signatures,
             policy,
             registry,
             sub,
@@ -129,6 +135,7 @@ impl Gatekeeper {
         let handler = Arc::new(handler::Handler {
             client: client.clone(),
             policy,
+            signatures,
             registry: Arc::new(registry),
             cache,
         });

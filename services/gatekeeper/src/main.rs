@@ -22,6 +22,10 @@ struct Args {
     /// of 15 minutes or more and the `auto-approver` role.
     #[arg(long, env = "MOIRA_STRICT")]
     strict: bool,
+    /// `require`: every command must be signed with a key the approvers
+    /// registry lists for its actor (production); `off`: dev and demo.
+    #[arg(long, env = "MOIRA_SIGNATURES", value_enum, default_value = "off")]
+    signatures: moira_gatekeeper::handler::Signatures,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
 }
@@ -39,6 +43,7 @@ async fn main() -> std::process::ExitCode {
             moira_protocol::gate::Policy::dev()
         },
         auth: args.connect.auth(),
+        signatures: args.signatures,
     };
     moira_service::signals::serve("moira-gatekeeper", |shutdown| {
         moira_gatekeeper::run(config, shutdown)

@@ -21,6 +21,7 @@ pub mod append;
 pub mod feed;
 mod reads;
 pub mod runs;
+pub mod signing;
 mod store;
 pub mod streams;
 mod waiter;
@@ -104,6 +105,8 @@ pub struct Client {
     pub(crate) nats: async_nats::Client,
     pub(crate) js: async_nats::jetstream::Context,
     pub(crate) inner: Arc<Inner>,
+    /// Signs every command this client sends that is not signed already.
+    pub(crate) signer: Option<Arc<signing::Signer>>,
 }
 
 pub(crate) struct Inner {
@@ -258,7 +261,40 @@ impl Client {
                 reads: Arc::default(),
                 connects: rx,
             }),
+            signer: None,
         })
+    }
+
+    /// This client, signing every command it sends with `signer`.
+    pub fn with_signer(mut self, signer: signing::Signer) -> Client {
+        self.signer = Some(Arc::new(signer));
+        self
+    }
+
+    /// The exact statement bytes `cmd` signs when sent with command id `id`
+    /// at `at` (ms): what an outside tool passes to `ssh-keygen -Y sign -n
+    /// moira`. A decision reads the gate for its digest and iteration.
+    pub async fn statement(
+        &self,
+        cmd: &Command,
+        id: CommandId,
+        at: u64,
+    ) -> Result<Vec<u8>, ClientError> {
+        let gate_id = cmd
+            .gate_id()
+            .ok_or_else(|| ClientError::Invalid("a signed open names its gate id (--id)".into()))?;
+        let state = match cmd {
+            Command::Open(_) => None,
+            _ => Some(
+                self.read_gate(gate_id)
+                    .await?
+                    .ok_or(ClientError::NotFound(gate_id))?
+                    .state,
+            ),
+        };
+        let about = moira_protocol::statement::About::of(cmd, gate_id, state.as_ref())
+            .ok_or(ClientError::NotFound(gate_id))?;
+        Ok(moira_protocol::statement::statement(cmd, &about, id, at))
     }
 
     /// The underlying NATS connection.
@@ -286,6 +322,14 @@ impl Client {
     async fn send_on(&self, mut cmd: Command, subject: String) -> Result<GateView, ClientError> {
         let id = cmd.id().unwrap_or_default();
         set_id(&mut cmd, id);
+        if let (Some(signer), None) = (&self.signer, cmd.signature()) {
+            let at = moira_protocol::time::now_ms();
+            let bytes = self.statement(&cmd, id, at).await?;
+            let signature = signer
+                .sign(&bytes)
+                .map_err(|e| ClientError::Invalid(e.to_string()))?;
+            cmd.set_signature(signature, at);
+        }
         let body = Bytes::from(cmd.encode(Format::MsgPack));
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(HDR_CONTENT_TYPE, CONTENT_TYPE_MSGPACK);

@@ -52,6 +52,7 @@ impl Hub {
                 reads: client.inner.reads.clone(),
                 connects: client.inner.connects.clone(),
             }),
+            signer: None,
         };
         let mut sub = reader
             .nats

@@ -58,8 +58,13 @@ pub struct OpenGate {
     pub timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_timeout: Option<OnTimeout>,
+    /// An SSH signature (`ssh-keygen -Y sign -n moira` armor) over the
+    /// command's statement (see `statement`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// When the statement was signed, in ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -73,8 +78,13 @@ pub struct ApproveGate {
     pub comment: Option<String>,
     #[serde(default, skip_serializing_if = "Inputs::is_empty")]
     pub inputs: Inputs,
+    /// An SSH signature (`ssh-keygen -Y sign -n moira` armor) over the
+    /// command's statement (see `statement`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// When the statement was signed, in ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -85,8 +95,13 @@ pub struct DenyGate {
     pub gate_id: GateId,
     pub actor: String,
     pub reason: String,
+    /// An SSH signature (`ssh-keygen -Y sign -n moira` armor) over the
+    /// command's statement (see `statement`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// When the statement was signed, in ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -100,8 +115,13 @@ pub struct PushBackGate {
     pub comment: Option<String>,
     #[serde(default, skip_serializing_if = "Inputs::is_empty")]
     pub inputs: Inputs,
+    /// An SSH signature (`ssh-keygen -Y sign -n moira` armor) over the
+    /// command's statement (see `statement`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// When the statement was signed, in ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -113,8 +133,13 @@ pub struct CancelGate {
     pub actor: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// An SSH signature (`ssh-keygen -Y sign -n moira` armor) over the
+    /// command's statement (see `statement`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// When the statement was signed, in ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<u64>,
 }
 
 // One short-lived value per request, so the open variant's size is no cost.
@@ -169,6 +194,30 @@ impl Command {
             Command::PushBack(c) => Some(c.gate_id),
             Command::Cancel(c) => Some(c.gate_id),
         }
+    }
+
+    /// When the signer says it signed.
+    pub fn signed_at(&self) -> Option<u64> {
+        match self {
+            Command::Open(c) => c.signed_at,
+            Command::Approve(c) => c.signed_at,
+            Command::Deny(c) => c.signed_at,
+            Command::PushBack(c) => c.signed_at,
+            Command::Cancel(c) => c.signed_at,
+        }
+    }
+
+    /// Attaches a signature made at `at`.
+    pub fn set_signature(&mut self, signature: String, at: u64) {
+        let (sig, when) = match self {
+            Command::Open(c) => (&mut c.signature, &mut c.signed_at),
+            Command::Approve(c) => (&mut c.signature, &mut c.signed_at),
+            Command::Deny(c) => (&mut c.signature, &mut c.signed_at),
+            Command::PushBack(c) => (&mut c.signature, &mut c.signed_at),
+            Command::Cancel(c) => (&mut c.signature, &mut c.signed_at),
+        };
+        *sig = Some(signature);
+        *when = Some(at);
     }
 
     pub fn signature(&self) -> Option<&String> {
@@ -280,6 +329,14 @@ pub enum ErrorCode {
     Unavailable,
     /// Something unexpected failed inside the gate-keeper.
     Internal,
+    /// The gate-keeper requires signed commands and this one is not.
+    Unsigned,
+    /// The signature is malformed or does not match the command's statement.
+    BadSignature,
+    /// The signature is good but its key is not one of the actor's keys.
+    WrongKey,
+    /// The statement was signed too long ago (or in the future).
+    Stale,
 }
 
 impl ErrorCode {
@@ -292,6 +349,10 @@ impl ErrorCode {
             ErrorCode::AlreadyDecided => "already_decided",
             ErrorCode::MissingInput => "missing_input",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::Unsigned => "unsigned",
+            ErrorCode::BadSignature => "bad_signature",
+            ErrorCode::WrongKey => "wrong_key",
+            ErrorCode::Stale => "stale",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }

@@ -38,6 +38,16 @@ pub struct Envelope {
     /// later be verified by anyone replaying the stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// When the signer signed the command's statement (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<u64>,
+    /// The SHA-256 fingerprint of the key that signed, as the gate-keeper
+    /// checked it (readers can recompute it from `signature`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// The approvers registry revision the command was checked against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
 }
 
 /// What a gate does when its deadline passes.
@@ -246,6 +256,9 @@ mod tests {
             event,
             run_id: None,
             signature: None,
+            signed_at: None,
+            signer: None,
+            registry: None,
         }
     }
 

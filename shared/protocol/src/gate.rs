@@ -69,6 +69,8 @@ pub struct Approval {
     pub by: String,
     pub at: u64,
     pub comment: Option<String>,
+    /// The fingerprint of the key that signed it, when it was signed.
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,6 +263,10 @@ pub struct Context {
     pub new_gate_id: GateId,
     /// Roles of the command's actor, from the approvers registry.
     pub actor_roles: Vec<String>,
+    /// The fingerprint of the key whose signature the gate-keeper checked.
+    pub signer: Option<String>,
+    /// The approvers registry revision the command is checked against.
+    pub registry: Option<String>,
 }
 
 /// The outcome of deciding a command.
@@ -311,6 +317,9 @@ pub fn decide(
             _ => None,
         },
         signature: cmd.signature().cloned(),
+        signed_at: cmd.signed_at(),
+        signer: ctx.signer.clone(),
+        registry: ctx.registry.clone(),
     };
     let event = match cmd {
         Command::Open(c) => {
@@ -472,6 +481,19 @@ fn decide_approve(
                 c.actor, state.id
             ),
         ));
+    }
+    // N of M counts distinct signers: one key cannot approve twice under
+    // two names.
+    if let Some(key) = &ctx.signer {
+        if let Some(a) = state.approvals.iter().find(|a| a.key.as_ref() == Some(key)) {
+            return Err(reject(
+                ErrorCode::NotAllowed,
+                format!(
+                    "the key {key} already approved gate {} (as {}); approvals must come from distinct signers",
+                    state.id, a.by
+                ),
+            ));
+        }
     }
     if let Some(comment) = &c.comment {
         check_text("the comment", comment)?;
@@ -720,6 +742,9 @@ pub fn timed_out_event(gate_id: GateId, timeout_at: u64, spec: &GateSpec) -> Env
         },
         run_id: spec.run_id.clone(),
         signature: None,
+        signed_at: None,
+        signer: None,
+        registry: None,
     }
 }
 
@@ -796,6 +821,7 @@ pub fn apply(state: &mut Option<GateState>, env: &Envelope) {
         by: env.actor.clone(),
         at: env.at,
         comment: comment.clone(),
+        key: env.signer.clone(),
     };
     match &env.event {
         GateEvent::GateOpened { .. } => {}

@@ -19,6 +19,8 @@ fn ctx(roles: &[&str]) -> Context {
         command_id: CommandId::new(),
         new_gate_id: GateId::new(),
         actor_roles: roles.iter().map(|r| r.to_string()).collect(),
+        signer: None,
+        registry: None,
     }
 }
 

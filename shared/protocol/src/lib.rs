@@ -20,6 +20,7 @@ pub mod event;
 pub mod gate;
 pub mod ids;
 pub mod run;
+pub mod statement;
 pub mod subjects;
 pub mod time;
 pub mod view;

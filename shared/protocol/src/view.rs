@@ -15,6 +15,9 @@ pub struct ApprovalView {
     pub by: String,
     pub at: String,
     pub comment: Option<String>,
+    /// The fingerprint of the key that signed the approval, if signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +96,7 @@ impl From<GateState> for GateView {
                     by: a.by,
                     at: rfc3339(a.at),
                     comment: a.comment,
+                    key: a.key,
                 })
                 .collect(),
             approved_by: s.approved_by,

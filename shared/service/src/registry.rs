@@ -1,30 +1,50 @@
-//! The approvers registry: which roles each user holds.
+//! The approvers registry: which roles each user holds, and the SSH public
+//! keys (OpenSSH `authorized_keys` form) that sign for them.
 //!
 //! ```toml
 //! [users.alice]
 //! roles = ["owner", "release"]
+//! keys = ["ssh-ed25519 AAAAC3Nza… alice@laptop"]
 //!
 //! [users.bob]
 //! roles = ["owner"]
 //! ```
+//!
+//! A file without keys is valid; it only cannot back `--signatures require`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct Registry {
-    #[serde(default)]
     users: BTreeMap<String, User>,
+    /// The hex SHA-256 of the text it was read from: the revision each
+    /// decision records.
+    revision: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 struct User {
+    roles: Vec<String>,
+    keys: Vec<ssh_key::PublicKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    users: BTreeMap<String, UserFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserFile {
     #[serde(default)]
     roles: Vec<String>,
+    #[serde(default)]
+    keys: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +68,53 @@ impl Registry {
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut users = BTreeMap::new();
+        for (name, u) in file.users {
+            if !moira_protocol::ids::is_valid_name(&name) {
+                return Err(moira_protocol::gate::bad_name("user", &name));
+            }
+            let mut keys = Vec::new();
+            for k in &u.keys {
+                let key = ssh_key::PublicKey::from_openssh(k.trim()).map_err(|e| {
+                    format!("users.{name}: a key is not an OpenSSH public key ({e})")
+                })?;
+                keys.push(key);
+            }
+            users.insert(
+                name,
+                User {
+                    roles: u.roles,
+                    keys,
+                },
+            );
+        }
+        Ok(Registry {
+            users,
+            revision: moira_protocol::statement::sha256_hex(text.as_bytes()),
+        })
+    }
+
+    /// The revision decisions record: the digest of the registry's text.
+    pub fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    /// Whether `key` is one of `user`'s keys.
+    pub fn has_key(&self, user: &str, key: &ssh_key::PublicKey) -> bool {
+        self.users
+            .get(user)
+            .is_some_and(|u| u.keys.iter().any(|k| k.key_data() == key.key_data()))
+    }
+
+    /// Users whose keys include `key` (a key listed for two users is a
+    /// mistake the gate-keeper refuses to count twice).
+    pub fn owners_of(&self, key: &ssh_key::PublicKey) -> Vec<&str> {
+        self.users
+            .iter()
+            .filter(|(_, u)| u.keys.iter().any(|k| k.key_data() == key.key_data()))
+            .map(|(n, _)| n.as_str())
+            .collect()
     }
 
     pub fn roles_of(&self, user: &str) -> Vec<String> {

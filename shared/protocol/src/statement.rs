@@ -1,0 +1,237 @@
+//! What a person or tool signs: a small, deterministic statement of one
+//! command, in the shape of an in-toto Statement v1.
+//!
+//! The bytes are compact JSON with keys in a fixed (sorted) order, no
+//! spaces, UTF-8, and no trailing newline, so anyone can rebuild them and
+//! check a signature with `ssh-keygen -Y verify -n moira`. They name the
+//! verb, the gate, a digest of the gate as it was opened (the text and
+//! policy the signer was shown), the iteration, the actor, everything the
+//! command carries, its command id and when it was signed, so a signature
+//! cannot be moved to another gate, iteration or request.
+//!
+//! ```text
+//! {"_type":"https://in-toto.io/Statement/v1",
+//!  "predicate":{"actor":"bob","at":"2026-12-02T10:00:00.000Z","command_id":"…",
+//!               "comment":"lgtm","gate_id":"…","inputs":{"WINDOW":"sat"},
+//!               "iteration":1,"reason":null,"verb":"approve"},
+//!  "predicateType":"https://moira.dev/decision/v1",
+//!  "subject":[{"digest":{"sha256":"<gate digest>"},"name":"moira-gate:<gate id>"}]}
+//! ```
+//! (shown wrapped; the real bytes are one line). For an `open`, the subject
+//! digest is the digest of the open command's definition
+//! ([`open_digest`]) and the iteration is 0; for every other verb it is
+//! [`GateState::opened_digest`].
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::command::{Command, OpenGate};
+use crate::event::GateSpec;
+use crate::gate::GateState;
+use crate::ids::{CommandId, GateId};
+use crate::time::rfc3339;
+
+/// The SSH signature namespace of moira statements (`ssh-keygen -n moira`).
+pub const NAMESPACE: &str = "moira";
+pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
+pub const PREDICATE_TYPE: &str = "https://moira.dev/decision/v1";
+
+// Field order below is the byte order of the statement: keep it sorted.
+#[derive(Serialize)]
+struct Statement<'a> {
+    #[serde(rename = "_type")]
+    type_: &'static str,
+    predicate: Predicate<'a>,
+    #[serde(rename = "predicateType")]
+    predicate_type: &'static str,
+    subject: [Subject; 1],
+}
+
+#[derive(Serialize)]
+struct Subject {
+    digest: Sha256Digest,
+    name: String,
+}
+
+#[derive(Serialize)]
+struct Sha256Digest {
+    sha256: String,
+}
+
+#[derive(Serialize)]
+struct Predicate<'a> {
+    actor: &'a str,
+    at: String,
+    command_id: String,
+    comment: Option<&'a str>,
+    gate_id: String,
+    inputs: &'a BTreeMap<String, String>,
+    iteration: u32,
+    reason: Option<&'a str>,
+    verb: &'static str,
+}
+
+/// The hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The definition an `open` signs: the command with its id and signature
+/// left out, as MessagePack with named fields.
+pub fn open_definition(c: &OpenGate) -> Vec<u8> {
+    let bare = OpenGate {
+        id: None,
+        signature: None,
+        signed_at: None,
+        ..c.clone()
+    };
+    rmp_serde::to_vec_named(&bare).unwrap_or_default()
+}
+
+/// The subject digest of an `open`.
+pub fn open_digest(c: &OpenGate) -> String {
+    sha256_hex(&open_definition(c))
+}
+
+/// The gate as it was opened, as the bytes whose digest a decision signs.
+#[derive(Serialize)]
+struct Opened<'a> {
+    gate_id: GateId,
+    spec: &'a GateSpec,
+    requested_by: &'a str,
+    opened_at: u64,
+    timeout_at: Option<u64>,
+}
+
+impl GateState {
+    /// MessagePack (named fields) of the gate's id, definition, requester,
+    /// opening time and deadline: what the approver was shown.
+    pub fn opened_bytes(&self) -> Vec<u8> {
+        let o = Opened {
+            gate_id: self.id,
+            spec: &self.spec,
+            requested_by: &self.requested_by,
+            opened_at: self.opened_at,
+            timeout_at: self.timeout_at,
+        };
+        rmp_serde::to_vec_named(&o).unwrap_or_default()
+    }
+
+    /// The subject digest of every decision on this gate.
+    pub fn opened_digest(&self) -> String {
+        sha256_hex(&self.opened_bytes())
+    }
+}
+
+/// What a statement is about, besides the command itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct About {
+    pub gate_id: GateId,
+    /// [`open_digest`] for an open, [`GateState::opened_digest`] otherwise.
+    pub digest: String,
+    /// 0 for an open; the gate's iteration otherwise.
+    pub iteration: u32,
+}
+
+impl About {
+    /// What `cmd` is about, given the gate as it stands (`None` for an open
+    /// of a new gate). `None` when a decision names a gate that is missing.
+    pub fn of(cmd: &Command, gate_id: GateId, state: Option<&GateState>) -> Option<About> {
+        match cmd {
+            Command::Open(c) => Some(About {
+                gate_id,
+                digest: open_digest(c),
+                iteration: 0,
+            }),
+            _ => state.map(|s| About {
+                gate_id: s.id,
+                digest: s.opened_digest(),
+                iteration: s.iteration,
+            }),
+        }
+    }
+}
+
+/// The exact statement bytes for `cmd` (signed at `at`, ms since the epoch,
+/// with command id `command_id`).
+pub fn statement(cmd: &Command, about: &About, command_id: CommandId, at: u64) -> Vec<u8> {
+    let empty = BTreeMap::new();
+    let (comment, inputs, reason) = match cmd {
+        Command::Open(_) => (None, &empty, None),
+        Command::Approve(c) => (c.comment.as_deref(), &c.inputs, None),
+        Command::Deny(c) => (None, &empty, Some(c.reason.as_str())),
+        Command::PushBack(c) => (c.comment.as_deref(), &c.inputs, None),
+        Command::Cancel(c) => (None, &empty, c.reason.as_deref()),
+    };
+    let s = Statement {
+        type_: STATEMENT_TYPE,
+        predicate: Predicate {
+            actor: cmd.actor(),
+            at: rfc3339(at),
+            command_id: command_id.to_string(),
+            comment,
+            gate_id: about.gate_id.to_string(),
+            inputs,
+            iteration: about.iteration,
+            reason,
+            verb: cmd.verb().as_str(),
+        },
+        predicate_type: PREDICATE_TYPE,
+        subject: [Subject {
+            digest: Sha256Digest {
+                sha256: about.digest.clone(),
+            },
+            name: format!("moira-gate:{}", about.gate_id),
+        }],
+    };
+    serde_json::to_vec(&s).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::ApproveGate;
+
+    #[test]
+    fn statements_are_deterministic_and_bind_gate_iteration_and_content() {
+        let gate = GateId::new();
+        let cmd = Command::Approve(ApproveGate {
+            gate_id: gate,
+            actor: "bob".into(),
+            comment: Some("lgtm".into()),
+            inputs: [("WINDOW".to_string(), "sat".to_string())].into(),
+            ..Default::default()
+        });
+        let about = About {
+            gate_id: gate,
+            digest: sha256_hex(b"x"),
+            iteration: 1,
+        };
+        let id = CommandId::new();
+        let a = statement(&cmd, &about, id, 1_000);
+        assert_eq!(a, statement(&cmd, &about, id, 1_000));
+        let text = String::from_utf8(a.clone()).expect("utf-8");
+        assert!(text.starts_with("{\"_type\":\"https://in-toto.io/Statement/v1\",\"predicate\":{\"actor\":\"bob\",\"at\":\"1970-01-01T00:00:01.000Z\""), "{text}");
+        assert!(text.contains("\"inputs\":{\"WINDOW\":\"sat\"},\"iteration\":1,\"reason\":null,\"verb\":\"approve\"}"), "{text}");
+        assert!(!text.contains(' ') || text.contains("\"comment\":\"lgtm\""));
+        let next = About {
+            iteration: 2,
+            ..about.clone()
+        };
+        assert_ne!(a, statement(&cmd, &next, id, 1_000), "another iteration");
+        let other = About {
+            gate_id: GateId::new(),
+            ..about.clone()
+        };
+        assert_ne!(a, statement(&cmd, &other, id, 1_000), "another gate");
+        assert_ne!(
+            a,
+            statement(&cmd, &about, CommandId::new(), 1_000),
+            "another request"
+        );
+        assert_ne!(a, statement(&cmd, &about, id, 1_001), "another time");
+    }
+}

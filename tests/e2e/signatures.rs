@@ -1,0 +1,422 @@
+//! Signed commands with real SSH keys made by `ssh-keygen`, one held by a
+//! real `ssh-agent`, against a gate-keeper with `--signatures require`.
+//! Every forgery is refused with its code and stores nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use moira_client::protocol::time::now_ms;
+use moira_client::protocol::{Command, CommandId};
+use moira_client::signing::Signer;
+use moira_client::{ApproveGate, Client, ErrorCode, GateId, GateStatus, OpenGate, PushBackGate};
+use moira_testkit::TempDir;
+use moira_tests::{moira_env, ProcBuilder};
+
+use crate::Stack;
+
+/// Makes an SSH key with the real ssh-keygen; returns the private key path.
+fn ssh_keygen(dir: &Path, name: &str, kind: &str) -> PathBuf {
+    let path = dir.join(name);
+    let mut args = vec!["-q", "-t", kind, "-N", "", "-C", name, "-f"];
+    if kind == "ecdsa" {
+        args = vec!["-q", "-t", "ecdsa", "-b", "256", "-N", "", "-C", name, "-f"];
+    }
+    let out = std::process::Command::new("ssh-keygen")
+        .args(&args)
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen is installed (./just tools installs openssh-client)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+fn public(path: &Path) -> String {
+    std::fs::read_to_string(path.with_extension("pub"))
+        .or_else(|_| std::fs::read_to_string(format!("{}.pub", path.display())))
+        .expect("public key")
+        .trim()
+        .to_string()
+}
+
+struct Signed {
+    s: Stack,
+    dir: TempDir,
+    alice: PathBuf,
+    bob: PathBuf,
+    bob_ecdsa: PathBuf,
+    carol: PathBuf,
+    mallory: PathBuf,
+}
+
+impl Signed {
+    async fn start() -> Signed {
+        let dir = TempDir::new("moira-signed").expect("tmp");
+        let alice = ssh_keygen(dir.path(), "alice", "ed25519");
+        let bob = ssh_keygen(dir.path(), "bob", "ed25519");
+        let bob_ecdsa = ssh_keygen(dir.path(), "bob-ecdsa", "ecdsa");
+        let carol = ssh_keygen(dir.path(), "carol", "ed25519");
+        let mallory = ssh_keygen(dir.path(), "mallory", "ed25519");
+        // dave shares carol's key: a mistake that must not let one key
+        // count as two approvals.
+        let registry = format!(
+            "[users.alice]\nkeys = [\"{}\"]\n[users.bob]\nkeys = [\"{}\", \"{}\"]\n\
+             [users.carol]\nkeys = [\"{}\"]\n[users.dave]\nkeys = [\"{}\"]\n[users.mallory]\nkeys = [\"{}\"]\n",
+            public(&alice),
+            public(&bob),
+            public(&bob_ecdsa),
+            public(&carol),
+            public(&carol),
+            public(&mallory),
+        );
+        let file = dir.path().join("approvers.toml");
+        std::fs::write(&file, registry).expect("write registry");
+        let s = Stack::with_gatekeeper_args(&[
+            "--signatures",
+            "require",
+            "--approvers",
+            &file.display().to_string(),
+        ])
+        .await;
+        Signed {
+            s,
+            dir,
+            alice,
+            bob,
+            bob_ecdsa,
+            carol,
+            mallory,
+        }
+    }
+
+    async fn as_key(&self, key: &Path) -> Client {
+        Client::connect(&self.s.url())
+            .await
+            .expect("connect")
+            .with_signer(Signer::from_file(key).expect("key"))
+    }
+
+    async fn open(&self, approvers: &[&str], approvals: u32) -> GateId {
+        let alice = self.as_key(&self.alice).await;
+        alice
+            .open(OpenGate {
+                actor: "alice".into(),
+                message: "Ship it?".into(),
+                approvers: approvers.iter().map(|a| a.to_string()).collect(),
+                approvals: Some(approvals),
+                ..Default::default()
+            })
+            .await
+            .expect("a signed open")
+            .id
+    }
+
+    async fn events(&self, id: GateId) -> usize {
+        self.s.client.read_events(id).await.expect("read").0.len()
+    }
+}
+
+/// A correctly signed command, built by hand so a test can alter it.
+async fn signed_by(client: &Client, key: &Path, mut cmd: Command, at: u64) -> Command {
+    let id = CommandId::new();
+    match &mut cmd {
+        Command::Approve(c) => c.id = Some(id),
+        Command::PushBack(c) => c.id = Some(id),
+        _ => unreachable!("only approvals and push-backs here"),
+    }
+    let bytes = client.statement(&cmd, id, at).await.expect("statement");
+    let sig = Signer::from_file(key)
+        .expect("key")
+        .sign(&bytes)
+        .expect("sign");
+    cmd.set_signature(sig, at);
+    cmd
+}
+
+fn approve(gate: GateId, actor: &str, comment: &str) -> Command {
+    Command::Approve(ApproveGate {
+        gate_id: gate,
+        actor: actor.into(),
+        comment: Some(comment.into()),
+        ..Default::default()
+    })
+}
+
+fn refused(r: Result<moira_client::GateView, moira_client::ClientError>) -> ErrorCode {
+    match r {
+        Err(e) => e.code().unwrap_or_else(|| panic!("not a refusal: {e}")),
+        Ok(g) => panic!("accepted: {g:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_commands_succeed_and_every_forgery_is_refused_with_its_code() {
+    let t = Signed::start().await;
+    let plain = &t.s.client;
+    // Unsigned: refused, whatever it is.
+    let e = refused(
+        plain
+            .open(OpenGate {
+                actor: "alice".into(),
+                message: "m".into(),
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_eq!(e, ErrorCode::Unsigned);
+    let gate = t.open(&["bob", "carol"], 1).await;
+    let before = t.events(gate).await;
+    assert_eq!(
+        refused(plain.send(approve(gate, "bob", "ok")).await),
+        ErrorCode::Unsigned
+    );
+
+    let now = now_ms();
+    // bob's name, mallory's key; bob's name, alice's key.
+    for key in [&t.mallory, &t.alice] {
+        let c = signed_by(plain, key, approve(gate, "bob", "ok"), now).await;
+        assert_eq!(refused(plain.send(c).await), ErrorCode::WrongKey);
+    }
+    // A tampered comment.
+    let mut c = signed_by(plain, &t.bob, approve(gate, "bob", "ok"), now).await;
+    if let Command::Approve(a) = &mut c {
+        a.comment = Some("ok, and ship the other build too".into());
+    }
+    assert_eq!(refused(plain.send(c).await), ErrorCode::BadSignature);
+    // Moved to another gate.
+    let other = t.open(&["bob"], 1).await;
+    let mut c = signed_by(plain, &t.bob, approve(gate, "bob", "ok"), now).await;
+    if let Command::Approve(a) = &mut c {
+        a.gate_id = other;
+    }
+    assert_eq!(refused(plain.send(c).await), ErrorCode::BadSignature);
+    // Signed 10 minutes ago.
+    let c = signed_by(plain, &t.bob, approve(gate, "bob", "ok"), now - 600_000).await;
+    assert_eq!(refused(plain.send(c).await), ErrorCode::Stale);
+    // Garbage where the signature goes.
+    let mut c = approve(gate, "bob", "ok");
+    if let Command::Approve(a) = &mut c {
+        a.id = Some(CommandId::new());
+    }
+    c.set_signature(
+        "-----BEGIN SSH SIGNATURE-----\nnope\n-----END SSH SIGNATURE-----\n".into(),
+        now,
+    );
+    assert_eq!(refused(plain.send(c).await), ErrorCode::BadSignature);
+    assert_eq!(
+        t.events(gate).await,
+        before,
+        "no refused command stored anything"
+    );
+
+    // A signature from iteration 1, replayed after a push-back.
+    let early = signed_by(plain, &t.bob, approve(gate, "bob", "ok"), now_ms()).await;
+    let pb = signed_by(
+        plain,
+        &t.carol,
+        Command::PushBack(PushBackGate {
+            gate_id: gate,
+            actor: "carol".into(),
+            comment: Some("redo".into()),
+            ..Default::default()
+        }),
+        now_ms(),
+    )
+    .await;
+    let pushed = plain.send(pb).await.expect("carol pushes back");
+    assert_eq!(pushed.iteration, 2);
+    assert_eq!(refused(plain.send(early).await), ErrorCode::BadSignature);
+
+    // bob's ECDSA key signs for him too.
+    let bob = t.as_key(&t.bob_ecdsa).await;
+    let done = bob.send(approve(gate, "bob", "ok")).await.expect("approve");
+    assert_eq!(done.status, GateStatus::Approved);
+    let key = done.approvals[0]
+        .key
+        .clone()
+        .expect("the approval records its key");
+    assert!(key.starts_with("SHA256:"), "{key}");
+    let (events, _) = t.s.client.read_events(gate).await.expect("events");
+    let last = match &events.last().expect("events").event {
+        moira_client::protocol::event::Decoded::Event(e) => e.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(last
+        .signature
+        .as_deref()
+        .is_some_and(|s| s.contains("BEGIN SSH SIGNATURE")));
+    assert!(
+        last.registry.is_some(),
+        "the decision records the registry revision"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_of_m_counts_distinct_signers_not_names() {
+    let t = Signed::start().await;
+    let gate = t.open(&["carol", "dave", "bob"], 2).await;
+    let carol = t.as_key(&t.carol).await;
+    carol
+        .send(approve(gate, "carol", "1"))
+        .await
+        .expect("carol");
+    // dave's registry entry holds carol's key: the same signer again.
+    let e = refused(carol.send(approve(gate, "dave", "2")).await);
+    assert_eq!(e, ErrorCode::NotAllowed);
+    let bob = t.as_key(&t.bob).await;
+    let done = bob.send(approve(gate, "bob", "2")).await.expect("bob");
+    assert_eq!(done.status, GateStatus::Approved);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_in_a_real_ssh_agent_signs_from_the_cli() {
+    let t = Signed::start().await;
+    let gate = t.open(&["bob"], 1).await;
+    let sock = t.dir.path().join("agent.sock");
+    let agent = ProcBuilder::new("ssh-agent", "ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .spawn()
+        .expect("ssh-agent is installed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never listened: {:?}",
+            agent.output()
+        );
+        agent.try_wait_for(&["never"], 1, Duration::from_millis(20));
+    }
+    let added = std::process::Command::new("ssh-add")
+        .arg(&t.bob)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .expect("ssh-add");
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    // The private key file is gone: only the agent can sign now.
+    std::fs::remove_file(&t.bob).expect("remove");
+    let sock_s = sock.display().to_string();
+    let env = [("SSH_AUTH_SOCK", sock_s.as_str())];
+    let (code, _, err) = moira_env(
+        &t.s.url(),
+        &[
+            "--as",
+            "bob",
+            "--agent",
+            "gate",
+            "approve",
+            &gate.to_string(),
+            "--comment",
+            "from the agent",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let g = t.s.client.show(gate).await.expect("show");
+    assert_eq!(g.status, GateStatus::Approved);
+    assert_eq!(g.approvals[0].comment.as_deref(), Some("from the agent"));
+    // Unsigned from the CLI: a clear refusal.
+    let other = t.open(&["bob"], 1).await;
+    let (code, _, err) = moira_env(
+        &t.s.url(),
+        &["--as", "bob", "gate", "approve", &other.to_string()],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("unsigned") && err.contains("--key"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outside_tool_signs_the_statement_with_ssh_keygen() {
+    let t = Signed::start().await;
+    let gate = t.open(&["bob"], 1).await.to_string();
+    let url = t.s.url();
+    let id = CommandId::new().to_string();
+    let at = now_ms().to_string();
+    let d = t.dir.path();
+    // The README's shell example, step by step.
+    let (code, statement, err) = moira_env(
+        &url,
+        &[
+            "--as",
+            "bob",
+            "gate",
+            "statement",
+            &gate,
+            "--verb",
+            "approve",
+            "--comment",
+            "checks green",
+            "--command-id",
+            &id,
+            "--signed-at",
+            &at,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(d.join("st.json"), &statement).expect("write");
+    let signed = std::process::Command::new("ssh-keygen")
+        .args(["-Y", "sign", "-n", "moira", "-f"])
+        .arg(&t.bob)
+        .arg(d.join("st.json"))
+        .output()
+        .expect("ssh-keygen");
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let sig = d.join("st.json.sig").display().to_string();
+    let (code, _, err) = moira_env(
+        &url,
+        &[
+            "--as",
+            "bob",
+            "gate",
+            "approve",
+            &gate,
+            "--comment",
+            "checks green",
+            "--command-id",
+            &id,
+            "--signed-at",
+            &at,
+            "--signature",
+            &sig,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    // And anyone checks it with stock ssh-keygen.
+    std::fs::write(
+        d.join("allowed_signers"),
+        format!("bob {}\n", public(&t.bob)),
+    )
+    .expect("write");
+    let verify = |file: &Path| {
+        std::process::Command::new("ssh-keygen")
+            .args(["-Y", "verify", "-n", "moira", "-I", "bob", "-f"])
+            .arg(d.join("allowed_signers"))
+            .arg("-s")
+            .arg(&sig)
+            .stdin(std::fs::File::open(file).expect("open"))
+            .output()
+            .expect("ssh-keygen")
+    };
+    assert!(verify(&d.join("st.json")).status.success());
+    let mut flipped = statement.clone().into_bytes();
+    flipped[40] ^= 1;
+    std::fs::write(d.join("flipped.json"), flipped).expect("write");
+    assert!(
+        !verify(&d.join("flipped.json")).status.success(),
+        "one flipped byte fails"
+    );
+}
