@@ -116,6 +116,7 @@ async fn hostile_stored_events_are_reported_and_every_reader_goes_on() {
         signed_at: None,
         signer: None,
         registry: None,
+        prev: None,
     };
     store_raw(&s, future, "GateOpened", env.encode()).await;
     // An event of an unknown kind nested a million levels deep.

@@ -420,3 +420,163 @@ async fn an_outside_tool_signs_the_statement_with_ssh_keygen() {
         "one flipped byte fails"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trail_verifies_and_a_forged_event_is_reported() {
+    let t = Signed::start().await;
+    let url = t.s.url();
+    let registry = t.dir.path().join("approvers.toml").display().to_string();
+    let gate = t.open(&["bob"], 1).await;
+    let bob = t.as_key(&t.bob).await;
+    bob.send(approve(gate, "bob", "ok")).await.expect("approve");
+    let (code, out, err) = moira_env(
+        &url,
+        &[
+            "gate",
+            "verify",
+            &gate.to_string(),
+            "--approvers",
+            &registry,
+            "--require-signatures",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ok    #") && out.contains("every event verifies"),
+        "{out}"
+    );
+    assert!(out.contains("GateApproved by bob, signed SHA256:"), "{out}");
+
+    // Someone with broker admin rights appends a GateApproved by hand.
+    let victim = t.open(&["bob"], 1).await;
+    let forged = moira_client::protocol::Envelope {
+        schema: moira_client::protocol::event::SCHEMA,
+        id: CommandId::new(),
+        gate_id: victim,
+        actor: "bob".into(),
+        at: now_ms(),
+        event: moira_client::protocol::GateEvent::GateApproved {
+            comment: Some("trust me".into()),
+            inputs: Default::default(),
+        },
+        run_id: None,
+        signature: None,
+        signed_at: None,
+        signer: None,
+        registry: None,
+        prev: None,
+    };
+    let js = async_nats::jetstream::new(t.s.client.nats().clone());
+    js.publish(
+        moira_client::protocol::subjects::gate_events(&victim),
+        forged.encode().into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+    let (code, out, _) = moira_env(
+        &url,
+        &[
+            "gate",
+            "verify",
+            &victim.to_string(),
+            "--approvers",
+            &registry,
+            "--require-signatures",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL") && out.contains("hash chain") && out.contains("not signed"),
+        "{out}"
+    );
+    let (code, _, err) = moira_env(
+        &url,
+        &[
+            "audit",
+            "verify",
+            "--approvers",
+            &registry,
+            "--require-signatures",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "one gate of the lot is forged: {err}");
+    assert!(err.contains("1 not verified"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_decisions_verify_with_plain_ssh_keygen() {
+    let t = Signed::start().await;
+    let url = t.s.url();
+    let registry = t.dir.path().join("approvers.toml").display().to_string();
+    let gate = t.open(&["bob", "carol"], 2).await;
+    t.as_key(&t.bob)
+        .await
+        .send(approve(gate, "bob", "1"))
+        .await
+        .expect("bob");
+    t.as_key(&t.carol)
+        .await
+        .send(approve(gate, "carol", "2"))
+        .await
+        .expect("carol");
+    let dir = t.dir.path().join("export");
+    let d = dir.display().to_string();
+    let (code, out, err) = moira_env(
+        &url,
+        &[
+            "audit",
+            "export",
+            &gate.to_string(),
+            "--dir",
+            &d,
+            "--approvers",
+            &registry,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let files: Vec<&str> = out.lines().collect();
+    assert_eq!(files.len(), 3, "the open and two approvals: {out}");
+    let verify = |statement: &Path, actor: &str| {
+        std::process::Command::new("ssh-keygen")
+            .args(["-Y", "verify", "-n", "moira", "-I", actor, "-f"])
+            .arg(dir.join("allowed_signers"))
+            .arg("-s")
+            .arg(format!("{}.sig", statement.display()))
+            .stdin(std::fs::File::open(statement).expect("open"))
+            .output()
+            .expect("ssh-keygen")
+    };
+    for (file, actor) in files.iter().zip(["alice", "bob", "carol"]) {
+        let v = verify(Path::new(file), actor);
+        assert!(
+            v.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&v.stderr)
+        );
+        // Another signer's name does not verify.
+        assert!(!verify(Path::new(file), "mallory").status.success());
+    }
+    // One flipped byte fails.
+    let text = std::fs::read(files[1]).expect("read");
+    let mut flipped = text.clone();
+    flipped[60] ^= 1;
+    std::fs::write(files[1], &flipped).expect("write");
+    assert!(!verify(Path::new(files[1]), "bob").status.success());
+    // The decisions name the gate as it was opened: sha256sum of the
+    // exported definition is the statement's subject digest.
+    let sum = std::process::Command::new("sha256sum")
+        .arg(dir.join("opened.msgpack"))
+        .output()
+        .expect("sha256sum");
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    let digest = sum.split_whitespace().next().expect("a digest");
+    let st: serde_json::Value = serde_json::from_slice(&text).expect("json statement");
+    assert_eq!(st["subject"][0]["digest"]["sha256"], digest);
+    assert_eq!(st["predicate"]["verb"], "approve");
+}

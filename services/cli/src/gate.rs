@@ -62,6 +62,17 @@ pub enum GateCmd {
         #[command(flatten)]
         signed: Presigned,
     },
+    /// Check a gate's trail without a gate-keeper: hash chain, signatures,
+    /// keys against the registry, policy; exit 0 only if all of it holds
+    Verify {
+        id: GateId,
+        /// The approvers registry (TOML) to check keys and roles against
+        #[arg(long, env = "MOIRA_APPROVERS", value_name = "FILE")]
+        approvers: Option<std::path::PathBuf>,
+        /// Every decision by a person must be signed
+        #[arg(long)]
+        require_signatures: bool,
+    },
     /// Print the exact bytes a decision signs, for `ssh-keygen -Y sign -n moira`
     Statement {
         id: GateId,
@@ -373,6 +384,15 @@ pub async fn run(cli: &Cli, cmd: &GateCmd) -> anyhow::Result<u8> {
             let gate = client.send(signed.apply(c)?).await?;
             decided(cli, &gate)
         }
+        GateCmd::Verify {
+            id,
+            approvers,
+            require_signatures,
+        } => {
+            let registry = load_registry(approvers.as_deref())?;
+            let ok = verify_one(cli, &client, *id, &registry, *require_signatures).await?;
+            Ok(if ok { 0 } else { 1 })
+        }
         GateCmd::Statement { .. } => {
             let Some((c, id, at)) = statement_command(cli, cmd)? else {
                 return Ok(2);
@@ -549,4 +569,129 @@ async fn watch(cli: &Cli, client: &Client, run_id: Option<&str>, all: bool) -> a
         }
     }
     Ok(0)
+}
+
+fn load_registry(path: Option<&std::path::Path>) -> anyhow::Result<moira_service::Registry> {
+    Ok(match path {
+        Some(p) => moira_service::Registry::load(p)?,
+        None => moira_service::Registry::default(),
+    })
+}
+
+/// Verifies one gate and prints what holds; true when all of it does.
+async fn verify_one(
+    cli: &Cli,
+    client: &Client,
+    id: GateId,
+    registry: &moira_service::Registry,
+    require_signatures: bool,
+) -> anyhow::Result<bool> {
+    let rules = moira_service::verify::Rules { require_signatures };
+    let report = moira_service::verify::verify_gate(client, id, registry, rules).await?;
+    if cli.json {
+        let items: Vec<serde_json::Value> = report
+            .findings
+            .iter()
+            .map(|f| {
+                serde_json::json!({"seq": f.seq, "kind": f.kind, "actor": f.actor,
+                    "signer": f.signer, "ok": f.ok(), "problems": f.problems})
+            })
+            .collect();
+        outln!(
+            "{}",
+            serde_json::json!({"gate_id": id, "ok": report.ok(), "events": items})
+        );
+    } else {
+        for f in &report.findings {
+            let signed = f
+                .signer
+                .as_ref()
+                .map(|s| format!(", signed {s}"))
+                .unwrap_or_else(|| ", unsigned".into());
+            if f.ok() {
+                outln!("ok    #{} {} by {}{}", f.seq, f.kind, f.actor, signed);
+            } else {
+                outln!(
+                    "FAIL  #{} {} by {}{}: {}",
+                    f.seq,
+                    f.kind,
+                    f.actor,
+                    signed,
+                    f.problems.join("; ")
+                );
+            }
+        }
+        if report.ok() {
+            outln!("gate {id}: every event verifies");
+        } else {
+            outln!("gate {id}: NOT verified");
+        }
+    }
+    Ok(report.ok())
+}
+
+/// `moira audit …`
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Verify every gate (or every gate of one run), as `gate verify` does;
+    /// exit 0 only if all of them verify
+    Verify {
+        #[arg(long = "run", value_name = "ID")]
+        run_id: Option<String>,
+        #[arg(long, env = "MOIRA_APPROVERS", value_name = "FILE")]
+        approvers: Option<std::path::PathBuf>,
+        #[arg(long)]
+        require_signatures: bool,
+    },
+    /// Write each signed decision of a gate (its statement, its signature)
+    /// and the signers' keys to DIR, for `ssh-keygen -Y verify`
+    Export {
+        id: GateId,
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// The approvers registry (TOML) whose keys go into allowed_signers
+        #[arg(long, env = "MOIRA_APPROVERS", value_name = "FILE")]
+        approvers: std::path::PathBuf,
+    },
+}
+
+pub async fn audit(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<u8> {
+    let client = cli.connect().await?;
+    match cmd {
+        AuditCmd::Verify {
+            run_id,
+            approvers,
+            require_signatures,
+        } => {
+            let registry = load_registry(approvers.as_deref())?;
+            let gates = client
+                .list(&ListFilter {
+                    status: None,
+                    run_id: run_id.clone(),
+                })
+                .await?;
+            let mut bad = 0;
+            for g in &gates {
+                if !verify_one(cli, &client, g.id, &registry, *require_signatures).await? {
+                    bad += 1;
+                }
+            }
+            errln!("{} gate(s) checked, {bad} not verified", gates.len());
+            Ok(if bad == 0 { 0 } else { 1 })
+        }
+        AuditCmd::Export { id, dir, approvers } => {
+            let registry = moira_service::Registry::load(approvers)?;
+            let files = moira_service::verify::export(&client, *id, &registry, dir).await?;
+            for f in &files {
+                outln!("{}", f.statement.display());
+            }
+            errln!(
+                "{} signed event(s) written to {}; check one with:\n  ssh-keygen -Y verify -n moira -f {}/allowed_signers -I <actor> -s <file>.statement.sig < <file>.statement",
+                files.len(),
+                dir.display(),
+                dir.display()
+            );
+            Ok(0)
+        }
+    }
 }

@@ -81,6 +81,9 @@ pub enum Top {
     Notify(notify::NotifyCmd),
     /// Run a one-machine stack: a nats-server child, a gate-keeper, a runner and a notifier
     Dev(dev::DevArgs),
+    /// Verify gates' trails and export signed decisions for ssh-keygen
+    #[command(subcommand)]
+    Audit(gate::AuditCmd),
     /// Make NKeys for users of the locked-down broker
     #[command(subcommand)]
     Nkey(keys::NkeyCmd),
@@ -203,6 +206,7 @@ fn main() -> ExitCode {
             Top::Notify(cmd) => notify::run(&cli, cmd).await,
             Top::Dev(args) => dev::run(&cli, args).await,
             Top::Nkey(cmd) => keys::run(cmd),
+            Top::Audit(cmd) => gate::audit(&cli, cmd).await,
         }
     });
     // A read of stdin (`run --local`) sits on a blocking thread that would

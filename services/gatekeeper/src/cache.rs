@@ -25,6 +25,8 @@ const CAPACITY: usize = 20_000;
 pub struct Cached {
     pub state: GateState,
     pub last_seq: u64,
+    /// The digest of the gate's last stored message (for the next `prev`).
+    pub last_digest: Option<String>,
 }
 
 #[derive(Default)]
@@ -47,7 +49,7 @@ impl Cache {
 
     /// Records a state known to be stored at `last_seq`; never moves an
     /// entry backwards.
-    pub fn put(&self, state: GateState, last_seq: u64) {
+    pub fn put(&self, state: GateState, last_seq: u64, last_digest: Option<String>) {
         let mut entries = self.lock();
         if entries
             .get(&state.id)
@@ -56,7 +58,14 @@ impl Cache {
             return;
         }
         make_room(&mut entries);
-        entries.insert(state.id, Cached { state, last_seq });
+        entries.insert(
+            state.id,
+            Cached {
+                state,
+                last_seq,
+                last_digest,
+            },
+        );
     }
 }
 

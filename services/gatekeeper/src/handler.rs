@@ -89,12 +89,12 @@ impl Handler {
         // expected sequence 0 checks it), other commands use the cache.
         let mut fresh_read = false;
         for attempt in 0..MAX_ATTEMPTS {
-            let (state, last_seq) = if fresh_read {
+            let (state, last_seq, last_digest) = if fresh_read {
                 self.read(gate_id).await?
             } else {
                 match self.cache.get(&gate_id) {
-                    Some(c) => (Some(c.state), c.last_seq),
-                    None if matches!(cmd, Command::Open(_)) => (None, 0),
+                    Some(c) => (Some(c.state), c.last_seq, c.last_digest),
+                    None if matches!(cmd, Command::Open(_)) => (None, 0, None),
                     None => {
                         fresh_read = true;
                         self.read(gate_id).await?
@@ -121,6 +121,7 @@ impl Handler {
                 actor_roles: roles.clone(),
                 signer,
                 registry: Some(self.registry.revision().to_string()),
+                prev: last_digest,
             };
             let events = match decide(state.as_ref(), &cmd, &ctx) {
                 // Never refuse on a state that may be stale: confirm first.
@@ -139,6 +140,7 @@ impl Handler {
             };
             let mut state = state;
             let mut stored_at = None;
+            let mut stored_digest = None;
             for env in &events {
                 let result = match &env.event {
                     GateEvent::GateOpened { .. } => {
@@ -154,6 +156,7 @@ impl Handler {
                     Ok(seq) => {
                         apply(&mut state, env);
                         stored_at = Some(seq);
+                        stored_digest = Some(moira_protocol::statement::sha256_hex(&env.encode()));
                     }
                     Err(AppendError::Conflict) => {
                         stored_at = None;
@@ -177,7 +180,7 @@ impl Handler {
                 let state = state
                     .ok_or_else(|| err(ErrorCode::Internal, "the gate vanished after writing"))?;
                 let view = GateView::from(&state);
-                self.cache.put(state, seq);
+                self.cache.put(state, seq, stored_digest);
                 return Ok(view);
             }
             // Lost a race (or the ack): read again; decide sees our own
@@ -223,10 +226,10 @@ impl Handler {
             ));
         };
         if let Command::Open(c) = cmd {
-            if c.gate_id.is_none() {
+            if c.gate_id.is_none() || c.allow_self_approval.is_none() {
                 return Err(err(
                     ErrorCode::BadSignature,
-                    "a signed open names its gate_id",
+                    "a signed open names its gate_id and states allow_self_approval",
                 ));
             }
         }
@@ -260,7 +263,10 @@ impl Handler {
         Ok(Some(fp))
     }
 
-    async fn read(&self, id: GateId) -> Result<(Option<GateState>, u64), CommandError> {
+    async fn read(
+        &self,
+        id: GateId,
+    ) -> Result<(Option<GateState>, u64, Option<String>), CommandError> {
         let (events, last_seq) = self
             .client
             .read_events(id)
@@ -272,6 +278,7 @@ impl Handler {
                 apply(&mut state, env);
             }
         }
-        Ok((state, last_seq))
+        let last_digest = events.last().map(|e| e.digest.clone());
+        Ok((state, last_seq, last_digest))
     }
 }

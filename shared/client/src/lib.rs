@@ -323,6 +323,11 @@ impl Client {
         let id = cmd.id().unwrap_or_default();
         set_id(&mut cmd, id);
         if let (Some(signer), None) = (&self.signer, cmd.signature()) {
+            // A signed open states its whole policy, so what is signed does
+            // not depend on the gate-keeper's defaults.
+            if let Command::Open(c) = &mut cmd {
+                c.allow_self_approval.get_or_insert(false);
+            }
             let at = moira_protocol::time::now_ms();
             let bytes = self.statement(&cmd, id, at).await?;
             let signature = signer

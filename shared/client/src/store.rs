@@ -28,6 +28,8 @@ pub struct StoredEvent {
     pub seq: u64,
     pub gate_id: GateId,
     pub event: Decoded,
+    /// The hex SHA-256 of the stored bytes (what the next event's `prev` names).
+    pub digest: String,
 }
 
 /// A gate's folded state and the stream sequence of its last event.
@@ -59,12 +61,14 @@ pub(crate) fn decode_stored(subject: &str, seq: u64, payload: &[u8]) -> Option<S
                 seq,
                 gate_id,
                 event: Decoded::Unknown { kind, schema },
+                digest: moira_protocol::statement::sha256_hex(payload),
             })
         }
         Ok(event) => Some(StoredEvent {
             seq,
             gate_id,
             event,
+            digest: moira_protocol::statement::sha256_hex(payload),
         }),
         Err(e) => {
             tracing::warn!(%gate_id, seq, "skipping an undecodable event: {e}");

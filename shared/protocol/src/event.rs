@@ -48,6 +48,12 @@ pub struct Envelope {
     /// The approvers registry revision the command was checked against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<String>,
+    /// The hex SHA-256 of the message stored before this one on the gate's
+    /// subject: a hash chain per gate, so a removed, reordered or inserted
+    /// event shows. `None` on a gate's first event and on a fired timeout
+    /// (prepared when the gate opened, before anything came after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
 }
 
 /// What a gate does when its deadline passes.
@@ -259,6 +265,7 @@ mod tests {
             signed_at: None,
             signer: None,
             registry: None,
+            prev: None,
         }
     }
 

@@ -267,6 +267,8 @@ pub struct Context {
     pub signer: Option<String>,
     /// The approvers registry revision the command is checked against.
     pub registry: Option<String>,
+    /// The digest of the gate's last stored message (the hash chain).
+    pub prev: Option<String>,
 }
 
 /// The outcome of deciding a command.
@@ -320,6 +322,7 @@ pub fn decide(
         signed_at: cmd.signed_at(),
         signer: ctx.signer.clone(),
         registry: ctx.registry.clone(),
+        prev: ctx.prev.clone(),
     };
     let event = match cmd {
         Command::Open(c) => {
@@ -745,6 +748,7 @@ pub fn timed_out_event(gate_id: GateId, timeout_at: u64, spec: &GateSpec) -> Env
         signed_at: None,
         signer: None,
         registry: None,
+        prev: None,
     }
 }
 

@@ -21,6 +21,7 @@ fn ctx(roles: &[&str]) -> Context {
         actor_roles: roles.iter().map(|r| r.to_string()).collect(),
         signer: None,
         registry: None,
+        prev: None,
     }
 }
 

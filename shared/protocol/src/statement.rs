@@ -18,8 +18,10 @@
 //!  "subject":[{"digest":{"sha256":"<gate digest>"},"name":"moira-gate:<gate id>"}]}
 //! ```
 //! (shown wrapped; the real bytes are one line). For an `open`, the subject
-//! digest is the digest of the open command's definition
-//! ([`open_digest`]) and the iteration is 0; for every other verb it is
+//! digest is the digest of the gate's definition ([`open_digest`] of the
+//! `GateSpec` the open makes; a signed open states `allow_self_approval`,
+//! so the definition does not depend on the gate-keeper's defaults) and
+//! the iteration is 0; for every other verb it is
 //! [`GateState::opened_digest`].
 
 use std::collections::BTreeMap;
@@ -29,6 +31,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::command::{Command, OpenGate};
 use crate::event::GateSpec;
+use crate::event::{Envelope, GateEvent};
 use crate::gate::GateState;
 use crate::ids::{CommandId, GateId};
 use crate::time::rfc3339;
@@ -79,21 +82,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The definition an `open` signs: the command with its id and signature
-/// left out, as MessagePack with named fields.
-pub fn open_definition(c: &OpenGate) -> Vec<u8> {
-    let bare = OpenGate {
-        id: None,
-        signature: None,
-        signed_at: None,
-        ..c.clone()
-    };
-    rmp_serde::to_vec_named(&bare).unwrap_or_default()
+/// The subject digest of an `open`: the SHA-256 of the gate's definition
+/// as MessagePack with named fields.
+pub fn open_digest(spec: &GateSpec) -> String {
+    sha256_hex(&rmp_serde::to_vec_named(spec).unwrap_or_default())
 }
 
-/// The subject digest of an `open`.
-pub fn open_digest(c: &OpenGate) -> String {
-    sha256_hex(&open_definition(c))
+/// The definition a signed open makes (`None` if the open is invalid).
+fn signed_spec(c: &OpenGate) -> Option<GateSpec> {
+    crate::gate::spec_from(c, &crate::gate::Policy::dev()).ok()
 }
 
 /// The gate as it was opened, as the bytes whose digest a decision signs.
@@ -141,9 +138,9 @@ impl About {
     /// of a new gate). `None` when a decision names a gate that is missing.
     pub fn of(cmd: &Command, gate_id: GateId, state: Option<&GateState>) -> Option<About> {
         match cmd {
-            Command::Open(c) => Some(About {
+            Command::Open(c) => signed_spec(c).map(|spec| About {
                 gate_id,
-                digest: open_digest(c),
+                digest: open_digest(&spec),
                 iteration: 0,
             }),
             _ => state.map(|s| About {
@@ -153,6 +150,78 @@ impl About {
             }),
         }
     }
+}
+
+/// The command a stored event records, and what it was about, so its
+/// statement can be rebuilt from the stream alone. `state` is the gate as
+/// it stood before the event. `None` for events no person signs (a fired
+/// timeout) and for an event with nothing before it but an open.
+pub fn recorded(state: Option<&GateState>, env: &Envelope) -> Option<(Command, About)> {
+    let actor = env.actor.clone();
+    let gate_id = env.gate_id;
+    let cmd = match &env.event {
+        GateEvent::GateOpened { spec, .. } => {
+            let about = About {
+                gate_id,
+                digest: open_digest(spec),
+                iteration: 0,
+            };
+            let c = OpenGate {
+                gate_id: Some(gate_id),
+                actor,
+                message: spec.message.clone(),
+                title: spec.title.clone(),
+                summary: spec.summary.clone(),
+                metadata: spec.metadata.clone(),
+                run_id: spec.run_id.clone(),
+                step: spec.step.clone(),
+                approvers: spec.approvers.users.clone(),
+                roles: spec.approvers.roles.clone(),
+                approvals: Some(spec.approvals_required),
+                allow_self_approval: Some(spec.allow_self_approval),
+                inputs: spec.inputs.clone(),
+                required: spec.required.clone(),
+                timeout_ms: spec.timeout_ms,
+                on_timeout: Some(spec.on_timeout),
+                ..Default::default()
+            };
+            return Some((Command::Open(c), about));
+        }
+        GateEvent::ApprovalRecorded { comment, inputs }
+        | GateEvent::GateApproved { comment, inputs } => {
+            Command::Approve(crate::command::ApproveGate {
+                gate_id,
+                actor,
+                comment: comment.clone(),
+                inputs: inputs.clone(),
+                ..Default::default()
+            })
+        }
+        GateEvent::GateDenied { reason } => Command::Deny(crate::command::DenyGate {
+            gate_id,
+            actor,
+            reason: reason.clone(),
+            ..Default::default()
+        }),
+        GateEvent::GatePushedBack { comment, inputs } => {
+            Command::PushBack(crate::command::PushBackGate {
+                gate_id,
+                actor,
+                comment: comment.clone(),
+                inputs: inputs.clone(),
+                ..Default::default()
+            })
+        }
+        GateEvent::GateCancelled { reason } => Command::Cancel(crate::command::CancelGate {
+            gate_id,
+            actor,
+            reason: reason.clone(),
+            ..Default::default()
+        }),
+        GateEvent::GateTimedOut { .. } => return None,
+    };
+    let about = About::of(&cmd, gate_id, state)?;
+    Some((cmd, about))
 }
 
 /// The exact statement bytes for `cmd` (signed at `at`, ms since the epoch,

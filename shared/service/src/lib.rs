@@ -6,7 +6,9 @@
 //!   their environment variables;
 //! - [`locate`]: finding a nats-server binary that is new enough;
 //! - [`registry`]: the approvers registry (users and their roles);
-//! - [`requests`]: answering requests with bounded concurrency and drain.
+//! - [`requests`]: answering requests with bounded concurrency and drain;
+//! - [`verify`]: checking a gate's trail (chain, signatures, policy) and
+//!   exporting it for `ssh-keygen -Y verify`.
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +17,7 @@ pub mod locate;
 pub mod registry;
 pub mod requests;
 pub mod signals;
+pub mod verify;
 
 pub use connect::ConnectArgs;
 pub use locate::{find_nats_server, LocateError, NatsServerBinary, MIN_VERSION};

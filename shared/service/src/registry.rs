@@ -100,6 +100,14 @@ impl Registry {
         &self.revision
     }
 
+    /// `user`'s keys in OpenSSH form.
+    pub fn keys_of(&self, user: &str) -> Vec<String> {
+        self.users
+            .get(user)
+            .map(|u| u.keys.iter().filter_map(|k| k.to_openssh().ok()).collect())
+            .unwrap_or_default()
+    }
+
     /// Whether `key` is one of `user`'s keys.
     pub fn has_key(&self, user: &str, key: &ssh_key::PublicKey) -> bool {
         self.users
