@@ -580,3 +580,114 @@ async fn exported_decisions_verify_with_plain_ssh_keygen() {
     assert_eq!(st["subject"][0]["digest"]["sha256"], digest);
     assert_eq!(st["predicate"]["verb"], "approve");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_decision_written_into_the_stream_never_moves_a_parked_run() {
+    let t = Signed::start().await;
+    let registry = t.dir.path().join("approvers.toml").display().to_string();
+    let work = t.dir.path().join("work").display().to_string();
+    let runner = ProcBuilder::new(moira_tests::bin("moira-runner"), "moira-runner")
+        .args([
+            "--nats-url",
+            &t.s.url(),
+            "--work-dir",
+            &work,
+            "--signatures",
+            "require",
+        ])
+        .args(["--approvers", &registry])
+        .env("MOIRA_LOG", "info")
+        .spawn()
+        .expect("spawn runner");
+    runner.wait_for_line("moira-runner ready", Duration::from_secs(20));
+    let yaml = "name: guarded\nsteps:\n  - name: g\n    use: moira.gate\n    with: { message: \"Ship?\", approvers: { users: [bob] } }\n  - {name: after, run: 'true', depends_on: [g]}\n";
+    let run =
+        t.s.client
+            .submit_run(yaml, &Default::default(), "alice")
+            .await
+            .expect("submit");
+    let parked = tokio::time::timeout(
+        Duration::from_secs(30),
+        t.s.client.wait_run_until(&run, |r| {
+            r.steps
+                .get("g")
+                .is_some_and(|s| s.status == moira_client::protocol::run::StepStatus::Waiting)
+        }),
+    )
+    .await
+    .expect("parks in time")
+    .expect("wait");
+    let gate = parked
+        .steps
+        .iter()
+        .find(|s| s.name == "g")
+        .and_then(|s| s.gate_id)
+        .expect("the gate");
+    // An approval that never went through a gate-keeper, written with
+    // broker admin rights, naming the run so the resumer sees it.
+    let forged = moira_client::protocol::Envelope {
+        schema: moira_client::protocol::event::SCHEMA,
+        id: CommandId::new(),
+        gate_id: gate,
+        actor: "bob".into(),
+        at: now_ms(),
+        event: moira_client::protocol::GateEvent::GateApproved {
+            comment: None,
+            inputs: Default::default(),
+        },
+        run_id: Some(run.clone()),
+        signature: None,
+        signed_at: None,
+        signer: None,
+        registry: None,
+        prev: None,
+    };
+    let js = async_nats::jetstream::new(t.s.client.nats().clone());
+    js.publish(
+        moira_client::protocol::subjects::gate_events(&gate),
+        forged.encode().into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+    runner.wait_for_line("does not verify", Duration::from_secs(30));
+    let still = t.s.client.show_run(&run).await.expect("run");
+    let g = still.steps.iter().find(|s| s.name == "g").expect("g");
+    assert_eq!(g.status, moira_client::protocol::run::StepStatus::Waiting);
+    assert_eq!(
+        still.steps[1].status,
+        moira_client::protocol::run::StepStatus::Pending
+    );
+    // A signed decision through the gate-keeper does move a run.
+    let run2 =
+        t.s.client
+            .submit_run(yaml, &Default::default(), "alice")
+            .await
+            .expect("submit");
+    let parked = tokio::time::timeout(
+        Duration::from_secs(30),
+        t.s.client.wait_run_until(&run2, |r| {
+            r.steps
+                .get("g")
+                .is_some_and(|s| s.status == moira_client::protocol::run::StepStatus::Waiting)
+        }),
+    )
+    .await
+    .expect("parks in time")
+    .expect("wait");
+    let gate2 = parked.steps[0].gate_id.expect("gate");
+    t.as_key(&t.bob)
+        .await
+        .send(approve(gate2, "bob", "signed"))
+        .await
+        .expect("bob approves");
+    let done = tokio::time::timeout(Duration::from_secs(30), t.s.client.wait_run(&run2))
+        .await
+        .expect("in time")
+        .expect("wait");
+    assert_eq!(
+        done.status,
+        moira_client::protocol::run::RunStatus::Succeeded
+    );
+}

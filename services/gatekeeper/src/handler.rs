@@ -23,17 +23,7 @@ const MAX_ATTEMPTS: usize = 200;
 /// How far a statement's signing time may be from the gate-keeper's clock.
 pub const SIGNATURE_SKEW_MS: u64 = 5 * 60 * 1000;
 
-/// Whether commands must be signed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Signatures {
-    /// Unsigned commands are accepted (dev, demo); signatures that come
-    /// along are still checked.
-    #[default]
-    Off,
-    /// Every command on the public subject must be signed by a key the
-    /// approvers registry lists for its actor.
-    Require,
-}
+pub use moira_service::verify::Signatures;
 
 pub struct Handler {
     pub client: Client,

@@ -493,6 +493,36 @@ async fn act(
             let Some(ev) = resolution(def, st.gate_iteration, &view) else {
                 return Ok(false);
             };
+            if let Some(registry) = &shared.verify {
+                let rules = moira_service::verify::Rules {
+                    require_signatures: true,
+                };
+                let report = moira_service::verify::verify_gate(client, g, registry, rules).await?;
+                if !report.ok() {
+                    let problems: Vec<String> = report
+                        .findings
+                        .iter()
+                        .filter(|f| !f.ok())
+                        .map(|f| {
+                            format!(
+                                "#{} {} by {}: {}",
+                                f.seq,
+                                f.kind,
+                                f.actor,
+                                f.problems.join("; ")
+                            )
+                        })
+                        .collect();
+                    tracing::error!(
+                        run_id = id,
+                        step,
+                        gate = %g,
+                        "the gate's trail does not verify; the run does not act on it: {}",
+                        problems.join(" | ")
+                    );
+                    return Ok(false);
+                }
+            }
             let pushed_back = matches!(
                 ev,
                 RunEvent::GateResolved {

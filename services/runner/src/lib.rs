@@ -61,8 +61,12 @@ pub struct Config {
     pub keep_work_files: bool,
     /// Broker credentials and TLS.
     pub auth: moira_client::Auth,
-    /// The approvers registry, for who may cancel a run (roles, admins).
+    /// The approvers registry, for who may cancel a run (roles, admins)
+    /// and the keys decisions are checked against.
     pub approvers: Option<PathBuf>,
+    /// `Require`: a run moves on a gate decision only if the gate's trail
+    /// verifies (chain, signatures, keys, policy).
+    pub signatures: moira_service::verify::Signatures,
 }
 
 impl Default for Config {
@@ -77,6 +81,7 @@ impl Default for Config {
             keep_work_files: false,
             auth: moira_client::Auth::default(),
             approvers: None,
+            signatures: moira_service::verify::Signatures::Off,
         }
     }
 }
@@ -133,6 +138,8 @@ pub(crate) struct Shared {
     pub work_dir: PathBuf,
     pub pass_env: Arc<Vec<String>>,
     pub keep_work_files: bool,
+    /// Set when decisions must verify before a run acts on them.
+    pub verify: Option<Arc<moira_service::Registry>>,
 }
 
 pub struct Runner {
@@ -182,10 +189,10 @@ pub async fn start(config: Config) -> anyhow::Result<Runner> {
         )
         .await?;
     check_work_dir(&config.work_dir).await?;
-    let registry = match &config.approvers {
+    let registry = Arc::new(match &config.approvers {
         Some(path) => moira_service::Registry::load(path)?,
         None => moira_service::Registry::default(),
-    };
+    });
     let commands = client
         .nats()
         .queue_subscribe(RUN_COMMANDS_ALL, RUNNER_QUEUE.to_string())
@@ -205,8 +212,10 @@ pub async fn start(config: Config) -> anyhow::Result<Runner> {
             work_dir: config.work_dir,
             pass_env: Arc::new(config.pass_env),
             keep_work_files: config.keep_work_files,
+            verify: (config.signatures == moira_service::verify::Signatures::Require)
+                .then(|| registry.clone()),
         }),
-        registry: Arc::new(registry),
+        registry,
         commands,
         jobs,
         resumer,

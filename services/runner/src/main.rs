@@ -37,6 +37,10 @@ struct Args {
     /// may cancel a run (`admin` may cancel any).
     #[arg(long, env = "MOIRA_APPROVERS")]
     approvers: Option<PathBuf>,
+    /// `require`: act on a gate decision only if the gate's trail verifies
+    /// against the registry (hash chain, signatures, keys, policy)
+    #[arg(long, env = "MOIRA_SIGNATURES", value_enum, default_value = "off")]
+    signatures: moira_service::verify::Signatures,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
 }
@@ -63,6 +67,7 @@ async fn main() -> std::process::ExitCode {
         keep_work_files: args.keep_work_files,
         auth: args.connect.auth(),
         approvers: args.approvers,
+        signatures: args.signatures,
     };
     moira_service::signals::serve("moira-runner", |shutdown| {
         moira_runner::run(config, shutdown)

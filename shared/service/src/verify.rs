@@ -13,6 +13,20 @@ use moira_protocol::{Envelope, GateId, GateState};
 
 use crate::Registry;
 
+/// Whether commands (for a gate-keeper) and decisions (for a runner) must
+/// be signed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Signatures {
+    /// Unsigned commands are accepted (dev, demo); signatures that come
+    /// along are still checked.
+    #[default]
+    Off,
+    /// Every command on the public subject must be signed by a key the
+    /// approvers registry lists for its actor; a runner acts only on
+    /// decisions whose trail verifies.
+    Require,
+}
+
 /// What was found about one stored event.
 #[derive(Debug, Clone)]
 pub struct Finding {
