@@ -96,8 +96,13 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
 }
 
 fn gatekeeper(url: &str) -> anyhow::Result<Proc> {
+    gatekeeper_with(url, &[])
+}
+
+fn gatekeeper_with(url: &str, extra: &[&str]) -> anyhow::Result<Proc> {
     let p = ProcBuilder::new(bin_dir()?.join("moira-gatekeeper"), "moira-gatekeeper")
         .args(["--nats-url", url])
+        .args(extra)
         .env("MOIRA_LOG", "warn,moira_gatekeeper=info")
         .spawn()?;
     p.wait_for_line("moira-gatekeeper ready", Duration::from_secs(30));
@@ -112,6 +117,34 @@ fn runner(url: &str) -> anyhow::Result<Proc> {
         .spawn()?;
     p.wait_for_line("moira-runner ready", Duration::from_secs(30));
     Ok(p)
+}
+
+/// Fresh Ed25519 keys for alice and bob, and a registry listing them.
+fn bench_keys() -> anyhow::Result<(Keys, moira_testkit::TempDir)> {
+    let make = || {
+        ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+            .map_err(|e| anyhow::anyhow!("key: {e}"))
+    };
+    let (a, b) = (make()?, make()?);
+    let dir = moira_testkit::TempDir::new("moira-bench-keys")?;
+    let line = |k: &ssh_key::PrivateKey| {
+        k.public_key()
+            .to_openssh()
+            .map_err(|e| anyhow::anyhow!("key: {e}"))
+    };
+    std::fs::write(
+        dir.path().join("approvers.toml"),
+        format!(
+            "[users.alice]\nkeys = [\"{}\"]\n[users.bob]\nkeys = [\"{}\"]\n",
+            line(&a)?,
+            line(&b)?
+        ),
+    )?;
+    let keys = Keys {
+        alice: moira_client::signing::Signer::Key(Box::new(a)),
+        bob: moira_client::signing::Signer::Key(Box::new(b)),
+    };
+    Ok((keys, dir))
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -156,7 +189,7 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
     let mut rows = Vec::new();
 
     // 1. Decision latency, and the JetStream floor.
-    eprintln!("[1/6] decision latency over {} gates", sizes.latency_gates);
+    eprintln!("[1/7] decision latency over {} gates", sizes.latency_gates);
     let floor = floor_latency(&url, sizes.latency_gates).await?;
     let lat = decision_latency(&url, sizes.latency_gates).await?;
     let (p50, p99, f50, f99) = (
@@ -187,7 +220,7 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
 
     // 2. Throughput with 1 and 2 gate-keepers, against raw appends.
     eprintln!(
-        "[2/6] throughput: {} lifecycles, {} concurrent clients",
+        "[2/7] throughput: {} lifecycles, {} concurrent clients",
         sizes.lifecycles, sizes.concurrency
     );
     let raw = raw_appends(&url, sizes.lifecycles * 2, sizes.concurrency).await?;
@@ -211,7 +244,7 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
     }
 
     // 3 and 4. Many waiting gates in one process, and listing them.
-    eprintln!("[3/6] {} gates waiting in one process", sizes.waiting_gates);
+    eprintln!("[3/7] {} gates waiting in one process", sizes.waiting_gates);
     let scale = waiting_scale(&url, sizes.waiting_gates).await?;
     results.insert("waiting_gates".into(), json!(sizes.waiting_gates));
     results.insert("waiting_rss_mb".into(), json!(scale.rss_mb));
@@ -248,7 +281,7 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
     });
 
     // 5. Timeout precision.
-    eprintln!("[4/6] timeout precision over {} gates", sizes.timeout_gates);
+    eprintln!("[4/7] timeout precision over {} gates", sizes.timeout_gates);
     let late = timeout_lateness(&url, sizes.timeout_gates).await?;
     let (l50, l99) = (pct(&late, 0.5), pct(&late, 0.99));
     results.insert("timeout_late_p50_ms".into(), json!(l50.as_millis() as u64));
@@ -262,7 +295,7 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
     });
 
     // 6. Cold start against a big stream.
-    eprintln!("[5/6] cold start with {} stored events", sizes.cold_events);
+    eprintln!("[5/7] cold start with {} stored events", sizes.cold_events);
     let ready = cold_start(sizes.cold_events).await?;
     results.insert(
         "gatekeeper_ready_ms".into(),
@@ -279,7 +312,7 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
 
     // 7. Runs through a runner process.
     eprintln!(
-        "[6/6] {} runs of a 3-step workflow, {} resumes after a gate",
+        "[6/7] {} runs of a 3-step workflow, {} resumes after a gate",
         sizes.runs, sizes.resumes
     );
     let _runner = runner(&url)?;
@@ -311,6 +344,40 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
         metric: "resume: decision → next step started, p50".into(),
         value: format!("{} ms", r50.as_millis()),
         baseline: format!("decision p50 {} µs", us(p50)),
+        target: "-".into(),
+        met: None,
+    });
+
+    // 7. The same decisions signed, against a gate-keeper that requires it.
+    eprintln!("[7/7] signed decisions: --signatures require, Ed25519 keys");
+    let (keys, registry_dir) = bench_keys()?;
+    let signed_server = NatsServer::start();
+    let surl = signed_server.url();
+    let registry = registry_dir
+        .path()
+        .join("approvers.toml")
+        .display()
+        .to_string();
+    let _sgk = gatekeeper_with(
+        &surl,
+        &["--signatures", "require", "--approvers", &registry],
+    )?;
+    let slat = decision_latency_as(&surl, sizes.latency_gates, Some(&keys)).await?;
+    let sone = lifecycles_as(&surl, sizes.lifecycles, sizes.concurrency, Some(&keys)).await?;
+    let s50 = pct(&slat, 0.5);
+    results.insert("signed_decision_p50_us".into(), json!(us(s50)));
+    results.insert("signed_lifecycles_per_s".into(), json!(sone.round()));
+    rows.push(Row {
+        metric: "signed decision latency p50 (require)".into(),
+        value: format!("{} µs", us(s50)),
+        baseline: format!("unsigned (off) {} µs", us(p50)),
+        target: "-".into(),
+        met: None,
+    });
+    rows.push(Row {
+        metric: "signed lifecycles/s, 1 gate-keeper (require)".into(),
+        value: format!("{sone:.0}"),
+        baseline: format!("unsigned (off) {one:.0}"),
         target: "-".into(),
         met: None,
     });
@@ -409,12 +476,39 @@ async fn floor_latency(url: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
 }
 
 /// From the approve call until a waiter in another connection wakes.
+/// Who signs in the signed-mode stage: alice opens, bob decides.
+#[derive(Clone)]
+struct Keys {
+    alice: moira_client::signing::Signer,
+    bob: moira_client::signing::Signer,
+}
+
+async fn connect_as(
+    url: &str,
+    key: Option<&moira_client::signing::Signer>,
+) -> anyhow::Result<Client> {
+    let c = Client::connect(url).await?;
+    Ok(match key {
+        Some(k) => c.with_signer(k.clone()),
+        None => c,
+    })
+}
+
 async fn decision_latency(url: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
+    decision_latency_as(url, n, None).await
+}
+
+async fn decision_latency_as(
+    url: &str,
+    n: usize,
+    keys: Option<&Keys>,
+) -> anyhow::Result<Vec<Duration>> {
     let waiter = Client::connect(url).await?;
-    let approver = Client::connect(url).await?;
+    let opener = connect_as(url, keys.map(|k| &k.alice)).await?;
+    let approver = connect_as(url, keys.map(|k| &k.bob)).await?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n + 50 {
-        let g = approver.open(gate("alice", "latency")).await?;
+        let g = opener.open(gate("alice", "latency")).await?;
         let mut f = waiter.follow(g.id).await?;
         let t0 = Instant::now();
         let approve = approver.approve(ApproveGate {
@@ -476,11 +570,20 @@ async fn raw_appends(url: &str, n: usize, concurrency: usize) -> anyhow::Result<
 
 /// Full lifecycles per second: open, approve, and the waiter woken.
 async fn lifecycles(url: &str, n: usize, concurrency: usize) -> anyhow::Result<f64> {
+    lifecycles_as(url, n, concurrency, None).await
+}
+
+async fn lifecycles_as(
+    url: &str,
+    n: usize,
+    concurrency: usize,
+    keys: Option<&Keys>,
+) -> anyhow::Result<f64> {
     let mut senders = Vec::new();
     for _ in 0..4 {
-        senders.push(Client::connect(url).await?);
+        senders.push(connect_as(url, keys.map(|k| &k.bob)).await?);
     }
-    let waiter = Client::connect(url).await?;
+    let waiter = connect_as(url, keys.map(|k| &k.alice)).await?;
     let next = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
     let mut tasks = Vec::new();

@@ -268,7 +268,7 @@ impl Handler {
                 apply(&mut state, env);
             }
         }
-        let last_digest = events.last().map(|e| e.digest.clone());
+        let last_digest = events.last().and_then(|e| e.digest.clone());
         Ok((state, last_seq, last_digest))
     }
 }

@@ -28,8 +28,9 @@ pub struct StoredEvent {
     pub seq: u64,
     pub gate_id: GateId,
     pub event: Decoded,
-    /// The hex SHA-256 of the stored bytes (what the next event's `prev` names).
-    pub digest: String,
+    /// The hex SHA-256 of the stored bytes (what the next event's `prev`
+    /// names); set by `read_events`, not on the listing and live paths.
+    pub digest: Option<String>,
 }
 
 /// A gate's folded state and the stream sequence of its last event.
@@ -61,14 +62,14 @@ pub(crate) fn decode_stored(subject: &str, seq: u64, payload: &[u8]) -> Option<S
                 seq,
                 gate_id,
                 event: Decoded::Unknown { kind, schema },
-                digest: moira_protocol::statement::sha256_hex(payload),
+                digest: None,
             })
         }
         Ok(event) => Some(StoredEvent {
             seq,
             gate_id,
             event,
-            digest: moira_protocol::statement::sha256_hex(payload),
+            digest: None,
         }),
         Err(e) => {
             tracing::warn!(%gate_id, seq, "skipping an undecodable event: {e}");
@@ -85,7 +86,12 @@ impl Client {
         let (raw, last_seq) = self.read_subject(GATES_STREAM, &subject).await?;
         let events = raw
             .iter()
-            .filter_map(|(seq, payload)| decode_stored(&subject, *seq, payload))
+            .filter_map(|(seq, payload)| {
+                decode_stored(&subject, *seq, payload).map(|mut e| {
+                    e.digest = Some(moira_protocol::statement::sha256_hex(payload));
+                    e
+                })
+            })
             .collect();
         Ok((events, last_seq))
     }
