@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use moira_client::protocol::event::{Envelope, GateEvent, GateSpec, SCHEMA};
+use moira_client::protocol::event::{GateEvent, GateSpec};
 use moira_client::protocol::subjects::{gate_events, HDR_EVENT};
 use moira_client::protocol::CommandId;
 use moira_client::{ApproveGate, DenyGate, GateId, GateStatus, OpenGate};
@@ -98,26 +98,19 @@ async fn hostile_stored_events_are_reported_and_every_reader_goes_on() {
     let fine = s.client.open(open("alice", "Fine?")).await.expect("open");
     // A GateOpened from the far future, past what RFC 3339 can show.
     let future = GateId::new();
-    let env = Envelope {
-        schema: SCHEMA,
-        id: CommandId::new(),
-        gate_id: future,
-        actor: "mallory".into(),
-        at: u64::MAX,
-        event: GateEvent::GateOpened {
+    let mut env = crate::hand_made(
+        future,
+        "mallory",
+        GateEvent::GateOpened {
             spec: Box::new(GateSpec {
                 message: "from the year 584556019".into(),
                 ..Default::default()
             }),
             timeout_at: Some(u64::MAX),
         },
-        run_id: None,
-        signature: None,
-        signed_at: None,
-        signer: None,
-        registry: None,
-        prev: None,
-    };
+        None,
+    );
+    env.at = u64::MAX;
     store_raw(&s, future, "GateOpened", env.encode()).await;
     // An event of an unknown kind nested a million levels deep.
     let deep = GateId::new();

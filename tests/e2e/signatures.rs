@@ -450,32 +450,16 @@ async fn the_trail_verifies_and_a_forged_event_is_reported() {
 
     // Someone with broker admin rights appends a GateApproved by hand.
     let victim = t.open(&["bob"], 1).await;
-    let forged = moira_client::protocol::Envelope {
-        schema: moira_client::protocol::event::SCHEMA,
-        id: CommandId::new(),
-        gate_id: victim,
-        actor: "bob".into(),
-        at: now_ms(),
-        event: moira_client::protocol::GateEvent::GateApproved {
+    let forged = crate::hand_made(
+        victim,
+        "bob",
+        moira_client::protocol::GateEvent::GateApproved {
             comment: Some("trust me".into()),
             inputs: Default::default(),
         },
-        run_id: None,
-        signature: None,
-        signed_at: None,
-        signer: None,
-        registry: None,
-        prev: None,
-    };
-    let js = async_nats::jetstream::new(t.s.client.nats().clone());
-    js.publish(
-        moira_client::protocol::subjects::gate_events(&victim),
-        forged.encode().into(),
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("stored");
+        None,
+    );
+    crate::store_by_hand(&t.s.client, &forged).await;
     let (code, out, _) = moira_env(
         &url,
         &[
@@ -606,51 +590,19 @@ async fn a_forged_decision_written_into_the_stream_never_moves_a_parked_run() {
             .submit_run(yaml, &Default::default(), "alice")
             .await
             .expect("submit");
-    let parked = tokio::time::timeout(
-        Duration::from_secs(30),
-        t.s.client.wait_run_until(&run, |r| {
-            r.steps
-                .get("g")
-                .is_some_and(|s| s.status == moira_client::protocol::run::StepStatus::Waiting)
-        }),
-    )
-    .await
-    .expect("parks in time")
-    .expect("wait");
-    let gate = parked
-        .steps
-        .iter()
-        .find(|s| s.name == "g")
-        .and_then(|s| s.gate_id)
-        .expect("the gate");
+    let gate = parked_on(&t.s.client, &run).await;
     // An approval that never went through a gate-keeper, written with
     // broker admin rights, naming the run so the resumer sees it.
-    let forged = moira_client::protocol::Envelope {
-        schema: moira_client::protocol::event::SCHEMA,
-        id: CommandId::new(),
-        gate_id: gate,
-        actor: "bob".into(),
-        at: now_ms(),
-        event: moira_client::protocol::GateEvent::GateApproved {
+    let forged = crate::hand_made(
+        gate,
+        "bob",
+        moira_client::protocol::GateEvent::GateApproved {
             comment: None,
             inputs: Default::default(),
         },
-        run_id: Some(run.clone()),
-        signature: None,
-        signed_at: None,
-        signer: None,
-        registry: None,
-        prev: None,
-    };
-    let js = async_nats::jetstream::new(t.s.client.nats().clone());
-    js.publish(
-        moira_client::protocol::subjects::gate_events(&gate),
-        forged.encode().into(),
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("stored");
+        Some(run.clone()),
+    );
+    crate::store_by_hand(&t.s.client, &forged).await;
     runner.wait_for_line("does not verify", Duration::from_secs(30));
     let still = t.s.client.show_run(&run).await.expect("run");
     let g = still.steps.iter().find(|s| s.name == "g").expect("g");
@@ -665,18 +617,7 @@ async fn a_forged_decision_written_into_the_stream_never_moves_a_parked_run() {
             .submit_run(yaml, &Default::default(), "alice")
             .await
             .expect("submit");
-    let parked = tokio::time::timeout(
-        Duration::from_secs(30),
-        t.s.client.wait_run_until(&run2, |r| {
-            r.steps
-                .get("g")
-                .is_some_and(|s| s.status == moira_client::protocol::run::StepStatus::Waiting)
-        }),
-    )
-    .await
-    .expect("parks in time")
-    .expect("wait");
-    let gate2 = parked.steps[0].gate_id.expect("gate");
+    let gate2 = parked_on(&t.s.client, &run2).await;
     t.as_key(&t.bob)
         .await
         .send(approve(gate2, "bob", "signed"))
@@ -690,4 +631,25 @@ async fn a_forged_decision_written_into_the_stream_never_moves_a_parked_run() {
         done.status,
         moira_client::protocol::run::RunStatus::Succeeded
     );
+}
+
+/// Waits until step `g` of the run waits on its gate; returns the gate.
+async fn parked_on(client: &Client, run: &str) -> GateId {
+    let parked = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.wait_run_until(run, |r| {
+            r.steps
+                .get("g")
+                .is_some_and(|s| s.status == moira_client::protocol::run::StepStatus::Waiting)
+        }),
+    )
+    .await
+    .expect("parks in time")
+    .expect("wait");
+    parked
+        .steps
+        .iter()
+        .find(|s| s.name == "g")
+        .and_then(|s| s.gate_id)
+        .expect("the gate")
 }

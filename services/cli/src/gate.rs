@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 
 use moira_client::protocol::event::{Decoded, OnTimeout};
+use moira_client::protocol::subjects::Verb;
 use moira_client::protocol::time::parse_duration;
 use moira_client::protocol::{Command, CommandId};
 use moira_client::{
@@ -227,34 +228,64 @@ impl Presigned {
     }
 }
 
+/// A decision command from its parts (one builder for the decision
+/// subcommands and for `gate statement`).
+fn decision_command(
+    verb: Verb,
+    gate_id: GateId,
+    actor: String,
+    comment: Option<String>,
+    reason: Option<String>,
+    inputs: BTreeMap<String, String>,
+) -> anyhow::Result<Command> {
+    Ok(match verb {
+        Verb::Approve => Command::Approve(ApproveGate {
+            gate_id,
+            actor,
+            comment,
+            inputs,
+            ..Default::default()
+        }),
+        Verb::Deny => Command::Deny(DenyGate {
+            gate_id,
+            actor,
+            reason: reason.ok_or_else(|| anyhow::anyhow!("a denial needs --reason"))?,
+            ..Default::default()
+        }),
+        Verb::PushBack => Command::PushBack(PushBackGate {
+            gate_id,
+            actor,
+            comment,
+            inputs,
+            ..Default::default()
+        }),
+        Verb::Cancel => Command::Cancel(CancelGate {
+            gate_id,
+            actor,
+            reason,
+            ..Default::default()
+        }),
+        Verb::Open => anyhow::bail!("use approve, deny, push-back or cancel"),
+    })
+}
+
 /// The decision a subcommand describes, if it is one.
 fn decision(cli: &Cli, cmd: &GateCmd) -> anyhow::Result<Option<(Command, Presigned)>> {
-    let actor = || cli.actor();
     let kv = |i: &[(String, String)]| i.iter().cloned().collect();
-    Ok(Some(match cmd {
+    let (verb, id, comment, reason, inputs, signed) = match cmd {
         GateCmd::Approve {
             id,
             comment,
             inputs,
             signed,
-        } => (
-            Command::Approve(ApproveGate {
-                gate_id: *id,
-                actor: actor()?,
-                comment: comment.clone(),
-                inputs: kv(inputs),
-                ..Default::default()
-            }),
-            signed.clone(),
-        ),
+        } => (Verb::Approve, id, comment.clone(), None, kv(inputs), signed),
         GateCmd::Deny { id, reason, signed } => (
-            Command::Deny(DenyGate {
-                gate_id: *id,
-                actor: actor()?,
-                reason: reason.clone(),
-                ..Default::default()
-            }),
-            signed.clone(),
+            Verb::Deny,
+            id,
+            None,
+            Some(reason.clone()),
+            BTreeMap::new(),
+            signed,
         ),
         GateCmd::PushBack {
             id,
@@ -262,26 +293,25 @@ fn decision(cli: &Cli, cmd: &GateCmd) -> anyhow::Result<Option<(Command, Presign
             comment,
             signed,
         } => (
-            Command::PushBack(PushBackGate {
-                gate_id: *id,
-                actor: actor()?,
-                comment: comment.clone(),
-                inputs: kv(inputs),
-                ..Default::default()
-            }),
-            signed.clone(),
+            Verb::PushBack,
+            id,
+            comment.clone(),
+            None,
+            kv(inputs),
+            signed,
         ),
         GateCmd::Cancel { id, reason, signed } => (
-            Command::Cancel(CancelGate {
-                gate_id: *id,
-                actor: actor()?,
-                reason: reason.clone(),
-                ..Default::default()
-            }),
-            signed.clone(),
+            Verb::Cancel,
+            id,
+            None,
+            reason.clone(),
+            BTreeMap::new(),
+            signed,
         ),
         _ => return Ok(None),
-    }))
+    };
+    let c = decision_command(verb, *id, cli.actor()?, comment, reason, inputs)?;
+    Ok(Some((c, signed.clone())))
 }
 
 /// The decision `moira gate statement` describes.
@@ -301,39 +331,20 @@ fn statement_command(
     else {
         return Ok(None);
     };
-    let actor = cli.actor()?;
-    let inputs: BTreeMap<String, String> = inputs.iter().cloned().collect();
-    let c = match verb.as_str() {
-        "approve" => Command::Approve(ApproveGate {
-            gate_id: *id,
-            actor,
-            comment: comment.clone(),
-            inputs,
-            ..Default::default()
-        }),
-        "deny" => Command::Deny(DenyGate {
-            gate_id: *id,
-            actor,
-            reason: reason
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("a denial needs --reason"))?,
-            ..Default::default()
-        }),
-        "push-back" => Command::PushBack(PushBackGate {
-            gate_id: *id,
-            actor,
-            comment: comment.clone(),
-            inputs,
-            ..Default::default()
-        }),
-        "cancel" => Command::Cancel(CancelGate {
-            gate_id: *id,
-            actor,
-            reason: reason.clone(),
-            ..Default::default()
-        }),
-        other => anyhow::bail!("unknown verb '{other}'; use approve, deny, push-back or cancel"),
-    };
+    let verb = Verb::parse(verb)
+        .filter(|v| *v != Verb::Open)
+        .ok_or_else(|| {
+            anyhow::anyhow!("unknown verb '{verb}'; use approve, deny, push-back or cancel")
+        })?;
+    let inputs = inputs.iter().cloned().collect();
+    let c = decision_command(
+        verb,
+        *id,
+        cli.actor()?,
+        comment.clone(),
+        reason.clone(),
+        inputs,
+    )?;
     Ok(Some((c, *command_id, *signed_at)))
 }
 
