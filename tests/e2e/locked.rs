@@ -96,6 +96,7 @@ fn nkey_user_by_cli(dir: &Path, name: &str) -> NKeyUser {
 
 /// Everyone who connects to the locked broker in these tests.
 struct Users {
+    admin: NKeyUser,
     gatekeeper: NKeyUser,
     runner: NKeyUser,
     notifier: NKeyUser,
@@ -127,12 +128,13 @@ fn write_configs(dir: &Path, users: &Users) {
         "include \"roles.conf\"\nauthorization {{\n  users = [\n    \
          {{nkey: {}, permissions: $GATEKEEPER}}\n    {{nkey: {}, permissions: $RUNNER}}\n    \
          {{nkey: {}, permissions: $NOTIFIER}}\n    {{nkey: {}, permissions: $PERSON}}\n    \
-         {{user: alice, password: \"{}\", permissions: $PERSON}}\n  ]\n}}\n",
+         {{user: alice, password: \"{}\", permissions: $PERSON}}\n    {{nkey: {}, permissions: $ADMIN}}\n  ]\n}}\n",
         users.gatekeeper.public,
         users.runner.public,
         users.notifier.public,
         users.bob.public,
-        users.alice_password
+        users.alice_password,
+        users.admin.public
     );
     std::fs::write(dir.join("users.conf"), conf).expect("write users.conf");
 }
@@ -150,6 +152,7 @@ impl Locked {
         let dir = TempDir::new(name).expect("tmp");
         let tls = make_tls(dir.path());
         let users = Users {
+            admin: nkey_user(dir.path(), "admin"),
             gatekeeper: nkey_user(dir.path(), "gatekeeper"),
             runner: nkey_user(dir.path(), "runner"),
             notifier: nkey_user(dir.path(), "notifier"),
@@ -265,6 +268,9 @@ impl Locked {
             "alice" => {
                 cmd.env("MOIRA_NATS_USER", "alice")
                     .env("MOIRA_NATS_PASSWORD", &self.users.alice_password);
+            }
+            "admin" => {
+                cmd.arg("--nkey").arg(&self.users.admin.seed_file);
             }
             _ => {
                 cmd.arg("--nkey").arg(&self.users.bob.seed_file);
@@ -399,6 +405,7 @@ async fn a_person_is_refused_what_is_not_theirs(l: &Locked) {
         "$JS.API.STREAM.DELETE.MOIRA_GATES".to_string(),
         "$JS.API.CONSUMER.DELETE.MOIRA_GATES.moira-resumer".to_string(),
         "$JS.API.CONSUMER.MSG.NEXT.MOIRA_JOBS.moira-runners".to_string(),
+        "$KV.MOIRA_REGISTRY.approvers".to_string(),
     ] {
         let _ = bob.publish(subject.clone(), "{}".into()).await;
         let _ = bob.flush().await;
@@ -490,7 +497,30 @@ fn plain_connections_are_refused(port: u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_locked_single_node_serves_each_role_and_refuses_the_rest() {
     let l = Locked::single();
-    let gk = l.service("moira-gatekeeper", &l.users.gatekeeper, &["--strict"]);
+    let gk = l.service(
+        "moira-gatekeeper",
+        &l.users.gatekeeper,
+        &["--strict", "--approvers-kv"],
+    );
+    // An admin writes the shared registry over TLS; the gate-keeper takes it.
+    let admin_key = crate::signatures::ssh_keygen(l.dir.path(), "admin-ssh", "ed25519");
+    let reg = l.dir.path().join("approvers.toml");
+    std::fs::write(
+        &reg,
+        format!(
+            "[users.admin]\nroles = [\"admin\"]\nkeys = [\"{}\"]\n[users.bob]\nroles = [\"owner\"]\n",
+            crate::signatures::public(&admin_key)
+        ),
+    )
+    .expect("write");
+    let key_arg = admin_key.display().to_string();
+    let reg_arg = reg.display().to_string();
+    let (code, _, err) = l.moira(
+        "admin",
+        &["--key", &key_arg, "approvers", "apply", &reg_arg],
+    );
+    assert_eq!(code, 0, "the admin writes the registry: {err}");
+    gk.wait_for_line("approvers registry in force", Duration::from_secs(20));
     let work = l.dir.path().join("work");
     let runner = l.service(
         "moira-runner",

@@ -15,7 +15,7 @@ use moira_tests::{moira_env, ProcBuilder};
 use crate::Stack;
 
 /// Makes an SSH key with the real ssh-keygen; returns the private key path.
-fn ssh_keygen(dir: &Path, name: &str, kind: &str) -> PathBuf {
+pub(crate) fn ssh_keygen(dir: &Path, name: &str, kind: &str) -> PathBuf {
     let path = dir.join(name);
     let mut args = vec!["-q", "-t", kind, "-N", "", "-C", name, "-f"];
     if kind == "ecdsa" {
@@ -34,7 +34,7 @@ fn ssh_keygen(dir: &Path, name: &str, kind: &str) -> PathBuf {
     path
 }
 
-fn public(path: &Path) -> String {
+pub(crate) fn public(path: &Path) -> String {
     std::fs::read_to_string(path.with_extension("pub"))
         .or_else(|_| std::fs::read_to_string(format!("{}.pub", path.display())))
         .expect("public key")
@@ -652,4 +652,127 @@ async fn parked_on(client: &Client, run: &str) -> GateId {
         .find(|s| s.name == "g")
         .and_then(|s| s.gate_id)
         .expect("the gate")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_registry_changes_live_on_two_gatekeepers_and_only_an_admin_can_change_it() {
+    let dir = TempDir::new("moira-registry").expect("tmp");
+    let d = dir.path();
+    let (alice, bob, carol, mallory) = (
+        ssh_keygen(d, "alice", "ed25519"),
+        ssh_keygen(d, "bob", "ed25519"),
+        ssh_keygen(d, "carol", "ed25519"),
+        ssh_keygen(d, "mallory", "ed25519"),
+    );
+    let server = moira_tests::NatsServer::start();
+    let url = server.url();
+    let args = ["--approvers-kv", "--signatures", "require"];
+    let gk1 = moira_tests::gatekeeper(&url, &args);
+    let gk2 = moira_tests::gatekeeper(&url, &args);
+    let v1 = format!(
+        "[users.alice]\nroles = [\"admin\"]\nkeys = [\"{}\"]\n[users.bob]\nkeys = [\"{}\"]\n",
+        public(&alice),
+        public(&bob)
+    );
+    let v2 = format!("{v1}[users.carol]\nkeys = [\"{}\"]\n", public(&carol));
+    let v3 = format!("{v2}[users.mallory]\nkeys = [\"{}\"]\n", public(&mallory));
+    for (name, text) in [("v1", &v1), ("v2", &v2), ("v3", &v3)] {
+        std::fs::write(d.join(format!("{name}.toml")), text).expect("write");
+    }
+    let apply = |who: &str, key: &Path, file: &str| {
+        moira_env(
+            &url,
+            &[
+                "--as",
+                who,
+                "--key",
+                &key.display().to_string(),
+                "approvers",
+                "apply",
+                &d.join(file).display().to_string(),
+            ],
+            &[],
+        )
+    };
+    let (code, _, err) = apply("alice", &alice, "v1.toml");
+    assert_eq!(code, 0, "{err}");
+    for gk in [&gk1, &gk2] {
+        gk.wait_for_nth_line("approvers registry in force", 1, Duration::from_secs(20));
+    }
+    let as_key = |key: &Path| {
+        let url = url.clone();
+        let key = key.to_path_buf();
+        async move {
+            Client::connect(&url)
+                .await
+                .expect("connect")
+                .with_signer(Signer::from_file(&key).expect("key"))
+        }
+    };
+    let open = |approvers: Vec<String>| OpenGate {
+        actor: "alice".into(),
+        message: "Ship?".into(),
+        approvers,
+        ..Default::default()
+    };
+    let a = as_key(&alice).await;
+    let g = a.open(open(vec!["carol".into()])).await.expect("open").id;
+    let c = as_key(&carol).await;
+    assert_eq!(
+        refused(c.send(approve(g, "carol", "1")).await),
+        ErrorCode::WrongKey
+    );
+    // v2 adds carol; both gate-keepers take it without a restart.
+    let (code, _, err) = apply("alice", &alice, "v2.toml");
+    assert_eq!(code, 0, "{err}");
+    for gk in [&gk1, &gk2] {
+        gk.wait_for_nth_line("approvers registry in force", 2, Duration::from_secs(20));
+    }
+    for _ in 0..4 {
+        // Several gates, so both gate-keepers of the queue group answer.
+        let g = a.open(open(vec!["carol".into()])).await.expect("open").id;
+        let done = c
+            .send(approve(g, "carol", "ok"))
+            .await
+            .expect("carol approves");
+        assert_eq!(done.status, GateStatus::Approved);
+    }
+    // bob is no admin: the CLI refuses before writing ...
+    let (code, _, err) = apply("bob", &bob, "v3.toml");
+    assert_eq!(code, 1);
+    assert!(err.contains("admin"), "{err}");
+    // ... and a value written straight into the bucket is refused by every
+    // gate-keeper, which keeps v2.
+    let forged = moira_service::live::SignedRegistry::sign(
+        &v3,
+        "bob",
+        &Signer::from_file(&bob).expect("key"),
+    )
+    .expect("sign");
+    let kv = moira_service::live::bucket(&Client::connect(&url).await.expect("connect"))
+        .await
+        .expect("bucket");
+    kv.put(
+        moira_service::live::KEY,
+        serde_json::to_vec(&forged).expect("json").into(),
+    )
+    .await
+    .expect("put");
+    for gk in [&gk1, &gk2] {
+        gk.wait_for_line("approvers registry update refused", Duration::from_secs(20));
+    }
+    let m = as_key(&mallory).await;
+    let g = a.open(open(vec!["mallory".into()])).await.expect("open").id;
+    assert_eq!(
+        refused(m.send(approve(g, "mallory", "x")).await),
+        ErrorCode::WrongKey
+    );
+    let (code, out, err) = moira_env(&url, &["approvers", "show"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("signed by alice")
+            && out.contains("[users.carol]")
+            && !out.contains("mallory"),
+        "{out}{err}"
+    );
 }

@@ -9,6 +9,7 @@
 #[macro_use]
 mod term;
 
+mod approvers;
 mod dev;
 mod gate;
 mod keys;
@@ -81,6 +82,9 @@ pub enum Top {
     Notify(notify::NotifyCmd),
     /// Run a one-machine stack: a nats-server child, a gate-keeper, a runner and a notifier
     Dev(dev::DevArgs),
+    /// The approvers registry shared by every gate-keeper and runner
+    #[command(subcommand)]
+    Approvers(approvers::ApproversCmd),
     /// Verify gates' trails and export signed decisions for ssh-keygen
     #[command(subcommand)]
     Audit(gate::AuditCmd),
@@ -207,6 +211,7 @@ fn main() -> ExitCode {
             Top::Dev(args) => dev::run(&cli, args).await,
             Top::Nkey(cmd) => keys::run(cmd),
             Top::Audit(cmd) => gate::audit(&cli, cmd).await,
+            Top::Approvers(cmd) => approvers::run(&cli, cmd).await,
         }
     });
     // A read of stdin (`run --local`) sits on a blocking thread that would

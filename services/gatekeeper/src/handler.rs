@@ -14,6 +14,7 @@ use moira_protocol::{Command, CommandError, ErrorCode, GateId, GateState, GateVi
 
 use crate::append::{append, append_open_with_timeout, AppendError};
 use crate::cache::Cache;
+use moira_service::live::LiveRegistry;
 use moira_service::registry::Registry;
 
 /// How many times a command is decided again after losing a write race.
@@ -29,7 +30,7 @@ pub struct Handler {
     pub client: Client,
     pub policy: moira_protocol::gate::Policy,
     pub signatures: Signatures,
-    pub registry: Arc<Registry>,
+    pub registry: LiveRegistry,
     pub cache: Arc<Cache>,
 }
 
@@ -74,7 +75,9 @@ impl Handler {
             (None, Some(id)) => GateId(uuid::Uuid::new_v5(&id.0, b"gate")),
             (None, None) => GateId::new(),
         };
-        let roles = self.registry.roles_of(cmd.actor());
+        // The registry in force for this whole command.
+        let registry = self.registry.current();
+        let roles = registry.roles_of(cmd.actor());
         // Where the state comes from: an open assumes a new gate (the write's
         // expected sequence 0 checks it), other commands use the cache.
         let mut fresh_read = false;
@@ -93,7 +96,14 @@ impl Handler {
             };
             let service = moira_protocol::subjects::is_service_subject(subject);
             let now = now_ms();
-            let signer = match self.check_signature(&cmd, gate_id, state.as_ref(), service, now) {
+            let signer = match self.check_signature(
+                &registry,
+                &cmd,
+                gate_id,
+                state.as_ref(),
+                service,
+                now,
+            ) {
                 Ok(s) => s,
                 // A refusal is confirmed on a fresh read, like any other.
                 Err(_) if !fresh_read => {
@@ -110,7 +120,7 @@ impl Handler {
                 new_gate_id: gate_id,
                 actor_roles: roles.clone(),
                 signer,
-                registry: Some(self.registry.revision().to_string()),
+                registry: Some(registry.revision().to_string()),
                 prev: last_digest,
             };
             let events = match decide(state.as_ref(), &cmd, &ctx) {
@@ -191,6 +201,7 @@ impl Handler {
     /// returns the fingerprint of the key that signed.
     fn check_signature(
         &self,
+        registry: &Registry,
         cmd: &Command,
         gate_id: GateId,
         state: Option<&GateState>,
@@ -241,7 +252,7 @@ impl Handler {
         let key = moira_client::signing::verify(&bytes, sig)
             .map_err(|e| err(ErrorCode::BadSignature, e.to_string()))?;
         let fp = moira_client::signing::fingerprint(&key);
-        if !self.registry.has_key(cmd.actor(), &key) {
+        if !registry.has_key(cmd.actor(), &key) {
             return Err(err(
                 ErrorCode::WrongKey,
                 format!(

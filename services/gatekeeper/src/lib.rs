@@ -44,6 +44,9 @@ pub struct Config {
     pub auth: moira_client::Auth,
     /// Whether commands must be signed.
     pub signatures: handler::Signatures,
+    /// Follow the registry shared in the `MOIRA_REGISTRY` KV bucket
+    /// instead of a file.
+    pub approvers_kv: bool,
 }
 
 impl Default for Config {
@@ -55,6 +58,7 @@ impl Default for Config {
             policy: moira_protocol::gate::Policy::dev(),
             auth: moira_client::Auth::default(),
             signatures: handler::Signatures::Off,
+            approvers_kv: false,
         }
     }
 }
@@ -70,7 +74,7 @@ pub struct Gatekeeper {
     client: Client,
     signatures: handler::Signatures,
     policy: moira_protocol::gate::Policy,
-    registry: Registry,
+    registry: moira_service::live::LiveRegistry,
     sub: async_nats::Subscriber,
     /// Commands from moira's services (`moira.svc.gate.*`).
     svc_sub: async_nats::Subscriber,
@@ -78,11 +82,15 @@ pub struct Gatekeeper {
 
 /// Connects, creates or verifies the streams, and subscribes.
 pub async fn start(config: Config) -> anyhow::Result<Gatekeeper> {
-    let registry = match &config.approvers {
-        Some(path) => Registry::load(path)?,
-        None => Registry::default(),
-    };
     let client = Client::connect_with(&config.nats_url, "moira-gatekeeper", &config.auth).await?;
+    let registry = match (&config.approvers, config.approvers_kv) {
+        (Some(_), true) => anyhow::bail!("give --approvers FILE or --approvers-kv, not both"),
+        (_, true) => {
+            moira_service::live::LiveRegistry::follow(&client, CancellationToken::new()).await?
+        }
+        (Some(path), false) => moira_service::live::LiveRegistry::fixed(Registry::load(path)?),
+        (None, false) => moira_service::live::LiveRegistry::fixed(Registry::default()),
+    };
     moira_client::streams::ensure_gate_stream(&jetstream(&client), config.replicas).await?;
     let sub = client
         .nats()
@@ -109,7 +117,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gatekeeper> {
              can reach it may write events directly; use the locked-down configs in deploy/nats/locked"
         );
     }
-    tracing::info!(url = %config.nats_url, approvers = registry.len(), strict, "moira-gatekeeper ready");
+    tracing::info!(url = %config.nats_url, approvers = registry.current().len(), strict, "moira-gatekeeper ready");
     Ok(Gatekeeper {
         client,
         signatures: config.signatures,
@@ -136,7 +144,7 @@ impl Gatekeeper {
             client: client.clone(),
             policy,
             signatures,
-            registry: Arc::new(registry),
+            registry,
             cache,
         });
         let limits = moira_service::requests::Limits {

@@ -26,6 +26,10 @@ struct Args {
     /// registry lists for its actor (production); `off`: dev and demo.
     #[arg(long, env = "MOIRA_SIGNATURES", value_enum, default_value = "off")]
     signatures: moira_gatekeeper::handler::Signatures,
+    /// Follow the approvers registry shared in the MOIRA_REGISTRY KV bucket
+    /// (written with `moira approvers apply`), picking up changes live
+    #[arg(long, env = "MOIRA_APPROVERS_KV", conflicts_with = "approvers")]
+    approvers_kv: bool,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
 }
@@ -44,6 +48,7 @@ async fn main() -> std::process::ExitCode {
         },
         auth: args.connect.auth(),
         signatures: args.signatures,
+        approvers_kv: args.approvers_kv,
     };
     moira_service::signals::serve("moira-gatekeeper", |shutdown| {
         moira_gatekeeper::run(config, shutdown)

@@ -497,7 +497,9 @@ async fn act(
                 let rules = moira_service::verify::Rules {
                     require_signatures: true,
                 };
-                let report = moira_service::verify::verify_gate(client, g, registry, rules).await?;
+                let registry = registry.current();
+                let report =
+                    moira_service::verify::verify_gate(client, g, &registry, rules).await?;
                 if !report.ok() {
                     let problems: Vec<String> = report
                         .findings

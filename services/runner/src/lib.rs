@@ -40,6 +40,7 @@ use moira_protocol::event::{Decoded, GateEvent};
 use moira_protocol::run::{JOBS_ALL, JOBS_STREAM, RESUMER_CONSUMER, RUNNERS_CONSUMER};
 use moira_protocol::subjects::{GATES_STREAM, GATE_EVENTS_ALL, RUNNER_QUEUE, RUN_COMMANDS_ALL};
 use moira_protocol::Envelope;
+use moira_service::live::LiveRegistry;
 
 pub use job::RUNNER_ACTOR;
 
@@ -67,6 +68,8 @@ pub struct Config {
     /// `Require`: a run moves on a gate decision only if the gate's trail
     /// verifies (chain, signatures, keys, policy).
     pub signatures: moira_service::verify::Signatures,
+    /// Follow the registry shared in the `MOIRA_REGISTRY` KV bucket.
+    pub approvers_kv: bool,
 }
 
 impl Default for Config {
@@ -82,6 +85,7 @@ impl Default for Config {
             auth: moira_client::Auth::default(),
             approvers: None,
             signatures: moira_service::verify::Signatures::Off,
+            approvers_kv: false,
         }
     }
 }
@@ -139,12 +143,12 @@ pub(crate) struct Shared {
     pub pass_env: Arc<Vec<String>>,
     pub keep_work_files: bool,
     /// Set when decisions must verify before a run acts on them.
-    pub verify: Option<Arc<moira_service::Registry>>,
+    pub verify: Option<LiveRegistry>,
 }
 
 pub struct Runner {
     shared: Arc<Shared>,
-    registry: Arc<moira_service::Registry>,
+    registry: LiveRegistry,
     commands: async_nats::Subscriber,
     jobs: async_nats::jetstream::consumer::Consumer<pull::Config>,
     resumer: async_nats::jetstream::consumer::Consumer<pull::Config>,
@@ -189,10 +193,12 @@ pub async fn start(config: Config) -> anyhow::Result<Runner> {
         )
         .await?;
     check_work_dir(&config.work_dir).await?;
-    let registry = Arc::new(match &config.approvers {
-        Some(path) => moira_service::Registry::load(path)?,
-        None => moira_service::Registry::default(),
-    });
+    let registry = match (&config.approvers, config.approvers_kv) {
+        (Some(_), true) => anyhow::bail!("give --approvers FILE or --approvers-kv, not both"),
+        (_, true) => LiveRegistry::follow(&client, CancellationToken::new()).await?,
+        (Some(path), false) => LiveRegistry::fixed(moira_service::Registry::load(path)?),
+        (None, false) => LiveRegistry::fixed(moira_service::Registry::default()),
+    };
     let commands = client
         .nats()
         .queue_subscribe(RUN_COMMANDS_ALL, RUNNER_QUEUE.to_string())
@@ -346,7 +352,7 @@ const MAX_COMMANDS_IN_FLIGHT: usize = 64;
 /// Answers run commands (submit, cancel) until `shutdown`.
 async fn command_loop(
     client: Client,
-    registry: Arc<moira_service::Registry>,
+    registry: LiveRegistry,
     sub: async_nats::Subscriber,
     shutdown: CancellationToken,
 ) {
@@ -357,7 +363,10 @@ async fn command_loop(
     let nats = client.nats().clone();
     moira_service::requests::serve(nats, vec![sub], limits, shutdown, move |msg| {
         let (client, registry) = (client.clone(), registry.clone());
-        async move { commands::handle(&client, &registry, &msg.subject, &msg.payload).await }
+        async move {
+            let registry = registry.current();
+            commands::handle(&client, &registry, &msg.subject, &msg.payload).await
+        }
     })
     .await;
 }

@@ -41,6 +41,9 @@ struct Args {
     /// against the registry (hash chain, signatures, keys, policy)
     #[arg(long, env = "MOIRA_SIGNATURES", value_enum, default_value = "off")]
     signatures: moira_service::verify::Signatures,
+    /// Follow the approvers registry shared in the MOIRA_REGISTRY KV bucket
+    #[arg(long, env = "MOIRA_APPROVERS_KV", conflicts_with = "approvers")]
+    approvers_kv: bool,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
 }
@@ -68,6 +71,7 @@ async fn main() -> std::process::ExitCode {
         auth: args.connect.auth(),
         approvers: args.approvers,
         signatures: args.signatures,
+        approvers_kv: args.approvers_kv,
     };
     moira_service::signals::serve("moira-runner", |shutdown| {
         moira_runner::run(config, shutdown)

@@ -38,7 +38,7 @@ pub enum SignError {
 pub enum VerifyError {
     #[error("the signature is not an SSH signature (SSHSIG armor): {0}")]
     Malformed(String),
-    #[error("the signature's namespace is '{0}', not 'moira'")]
+    #[error("the signature's namespace is '{0}', not the one expected")]
     Namespace(String),
     #[error("{0} keys are not accepted; use Ed25519 or ECDSA P-256")]
     Algorithm(String),
@@ -120,21 +120,27 @@ impl Signer {
         }
     }
 
-    /// Signs `msg`; returns the armored signature (`-----BEGIN SSH SIGNATURE-----`).
+    /// Signs `msg` in the `moira` namespace; returns the armored signature
+    /// (`-----BEGIN SSH SIGNATURE-----`).
     pub fn sign(&self, msg: &[u8]) -> Result<String, SignError> {
+        self.sign_in(NAMESPACE, msg)
+    }
+
+    /// Signs `msg` in `namespace`.
+    pub fn sign_in(&self, namespace: &str, msg: &[u8]) -> Result<String, SignError> {
         let sig = match self {
             Signer::Key(k) => k
-                .sign(NAMESPACE, HashAlg::Sha512, msg)
+                .sign(namespace, HashAlg::Sha512, msg)
                 .map_err(|e| SignError::Sign(e.to_string()))?,
             Signer::Agent { socket, public } => {
-                let data = SshSig::signed_data(NAMESPACE, HashAlg::Sha512, msg)
+                let data = SshSig::signed_data(namespace, HashAlg::Sha512, msg)
                     .map_err(|e| SignError::Sign(e.to_string()))?;
                 let mut agent = ssh_agent_client_rs::Client::connect(socket)
                     .map_err(|e| SignError::Agent(socket.clone(), e.to_string()))?;
                 let raw = agent
                     .sign(public.clone(), &data)
                     .map_err(|e| SignError::Agent(socket.clone(), e.to_string()))?;
-                SshSig::new(public.key_data().clone(), NAMESPACE, HashAlg::Sha512, raw)
+                SshSig::new(public.key_data().clone(), namespace, HashAlg::Sha512, raw)
                     .map_err(|e| SignError::Sign(e.to_string()))?
             }
         };
@@ -153,9 +159,14 @@ fn agent_socket() -> Result<PathBuf, SignError> {
 /// Checks an armored signature over `msg` and returns the key that made it.
 /// Whether that key belongs to the actor is the caller's check.
 pub fn verify(msg: &[u8], armored: &str) -> Result<PublicKey, VerifyError> {
+    verify_in(NAMESPACE, msg, armored)
+}
+
+/// [`verify`] in another namespace.
+pub fn verify_in(namespace: &str, msg: &[u8], armored: &str) -> Result<PublicKey, VerifyError> {
     let sig =
         SshSig::from_pem(armored.trim()).map_err(|e| VerifyError::Malformed(e.to_string()))?;
-    if sig.namespace() != NAMESPACE {
+    if sig.namespace() != namespace {
         return Err(VerifyError::Namespace(
             sig.namespace().chars().take(64).collect(),
         ));
@@ -165,7 +176,7 @@ pub fn verify(msg: &[u8], armored: &str) -> Result<PublicKey, VerifyError> {
         return Err(VerifyError::Algorithm(public.algorithm().to_string()));
     }
     public
-        .verify(NAMESPACE, msg, &sig)
+        .verify(namespace, msg, &sig)
         .map_err(|e| VerifyError::Mismatch(e.to_string()))?;
     Ok(public)
 }

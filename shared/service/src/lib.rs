@@ -5,7 +5,8 @@
 //! - [`connect`]: the broker connection flags (credentials, TLS), with
 //!   their environment variables;
 //! - [`locate`]: finding a nats-server binary that is new enough;
-//! - [`registry`]: the approvers registry (users and their roles);
+//! - [`registry`]: the approvers registry (users, roles and keys), and
+//!   [`live`]: the same shared through a KV bucket, signed by admins;
 //! - [`requests`]: answering requests with bounded concurrency and drain;
 //! - [`verify`]: checking a gate's trail (chain, signatures, policy) and
 //!   exporting it for `ssh-keygen -Y verify`.
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod connect;
+pub mod live;
 pub mod locate;
 pub mod registry;
 pub mod requests;
