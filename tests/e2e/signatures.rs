@@ -226,8 +226,12 @@ async fn signed_commands_succeed_and_every_forgery_is_refused_with_its_code() {
         now_ms(),
     )
     .await;
-    let pushed = plain.send(pb).await.expect("carol pushes back");
+    let pushed = plain.send(pb.clone()).await.expect("carol pushes back");
     assert_eq!(pushed.iteration, 2);
+    // The same signed push-back sent again (a lost reply) is a no-op, not a
+    // bad signature although the iteration moved.
+    let again = plain.send(pb).await.expect("a retry is answered");
+    assert_eq!(again.iteration, 2);
     assert_eq!(refused(plain.send(early).await), ErrorCode::BadSignature);
 
     // bob's ECDSA key signs for him too.

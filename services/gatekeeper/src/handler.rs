@@ -248,6 +248,11 @@ impl Handler {
         let Some(about) = moira_protocol::statement::About::of(cmd, gate_id, state) else {
             return Ok(None);
         };
+        // A retry of a command already applied was checked when it was
+        // applied (a push-back since moved the iteration): decide answers it.
+        if state.is_some_and(|s| s.applied.iter().any(|(applied, _)| *applied == id)) {
+            return Ok(None);
+        }
         let bytes = moira_protocol::statement::statement(cmd, &about, id, at);
         let key = moira_client::signing::verify(&bytes, sig)
             .map_err(|e| err(ErrorCode::BadSignature, e.to_string()))?;
