@@ -285,7 +285,10 @@ mod tests {
         let text = String::from_utf8(a.clone()).expect("utf-8");
         assert!(text.starts_with("{\"_type\":\"https://in-toto.io/Statement/v1\",\"predicate\":{\"actor\":\"bob\",\"at\":\"1970-01-01T00:00:01.000Z\""), "{text}");
         assert!(text.contains("\"inputs\":{\"WINDOW\":\"sat\"},\"iteration\":1,\"reason\":null,\"verb\":\"approve\"}"), "{text}");
-        assert!(!text.contains(' ') || text.contains("\"comment\":\"lgtm\""));
+        assert!(
+            !text.contains(' ') && !text.ends_with('\n'),
+            "compact, one line: {text}"
+        );
         let next = About {
             iteration: 2,
             ..about.clone()
