@@ -780,3 +780,69 @@ async fn the_shared_registry_changes_live_on_two_gatekeepers_and_only_an_admin_c
         "{out}{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_deny_cancel_and_a_timeout_work_in_require_mode_and_verify() {
+    let t = Signed::start().await;
+    let url = t.s.url();
+    let registry = t.dir.path().join("approvers.toml").display().to_string();
+    let bob = t.as_key(&t.bob).await;
+    let alice = t.as_key(&t.alice).await;
+    // Deny, signed by an approver.
+    let denied = t.open(&["bob"], 1).await;
+    let g = bob
+        .send(Command::Deny(moira_client::DenyGate {
+            gate_id: denied,
+            actor: "bob".into(),
+            reason: "not today".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("signed deny");
+    assert_eq!(g.status, GateStatus::Denied);
+    // Cancel, signed by the requester.
+    let cancelled = t.open(&["bob"], 1).await;
+    let g = alice
+        .send(Command::Cancel(moira_client::CancelGate {
+            gate_id: cancelled,
+            actor: "alice".into(),
+            reason: Some("superseded".into()),
+            ..Default::default()
+        }))
+        .await
+        .expect("signed cancel");
+    assert_eq!(g.status, GateStatus::Cancelled);
+    // A deadline: the server's scheduler writes the prepared timeout.
+    let timed = alice
+        .open(OpenGate {
+            actor: "alice".into(),
+            message: "Quick?".into(),
+            approvers: vec!["bob".into()],
+            timeout_ms: Some(1_000),
+            ..Default::default()
+        })
+        .await
+        .expect("signed open with a timeout")
+        .id;
+    let g =
+        t.s.client
+            .wait(timed, Some(Duration::from_secs(30)))
+            .await
+            .expect("wait");
+    assert_eq!(g.status, GateStatus::TimedOut);
+    for id in [denied, cancelled, timed] {
+        let (code, out, err) = moira_env(
+            &url,
+            &[
+                "gate",
+                "verify",
+                &id.to_string(),
+                "--approvers",
+                &registry,
+                "--require-signatures",
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+    }
+}
