@@ -45,6 +45,7 @@ pub(crate) fn public(path: &Path) -> String {
 struct Signed {
     s: Stack,
     dir: TempDir,
+    runner: PathBuf,
     alice: PathBuf,
     bob: PathBuf,
     bob_ecdsa: PathBuf,
@@ -60,17 +61,20 @@ impl Signed {
         let bob_ecdsa = ssh_keygen(dir.path(), "bob-ecdsa", "ecdsa");
         let carol = ssh_keygen(dir.path(), "carol", "ed25519");
         let mallory = ssh_keygen(dir.path(), "mallory", "ed25519");
+        let runner = ssh_keygen(dir.path(), "runner", "ed25519");
         // dave shares carol's key: a mistake that must not let one key
         // count as two approvals.
         let registry = format!(
             "[users.alice]\nkeys = [\"{}\"]\n[users.bob]\nkeys = [\"{}\", \"{}\"]\n\
-             [users.carol]\nkeys = [\"{}\"]\n[users.dave]\nkeys = [\"{}\"]\n[users.mallory]\nkeys = [\"{}\"]\n",
+             [users.carol]\nkeys = [\"{}\"]\n[users.dave]\nkeys = [\"{}\"]\n[users.mallory]\nkeys = [\"{}\"]\n\
+             [services.runner]\nkeys = [\"{}\"]\n",
             public(&alice),
             public(&bob),
             public(&bob_ecdsa),
             public(&carol),
             public(&carol),
             public(&mallory),
+            public(&runner),
         );
         let file = dir.path().join("approvers.toml");
         std::fs::write(&file, registry).expect("write registry");
@@ -84,6 +88,7 @@ impl Signed {
         Signed {
             s,
             dir,
+            runner,
             alice,
             bob,
             bob_ecdsa,
@@ -583,7 +588,8 @@ async fn a_forged_decision_written_into_the_stream_never_moves_a_parked_run() {
             "--signatures",
             "require",
         ])
-        .args(["--approvers", &registry])
+        .args(["--approvers", &registry, "--key"])
+        .arg(&t.runner)
         .env("MOIRA_LOG", "info")
         .spawn()
         .expect("spawn runner");
@@ -635,6 +641,68 @@ async fn a_forged_decision_written_into_the_stream_never_moves_a_parked_run() {
         done.status,
         moira_client::protocol::run::RunStatus::Succeeded
     );
+    // The runner signed its open with its service key: the trail verifies.
+    let (code, out, err) = moira_env(
+        &t.s.url(),
+        &[
+            "gate",
+            "verify",
+            &gate2.to_string(),
+            "--approvers",
+            &registry,
+            "--require-signatures",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("GateOpened by alice, signed SHA256:"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_without_a_service_key_cannot_open_gates_in_require_mode() {
+    let t = Signed::start().await;
+    let registry = t.dir.path().join("approvers.toml").display().to_string();
+    let work = t.dir.path().join("work").display().to_string();
+    // mallory's key is a user's, not a service's.
+    for (key, code) in [(None, "unsigned"), (Some(&t.mallory), "wrong_key")] {
+        let mut b = ProcBuilder::new(moira_tests::bin("moira-runner"), "moira-runner")
+            .args([
+                "--nats-url",
+                &t.s.url(),
+                "--work-dir",
+                &work,
+                "--signatures",
+                "require",
+            ])
+            .args(["--approvers", &registry])
+            .env("MOIRA_LOG", "info");
+        if let Some(k) = key {
+            b = b.arg("--key").arg(k);
+        }
+        let mut runner = b.spawn().expect("spawn runner");
+        runner.wait_for_line("moira-runner ready", Duration::from_secs(20));
+        let yaml = "name: keyless\nsteps:\n  - name: g\n    use: moira.gate\n    with: { message: \"Ship?\", approvers: { users: [bob] } }\n";
+        let run =
+            t.s.client
+                .submit_run(yaml, &Default::default(), "alice")
+                .await
+                .expect("submit");
+        let done = tokio::time::timeout(Duration::from_secs(30), t.s.client.wait_run(&run))
+            .await
+            .unwrap_or_else(|_| panic!("the run ends in time: {:?}", runner.output()))
+            .expect("wait");
+        let g = &done.steps[0];
+        assert_eq!(
+            g.status,
+            moira_client::protocol::run::StepStatus::Aborted,
+            "{done:?}"
+        );
+        assert!(
+            g.reason.as_deref().is_some_and(|r| r.contains(code)),
+            "{code}: {g:?}"
+        );
+        runner.stop(Duration::from_secs(10));
+    }
 }
 
 /// Waits until step `g` of the run waits on its gate; returns the gate.

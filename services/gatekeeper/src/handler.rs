@@ -209,15 +209,16 @@ impl Handler {
         now: u64,
     ) -> Result<Option<String>, CommandError> {
         let Some(sig) = cmd.signature() else {
-            // Runners' commands arrive on the services' subject, which the
-            // locked-down broker opens to runners alone.
-            return if self.signatures == Signatures::Require && !service {
-                Err(err(
+            return match (self.signatures, service) {
+                (Signatures::Off, _) => Ok(None),
+                (Signatures::Require, false) => Err(err(
                     ErrorCode::Unsigned,
                     "this gate-keeper requires signed commands: sign with your SSH key (--key FILE, or --agent)",
-                ))
-            } else {
-                Ok(None)
+                )),
+                (Signatures::Require, true) => Err(err(
+                    ErrorCode::Unsigned,
+                    "this gate-keeper requires signed commands: start the runner with --key FILE, a key listed under [services.<name>] in the registry",
+                )),
             };
         };
         let (Some(id), Some(at)) = (cmd.id(), cmd.signed_at()) else {
@@ -257,13 +258,22 @@ impl Handler {
         let key = moira_client::signing::verify(&bytes, sig)
             .map_err(|e| err(ErrorCode::BadSignature, e.to_string()))?;
         let fp = moira_client::signing::fingerprint(&key);
-        if !registry.has_key(cmd.actor(), &key) {
+        // On the services' subject a runner signs for the run's submitter
+        // (its gate opens) or as itself: its own service key counts.
+        let allowed = if service {
+            registry.service_of(&key).is_some()
+        } else {
+            registry.has_key(cmd.actor(), &key)
+        };
+        if !allowed {
+            let whose = if service {
+                "a service's key (listed under [services.<name>])".to_string()
+            } else {
+                format!("one of {}'s keys", cmd.actor())
+            };
             return Err(err(
                 ErrorCode::WrongKey,
-                format!(
-                    "the key {fp} is not one of {}'s keys in the approvers registry",
-                    cmd.actor()
-                ),
+                format!("the key {fp} is not {whose} in the approvers registry"),
             ));
         }
         Ok(Some(fp))

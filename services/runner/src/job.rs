@@ -108,10 +108,14 @@ async fn open_own_gate(
             Err(moira_client::ClientError::Rejected(e))
                 if matches!(
                     e.code,
-                    moira_protocol::ErrorCode::NotAllowed | moira_protocol::ErrorCode::BadRequest
+                    moira_protocol::ErrorCode::NotAllowed
+                        | moira_protocol::ErrorCode::BadRequest
+                        | moira_protocol::ErrorCode::Unsigned
+                        | moira_protocol::ErrorCode::BadSignature
+                        | moira_protocol::ErrorCode::WrongKey
                 ) =>
             {
-                return Err(ActError::Refused(e.message));
+                return Err(ActError::Refused(e.to_string()));
             }
             Err(e) => return Err(e.into()),
         }

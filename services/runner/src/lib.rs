@@ -70,6 +70,9 @@ pub struct Config {
     pub signatures: moira_service::verify::Signatures,
     /// Follow the registry shared in the `MOIRA_REGISTRY` KV bucket.
     pub approvers_kv: bool,
+    /// The SSH key this runner signs its gate commands with (listed under
+    /// `[services.<name>]` in the registry).
+    pub key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -86,6 +89,7 @@ impl Default for Config {
             approvers: None,
             signatures: moira_service::verify::Signatures::Off,
             approvers_kv: false,
+            key: None,
         }
     }
 }
@@ -159,6 +163,10 @@ pub struct Runner {
 /// Connects, creates or checks the streams and the shared consumers.
 pub async fn start(config: Config) -> anyhow::Result<Runner> {
     let client = Client::connect_with(&config.nats_url, "moira-runner", &config.auth).await?;
+    let client = match &config.key {
+        Some(path) => client.with_signer(moira_client::signing::Signer::from_file(path)?),
+        None => client,
+    };
     let js = async_nats::jetstream::new(client.nats().clone());
     moira_client::streams::ensure_gate_stream(&js, config.replicas).await?;
     moira_client::streams::ensure_run_streams(&js, config.replicas).await?;

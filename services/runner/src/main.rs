@@ -44,6 +44,10 @@ struct Args {
     /// Follow the approvers registry shared in the MOIRA_REGISTRY KV bucket
     #[arg(long, env = "MOIRA_APPROVERS_KV", conflicts_with = "approvers")]
     approvers_kv: bool,
+    /// The SSH key this runner signs its gate opens and cancels with; the
+    /// registry lists it under [services.<name>]
+    #[arg(long, env = "MOIRA_KEY")]
+    key: Option<PathBuf>,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
 }
@@ -72,6 +76,7 @@ async fn main() -> std::process::ExitCode {
         approvers: args.approvers,
         signatures: args.signatures,
         approvers_kv: args.approvers_kv,
+        key: args.key,
     };
     moira_service::signals::serve("moira-runner", |shutdown| {
         moira_runner::run(config, shutdown)

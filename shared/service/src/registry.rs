@@ -20,6 +20,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     users: BTreeMap<String, User>,
+    /// moira's own services (runners), by name, with the keys they sign with.
+    services: BTreeMap<String, Vec<ssh_key::PublicKey>>,
     /// The hex SHA-256 of the text it was read from: the revision each
     /// decision records.
     revision: String,
@@ -36,6 +38,15 @@ struct User {
 struct File {
     #[serde(default)]
     users: BTreeMap<String, UserFile>,
+    #[serde(default)]
+    services: BTreeMap<String, ServiceFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceFile {
+    #[serde(default)]
+    keys: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -69,18 +80,21 @@ impl Registry {
 
     pub fn parse(text: &str) -> Result<Self, String> {
         let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        let parse_keys = |table: &str, name: &str, keys: &[String]| {
+            if !moira_protocol::ids::is_valid_name(name) {
+                return Err(moira_protocol::gate::bad_name(table, name));
+            }
+            keys.iter()
+                .map(|k| {
+                    ssh_key::PublicKey::from_openssh(k.trim()).map_err(|e| {
+                        format!("{table}s.{name}: a key is not an OpenSSH public key ({e})")
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()
+        };
         let mut users = BTreeMap::new();
         for (name, u) in file.users {
-            if !moira_protocol::ids::is_valid_name(&name) {
-                return Err(moira_protocol::gate::bad_name("user", &name));
-            }
-            let mut keys = Vec::new();
-            for k in &u.keys {
-                let key = ssh_key::PublicKey::from_openssh(k.trim()).map_err(|e| {
-                    format!("users.{name}: a key is not an OpenSSH public key ({e})")
-                })?;
-                keys.push(key);
-            }
+            let keys = parse_keys("user", &name, &u.keys)?;
             users.insert(
                 name,
                 User {
@@ -89,8 +103,14 @@ impl Registry {
                 },
             );
         }
+        let mut services = BTreeMap::new();
+        for (name, s) in file.services {
+            let keys = parse_keys("service", &name, &s.keys)?;
+            services.insert(name, keys);
+        }
         Ok(Registry {
             users,
+            services,
             revision: moira_protocol::statement::sha256_hex(text.as_bytes()),
         })
     }
@@ -98,6 +118,19 @@ impl Registry {
     /// The revision decisions record: the digest of the registry's text.
     pub fn revision(&self) -> &str {
         &self.revision
+    }
+
+    /// The service whose key `key` is, if any.
+    pub fn service_of(&self, key: &ssh_key::PublicKey) -> Option<&str> {
+        self.services
+            .iter()
+            .find(|(_, keys)| keys.iter().any(|k| k.key_data() == key.key_data()))
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Whether any service is listed with a key.
+    pub fn has_services(&self) -> bool {
+        self.services.values().any(|k| !k.is_empty())
     }
 
     /// `user`'s keys in OpenSSH form.

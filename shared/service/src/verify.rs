@@ -197,7 +197,15 @@ fn check_event(
                     if env.signer.as_deref().is_some_and(|s| s != fp) {
                         p.push(format!("it names signer {:?} but {fp} signed", env.signer));
                     }
-                    if !registry.has_key(&env.actor, &key) {
+                    // A runner signs its gate opens and cancels with its
+                    // own service key.
+                    let service = by_service(env) || is_runner_open(env);
+                    if service && registry.service_of(&key).is_none() {
+                        p.push(format!(
+                            "the key {fp} is not a service's key in the registry"
+                        ));
+                    }
+                    if !service && !registry.has_key(&env.actor, &key) {
                         p.push(format!(
                             "the key {fp} is not one of {}'s keys in the registry",
                             env.actor
@@ -209,9 +217,7 @@ fn check_event(
             }
         }
         (Some(_), None) => p.push("signed, but without its signing time".into()),
-        (None, _) if rules.require_signatures && !by_service(env) && !is_runner_open(env) => {
-            p.push("not signed".into())
-        }
+        (None, _) if rules.require_signatures => p.push("not signed".into()),
         (None, _) => {}
     }
     // The policy, replayed.
