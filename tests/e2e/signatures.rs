@@ -438,18 +438,7 @@ async fn the_trail_verifies_and_a_forged_event_is_reported() {
     let gate = t.open(&["bob"], 1).await;
     let bob = t.as_key(&t.bob).await;
     bob.send(approve(gate, "bob", "ok")).await.expect("approve");
-    let (code, out, err) = moira_env(
-        &url,
-        &[
-            "gate",
-            "verify",
-            &gate.to_string(),
-            "--approvers",
-            &registry,
-            "--require-signatures",
-        ],
-        &[],
-    );
+    let (code, out, err) = verify_cli(&url, gate, &registry);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("ok    #") && out.contains("every event verifies"),
@@ -469,18 +458,7 @@ async fn the_trail_verifies_and_a_forged_event_is_reported() {
         None,
     );
     crate::store_by_hand(&t.s.client, &forged).await;
-    let (code, out, _) = moira_env(
-        &url,
-        &[
-            "gate",
-            "verify",
-            &victim.to_string(),
-            "--approvers",
-            &registry,
-            "--require-signatures",
-        ],
-        &[],
-    );
+    let (code, out, _) = verify_cli(&url, victim, &registry);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("FAIL") && out.contains("hash chain") && out.contains("not signed"),
@@ -642,18 +620,7 @@ async fn a_forged_decision_written_into_the_stream_never_moves_a_parked_run() {
         moira_client::protocol::run::RunStatus::Succeeded
     );
     // The runner signed its open with its service key: the trail verifies.
-    let (code, out, err) = moira_env(
-        &t.s.url(),
-        &[
-            "gate",
-            "verify",
-            &gate2.to_string(),
-            "--approvers",
-            &registry,
-            "--require-signatures",
-        ],
-        &[],
-    );
+    let (code, out, err) = verify_cli(&t.s.url(), gate2, &registry);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("GateOpened by alice, signed SHA256:"), "{out}");
 }
@@ -899,18 +866,23 @@ async fn signed_deny_cancel_and_a_timeout_work_in_require_mode_and_verify() {
             .expect("wait");
     assert_eq!(g.status, GateStatus::TimedOut);
     for id in [denied, cancelled, timed] {
-        let (code, out, err) = moira_env(
-            &url,
-            &[
-                "gate",
-                "verify",
-                &id.to_string(),
-                "--approvers",
-                &registry,
-                "--require-signatures",
-            ],
-            &[],
-        );
+        let (code, out, err) = verify_cli(&url, id, &registry);
         assert_eq!(code, 0, "{out}{err}");
     }
+}
+
+/// `moira gate verify ID --approvers FILE --require-signatures`.
+fn verify_cli(url: &str, gate: GateId, registry: &str) -> (i32, String, String) {
+    moira_env(
+        url,
+        &[
+            "gate",
+            "verify",
+            &gate.to_string(),
+            "--approvers",
+            registry,
+            "--require-signatures",
+        ],
+        &[],
+    )
 }

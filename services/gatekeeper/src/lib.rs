@@ -83,30 +83,21 @@ pub struct Gatekeeper {
 /// Connects, creates or verifies the streams, and subscribes.
 pub async fn start(config: Config) -> anyhow::Result<Gatekeeper> {
     let client = Client::connect_with(&config.nats_url, "moira-gatekeeper", &config.auth).await?;
-    let registry = match (&config.approvers, config.approvers_kv) {
-        (Some(_), true) => anyhow::bail!("give --approvers FILE or --approvers-kv, not both"),
-        (_, true) => {
-            moira_service::live::LiveRegistry::follow(&client, CancellationToken::new()).await?
-        }
-        (Some(path), false) => moira_service::live::LiveRegistry::fixed(Registry::load(path)?),
-        (None, false) => moira_service::live::LiveRegistry::fixed(Registry::default()),
-    };
+    let registry = moira_service::live::LiveRegistry::open(
+        &client,
+        config.approvers.as_deref(),
+        config.approvers_kv,
+    )
+    .await?;
     moira_client::streams::ensure_gate_stream(&jetstream(&client), config.replicas).await?;
-    let sub = client
-        .nats()
-        .queue_subscribe(GATE_COMMANDS_ALL, GATEKEEPER_QUEUE.to_string())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot subscribe to {GATE_COMMANDS_ALL}: {e}"))?;
-    let svc_sub = client
-        .nats()
-        .queue_subscribe(SERVICE_GATE_COMMANDS_ALL, GATEKEEPER_QUEUE.to_string())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot subscribe to {SERVICE_GATE_COMMANDS_ALL}: {e}"))?;
-    client
-        .nats()
-        .flush()
-        .await
-        .map_err(|e| anyhow::anyhow!("flush: {e}"))?;
+    let mut subs = moira_service::requests::subscribe(
+        client.nats(),
+        &[GATE_COMMANDS_ALL, SERVICE_GATE_COMMANDS_ALL],
+        GATEKEEPER_QUEUE,
+    )
+    .await?;
+    let svc_sub = subs.remove(1);
+    let sub = subs.remove(0);
     let strict = config.policy.require_approvers;
     let info = client.nats().server_info();
     if strict && !(info.auth_required && info.tls_required) {

@@ -201,22 +201,12 @@ pub async fn start(config: Config) -> anyhow::Result<Runner> {
         )
         .await?;
     check_work_dir(&config.work_dir).await?;
-    let registry = match (&config.approvers, config.approvers_kv) {
-        (Some(_), true) => anyhow::bail!("give --approvers FILE or --approvers-kv, not both"),
-        (_, true) => LiveRegistry::follow(&client, CancellationToken::new()).await?,
-        (Some(path), false) => LiveRegistry::fixed(moira_service::Registry::load(path)?),
-        (None, false) => LiveRegistry::fixed(moira_service::Registry::default()),
-    };
-    let commands = client
-        .nats()
-        .queue_subscribe(RUN_COMMANDS_ALL, RUNNER_QUEUE.to_string())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot subscribe to {RUN_COMMANDS_ALL}: {e}"))?;
-    client
-        .nats()
-        .flush()
-        .await
-        .map_err(|e| anyhow::anyhow!("flush: {e}"))?;
+    let registry =
+        LiveRegistry::open(&client, config.approvers.as_deref(), config.approvers_kv).await?;
+    let commands =
+        moira_service::requests::subscribe(client.nats(), &[RUN_COMMANDS_ALL], RUNNER_QUEUE)
+            .await?
+            .remove(0);
     let name = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().to_string()[..8]);
     tracing::info!(url = %config.nats_url, runner = name, concurrency = config.concurrency, "moira-runner ready");
     Ok(Runner {

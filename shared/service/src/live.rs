@@ -102,6 +102,21 @@ impl LiveRegistry {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(r);
     }
 
+    /// The registry a service was told to use: `--approvers FILE`, the
+    /// shared bucket (`--approvers-kv`), or none (nobody has a role).
+    pub async fn open(
+        client: &Client,
+        file: Option<&std::path::Path>,
+        kv: bool,
+    ) -> anyhow::Result<LiveRegistry> {
+        Ok(match (file, kv) {
+            (Some(_), true) => anyhow::bail!("give --approvers FILE or --approvers-kv, not both"),
+            (_, true) => LiveRegistry::follow(client, CancellationToken::new()).await?,
+            (Some(path), false) => LiveRegistry::fixed(Registry::load(path)?),
+            (None, false) => LiveRegistry::fixed(Registry::default()),
+        })
+    }
+
     /// Loads the newest valid registry from the bucket (creating the bucket
     /// if needed), then follows updates until `shutdown`.
     pub async fn follow(

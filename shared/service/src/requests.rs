@@ -20,6 +20,27 @@ pub struct Limits {
     pub drain: Duration,
 }
 
+/// Joins `queue` on each subject and flushes, so requests sent from now on
+/// reach this process (or another member of the group).
+pub async fn subscribe(
+    nats: &async_nats::Client,
+    subjects: &[&str],
+    queue: &str,
+) -> anyhow::Result<Vec<async_nats::Subscriber>> {
+    let mut subs = Vec::new();
+    for subject in subjects {
+        subs.push(
+            nats.queue_subscribe(subject.to_string(), queue.to_string())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot subscribe to {subject}: {e}"))?,
+        );
+    }
+    nats.flush()
+        .await
+        .map_err(|e| anyhow::anyhow!("flush: {e}"))?;
+    Ok(subs)
+}
+
 /// Answers the requests arriving on `subs` with what `handle` returns,
 /// until `shutdown` is cancelled or every subscription ends. A request
 /// without a reply subject is logged and dropped.
