@@ -97,6 +97,11 @@ impl Signed {
         }
     }
 
+    /// The approvers file's path, as the CLI and services take it.
+    fn registry(&self) -> String {
+        self.dir.path().join("approvers.toml").display().to_string()
+    }
+
     async fn as_key(&self, key: &Path) -> Client {
         Client::connect(&self.s.url())
             .await
@@ -434,7 +439,7 @@ async fn an_outside_tool_signs_the_statement_with_ssh_keygen() {
 async fn the_trail_verifies_and_a_forged_event_is_reported() {
     let t = Signed::start().await;
     let url = t.s.url();
-    let registry = t.dir.path().join("approvers.toml").display().to_string();
+    let registry = t.registry();
     let gate = t.open(&["bob"], 1).await;
     let bob = t.as_key(&t.bob).await;
     bob.send(approve(gate, "bob", "ok")).await.expect("approve");
@@ -483,7 +488,7 @@ async fn the_trail_verifies_and_a_forged_event_is_reported() {
 async fn exported_decisions_verify_with_plain_ssh_keygen() {
     let t = Signed::start().await;
     let url = t.s.url();
-    let registry = t.dir.path().join("approvers.toml").display().to_string();
+    let registry = t.registry();
     let gate = t.open(&["bob", "carol"], 2).await;
     t.as_key(&t.bob)
         .await
@@ -555,7 +560,7 @@ async fn exported_decisions_verify_with_plain_ssh_keygen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_decision_written_into_the_stream_never_moves_a_parked_run() {
     let t = Signed::start().await;
-    let registry = t.dir.path().join("approvers.toml").display().to_string();
+    let registry = t.registry();
     let work = t.dir.path().join("work").display().to_string();
     let runner = ProcBuilder::new(moira_tests::bin("moira-runner"), "moira-runner")
         .args([
@@ -628,7 +633,7 @@ async fn a_forged_decision_written_into_the_stream_never_moves_a_parked_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_without_a_service_key_cannot_open_gates_in_require_mode() {
     let t = Signed::start().await;
-    let registry = t.dir.path().join("approvers.toml").display().to_string();
+    let registry = t.registry();
     let work = t.dir.path().join("work").display().to_string();
     // mallory's key is a user's, not a service's.
     for (key, code) in [(None, "unsigned"), (Some(&t.mallory), "wrong_key")] {
@@ -820,7 +825,7 @@ async fn the_shared_registry_changes_live_on_two_gatekeepers_and_only_an_admin_c
 async fn signed_deny_cancel_and_a_timeout_work_in_require_mode_and_verify() {
     let t = Signed::start().await;
     let url = t.s.url();
-    let registry = t.dir.path().join("approvers.toml").display().to_string();
+    let registry = t.registry();
     let bob = t.as_key(&t.bob).await;
     let alice = t.as_key(&t.alice).await;
     // Deny, signed by an approver.
