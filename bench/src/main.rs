@@ -125,8 +125,12 @@ fn bench_keys() -> anyhow::Result<(Keys, moira_testkit::TempDir)> {
         ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
             .map_err(|e| anyhow::anyhow!("key: {e}"))
     };
-    let (a, b) = (make()?, make()?);
+    let (a, b, gk) = (make()?, make()?, make()?);
     let dir = moira_testkit::TempDir::new("moira-bench-keys")?;
+    // The gate-keeper's service key, which signs the timeouts it prepares.
+    let gk_file = dir.path().join("gatekeeper");
+    gk.write_openssh_file(&gk_file, ssh_key::LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("key: {e}"))?;
     let line = |k: &ssh_key::PrivateKey| {
         k.public_key()
             .to_openssh()
@@ -135,9 +139,10 @@ fn bench_keys() -> anyhow::Result<(Keys, moira_testkit::TempDir)> {
     std::fs::write(
         dir.path().join("approvers.toml"),
         format!(
-            "[users.alice]\nkeys = [\"{}\"]\n[users.bob]\nkeys = [\"{}\"]\n",
+            "[users.alice]\nkeys = [\"{}\"]\n[users.bob]\nkeys = [\"{}\"]\n[services.gatekeeper]\nkeys = [\"{}\"]\n",
             line(&a)?,
-            line(&b)?
+            line(&b)?,
+            line(&gk)?
         ),
     )?;
     let keys = Keys {
@@ -358,9 +363,17 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
         .join("approvers.toml")
         .display()
         .to_string();
+    let gk_key = registry_dir.path().join("gatekeeper").display().to_string();
     let _sgk = gatekeeper_with(
         &surl,
-        &["--signatures", "require", "--approvers", &registry],
+        &[
+            "--signatures",
+            "require",
+            "--approvers",
+            &registry,
+            "--key",
+            &gk_key,
+        ],
     )?;
     let slat = decision_latency_as(&surl, sizes.latency_gates, Some(&keys)).await?;
     let sone = lifecycles_as(&surl, sizes.lifecycles, sizes.concurrency, Some(&keys)).await?;

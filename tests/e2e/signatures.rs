@@ -62,12 +62,13 @@ impl Signed {
         let carol = ssh_keygen(dir.path(), "carol", "ed25519");
         let mallory = ssh_keygen(dir.path(), "mallory", "ed25519");
         let runner = ssh_keygen(dir.path(), "runner", "ed25519");
+        let gatekeeper = ssh_keygen(dir.path(), "gatekeeper", "ed25519");
         // dave shares carol's key: a mistake that must not let one key
         // count as two approvals.
         let registry = format!(
             "[users.alice]\nkeys = [\"{}\"]\n[users.bob]\nkeys = [\"{}\", \"{}\"]\n\
              [users.carol]\nkeys = [\"{}\"]\n[users.dave]\nkeys = [\"{}\"]\n[users.mallory]\nkeys = [\"{}\"]\n\
-             [services.runner]\nkeys = [\"{}\"]\n",
+             [services.runner]\nkeys = [\"{}\"]\n[services.gatekeeper]\nkeys = [\"{}\"]\n",
             public(&alice),
             public(&bob),
             public(&bob_ecdsa),
@@ -75,6 +76,7 @@ impl Signed {
             public(&carol),
             public(&mallory),
             public(&runner),
+            public(&gatekeeper),
         );
         let file = dir.path().join("approvers.toml");
         std::fs::write(&file, registry).expect("write registry");
@@ -83,6 +85,8 @@ impl Signed {
             "require",
             "--approvers",
             &file.display().to_string(),
+            "--key",
+            &gatekeeper.display().to_string(),
         ])
         .await;
         Signed {
@@ -516,7 +520,11 @@ async fn exported_decisions_verify_with_plain_ssh_keygen() {
         &[],
     );
     assert_eq!(code, 0, "{err}");
-    let files: Vec<&str> = out.lines().collect();
+    // Each line: the statement file, and the identity to verify it as.
+    let files: Vec<&str> = out
+        .lines()
+        .map(|l| l.split("  (-I ").next().unwrap_or(l))
+        .collect();
     assert_eq!(files.len(), 3, "the open and two approvals: {out}");
     let verify = |statement: &Path, actor: &str| {
         std::process::Command::new("ssh-keygen")
@@ -578,11 +586,12 @@ async fn a_forged_decision_written_into_the_stream_never_moves_a_parked_run() {
         .expect("spawn runner");
     runner.wait_for_line("moira-runner ready", Duration::from_secs(20));
     let yaml = "name: guarded\nsteps:\n  - name: g\n    use: moira.gate\n    with: { message: \"Ship?\", approvers: { users: [bob] } }\n  - {name: after, run: 'true', depends_on: [g]}\n";
-    let run =
-        t.s.client
-            .submit_run(yaml, &Default::default(), "alice")
-            .await
-            .expect("submit");
+    let run = t
+        .as_key(&t.alice)
+        .await
+        .submit_run(yaml, &Default::default(), "alice")
+        .await
+        .expect("submit");
     let gate = parked_on(&t.s.client, &run).await;
     // An approval that never went through a gate-keeper, written with
     // broker admin rights, naming the run so the resumer sees it.
@@ -605,11 +614,12 @@ async fn a_forged_decision_written_into_the_stream_never_moves_a_parked_run() {
         moira_client::protocol::run::StepStatus::Pending
     );
     // A signed decision through the gate-keeper does move a run.
-    let run2 =
-        t.s.client
-            .submit_run(yaml, &Default::default(), "alice")
-            .await
-            .expect("submit");
+    let run2 = t
+        .as_key(&t.alice)
+        .await
+        .submit_run(yaml, &Default::default(), "alice")
+        .await
+        .expect("submit");
     let gate2 = parked_on(&t.s.client, &run2).await;
     t.as_key(&t.bob)
         .await
@@ -635,8 +645,7 @@ async fn a_runner_without_a_service_key_cannot_open_gates_in_require_mode() {
     let t = Signed::start().await;
     let registry = t.registry();
     let work = t.dir.path().join("work").display().to_string();
-    // mallory's key is a user's, not a service's.
-    for (key, code) in [(None, "unsigned"), (Some(&t.mallory), "wrong_key")] {
+    let runner = |key: Option<&Path>| {
         let mut b = ProcBuilder::new(moira_tests::bin("moira-runner"), "moira-runner")
             .args([
                 "--nats-url",
@@ -651,30 +660,40 @@ async fn a_runner_without_a_service_key_cannot_open_gates_in_require_mode() {
         if let Some(k) = key {
             b = b.arg("--key").arg(k);
         }
-        let mut runner = b.spawn().expect("spawn runner");
-        runner.wait_for_line("moira-runner ready", Duration::from_secs(20));
-        let yaml = "name: keyless\nsteps:\n  - name: g\n    use: moira.gate\n    with: { message: \"Ship?\", approvers: { users: [bob] } }\n";
-        let run =
-            t.s.client
-                .submit_run(yaml, &Default::default(), "alice")
-                .await
-                .expect("submit");
-        let done = tokio::time::timeout(Duration::from_secs(30), t.s.client.wait_run(&run))
-            .await
-            .unwrap_or_else(|_| panic!("the run ends in time: {:?}", runner.output()))
-            .expect("wait");
-        let g = &done.steps[0];
-        assert_eq!(
-            g.status,
-            moira_client::protocol::run::StepStatus::Aborted,
-            "{done:?}"
-        );
-        assert!(
-            g.reason.as_deref().is_some_and(|r| r.contains(code)),
-            "{code}: {g:?}"
-        );
-        runner.stop(Duration::from_secs(10));
-    }
+        b.spawn().expect("spawn runner")
+    };
+    // No key at all: the runner says what it needs and does not start.
+    let mut keyless = runner(None);
+    let line = keyless.wait_for_line("[services.", Duration::from_secs(30));
+    assert!(line.contains("--key"), "{line}");
+    let status = keyless.wait(Duration::from_secs(30)).expect("exits");
+    assert!(!status.success());
+    // mallory's key is a user's, not a service's: its gate opens are
+    // refused and the step ends with the code.
+    let mut wrong = runner(Some(&t.mallory));
+    wrong.wait_for_line("moira-runner ready", Duration::from_secs(20));
+    let yaml = "name: keyless\nsteps:\n  - name: g\n    use: moira.gate\n    with: { message: \"Ship?\", approvers: { users: [bob] } }\n";
+    let run = t
+        .as_key(&t.alice)
+        .await
+        .submit_run(yaml, &Default::default(), "alice")
+        .await
+        .expect("submit");
+    let done = tokio::time::timeout(Duration::from_secs(30), t.s.client.wait_run(&run))
+        .await
+        .unwrap_or_else(|_| panic!("the run ends in time: {:?}", wrong.output()))
+        .expect("wait");
+    let g = &done.steps[0];
+    assert_eq!(
+        g.status,
+        moira_client::protocol::run::StepStatus::Aborted,
+        "{done:?}"
+    );
+    assert!(
+        g.reason.as_deref().is_some_and(|r| r.contains("wrong_key")),
+        "{g:?}"
+    );
+    wrong.stop(Duration::from_secs(10));
 }
 
 /// Waits until step `g` of the run waits on its gate; returns the gate.
@@ -710,7 +729,15 @@ async fn the_shared_registry_changes_live_on_two_gatekeepers_and_only_an_admin_c
     );
     let server = moira_tests::NatsServer::start();
     let url = server.url();
-    let args = ["--approvers-kv", "--signatures", "require"];
+    let gk_key = ssh_keygen(d, "gatekeeper", "ed25519");
+    let gk_key = gk_key.display().to_string();
+    let args = [
+        "--approvers-kv",
+        "--signatures",
+        "require",
+        "--key",
+        gk_key.as_str(),
+    ];
     let gk1 = moira_tests::gatekeeper(&url, &args);
     let gk2 = moira_tests::gatekeeper(&url, &args);
     let v1 = format!(

@@ -15,6 +15,8 @@ use moira_client::{
     ListFilter, OpenGate, PushBackGate,
 };
 
+use moira_service::verify::Registries;
+
 use crate::render;
 use crate::Cli;
 
@@ -67,10 +69,11 @@ pub enum GateCmd {
     /// keys against the registry, policy; exit 0 only if all of it holds
     Verify {
         id: GateId,
-        /// The approvers registry (TOML) to check keys and roles against
+        /// The approvers registry (TOML) to check keys and roles against;
+        /// without it, every registry the shared bucket put in force
         #[arg(long, env = "MOIRA_APPROVERS", value_name = "FILE")]
         approvers: Option<std::path::PathBuf>,
-        /// Every decision by a person must be signed
+        /// Every event must be signed (people's, services' and timeouts)
         #[arg(long)]
         require_signatures: bool,
     },
@@ -400,8 +403,8 @@ pub async fn run(cli: &Cli, cmd: &GateCmd) -> anyhow::Result<u8> {
             approvers,
             require_signatures,
         } => {
-            let registry = load_registry(approvers.as_deref())?;
-            let ok = verify_one(cli, &client, *id, &registry, *require_signatures).await?;
+            let registries = load_registries(&client, approvers.as_deref()).await?;
+            let ok = verify_one(cli, &client, *id, &registries, *require_signatures).await?;
             Ok(if ok { 0 } else { 1 })
         }
         GateCmd::Statement { .. } => {
@@ -582,11 +585,29 @@ async fn watch(cli: &Cli, client: &Client, run_id: Option<&str>, all: bool) -> a
     Ok(0)
 }
 
-fn load_registry(path: Option<&std::path::Path>) -> anyhow::Result<moira_service::Registry> {
-    Ok(match path {
-        Some(p) => moira_service::Registry::load(p)?,
-        None => moira_service::Registry::default(),
-    })
+/// The registries to check against: a file, or else every registry the
+/// shared bucket has put in force (each event is checked against the
+/// revision it records).
+async fn load_registries(
+    client: &Client,
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<Registries> {
+    if let Some(p) = path {
+        return Ok(Registries::only(std::sync::Arc::new(
+            moira_service::Registry::load(p)?,
+        )));
+    }
+    let history = moira_service::live::history(client).await?;
+    let mut r = Registries::default();
+    for reg in history {
+        let reg = std::sync::Arc::new(reg);
+        r.past.insert(reg.revision().to_string(), reg.clone());
+        r.current = reg;
+    }
+    if r.past.is_empty() {
+        errln!("no --approvers file and no registry in the shared bucket: no key is known, so no signature can be matched to anyone");
+    }
+    Ok(r)
 }
 
 /// Verifies one gate and prints what holds; true when all of it does.
@@ -594,11 +615,11 @@ async fn verify_one(
     cli: &Cli,
     client: &Client,
     id: GateId,
-    registry: &moira_service::Registry,
+    registries: &Registries,
     require_signatures: bool,
 ) -> anyhow::Result<bool> {
     let rules = moira_service::verify::Rules { require_signatures };
-    let report = moira_service::verify::verify_gate(client, id, registry, rules).await?;
+    let report = moira_service::verify::verify_gate(client, id, registries, rules).await?;
     if cli.json {
         let items: Vec<serde_json::Value> = report
             .findings
@@ -641,16 +662,79 @@ async fn verify_one(
     Ok(report.ok())
 }
 
+/// Verifies one run's signed events and prints what holds.
+async fn verify_run_one(
+    cli: &Cli,
+    client: &Client,
+    run_id: &str,
+    registries: &Registries,
+    require_signatures: bool,
+) -> anyhow::Result<bool> {
+    let rules = moira_service::verify::Rules { require_signatures };
+    // A run's events record no registry revision: check them against the
+    // registry in force now.
+    let findings =
+        moira_service::verify::verify_run(client, run_id, &registries.current, rules).await?;
+    let ok = findings.iter().all(|f| f.problems.is_empty());
+    if cli.json {
+        let items: Vec<serde_json::Value> = findings
+            .iter()
+            .map(|f| {
+                serde_json::json!({"seq": f.seq, "kind": f.kind, "actor": f.actor,
+                    "signer": f.signer, "ok": f.problems.is_empty(), "problems": f.problems})
+            })
+            .collect();
+        outln!(
+            "{}",
+            serde_json::json!({"run_id": run_id, "ok": ok, "events": items})
+        );
+        return Ok(ok);
+    }
+    for f in &findings {
+        let signed = f
+            .signer
+            .as_ref()
+            .map(|s| format!(", signed {s}"))
+            .unwrap_or_else(|| ", unsigned".into());
+        if f.problems.is_empty() {
+            outln!("ok    #{} {} by {}{}", f.seq, f.kind, f.actor, signed);
+        } else {
+            outln!(
+                "FAIL  #{} {} by {}{}: {}",
+                f.seq,
+                f.kind,
+                f.actor,
+                signed,
+                f.problems.join("; ")
+            );
+        }
+    }
+    if ok {
+        outln!("run {run_id}: every signed event verifies");
+    } else {
+        outln!("run {run_id}: NOT verified");
+    }
+    Ok(ok)
+}
+
 /// `moira audit …`
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {
-    /// Verify every gate (or every gate of one run), as `gate verify` does;
-    /// exit 0 only if all of them verify
+    /// Verify every gate and run (or those of one run, or of a recent
+    /// span), as `gate verify` does, plus each run's signed submission,
+    /// cancels and auto-approvals; exit 0 only if all of it verifies
     Verify {
+        /// Only this run and its gates
         #[arg(long = "run", value_name = "ID")]
         run_id: Option<String>,
+        /// Only gates opened and runs submitted within this span (e.g. 24h)
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// The approvers registry (TOML); without it, every registry the
+        /// shared bucket put in force
         #[arg(long, env = "MOIRA_APPROVERS", value_name = "FILE")]
         approvers: Option<std::path::PathBuf>,
+        /// Every event must be signed
         #[arg(long)]
         require_signatures: bool,
     },
@@ -660,9 +744,10 @@ pub enum AuditCmd {
         id: GateId,
         #[arg(long)]
         dir: std::path::PathBuf,
-        /// The approvers registry (TOML) whose keys go into allowed_signers
+        /// The approvers registry (TOML) whose keys go into allowed_signers;
+        /// without it, the registries the shared bucket put in force
         #[arg(long, env = "MOIRA_APPROVERS", value_name = "FILE")]
-        approvers: std::path::PathBuf,
+        approvers: Option<std::path::PathBuf>,
     },
 }
 
@@ -671,33 +756,66 @@ pub async fn audit(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<u8> {
     match cmd {
         AuditCmd::Verify {
             run_id,
+            since,
             approvers,
             require_signatures,
         } => {
-            let registry = load_registry(approvers.as_deref())?;
+            let registries = load_registries(&client, approvers.as_deref()).await?;
+            // Times are stored in one rfc3339 form, so they sort as text.
+            let cutoff = since.map(|d| {
+                let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                moira_client::protocol::time::rfc3339(
+                    moira_client::protocol::time::now_ms().saturating_sub(ms),
+                )
+            });
+            let recent = |at: &str| cutoff.as_deref().is_none_or(|c| at >= c);
             let gates = client
                 .list(&ListFilter {
                     status: None,
                     run_id: run_id.clone(),
                 })
                 .await?;
+            let gates: Vec<_> = gates.iter().filter(|g| recent(&g.opened_at)).collect();
             let mut bad = 0;
             for g in &gates {
-                if !verify_one(cli, &client, g.id, &registry, *require_signatures).await? {
+                if !verify_one(cli, &client, g.id, &registries, *require_signatures).await? {
                     bad += 1;
                 }
             }
-            errln!("{} gate(s) checked, {bad} not verified", gates.len());
-            Ok(if bad == 0 { 0 } else { 1 })
-        }
-        AuditCmd::Export { id, dir, approvers } => {
-            let registry = moira_service::Registry::load(approvers)?;
-            let files = moira_service::verify::export(&client, *id, &registry, dir).await?;
-            for f in &files {
-                outln!("{}", f.statement.display());
+            let runs: Vec<String> = match run_id {
+                Some(r) => vec![r.clone()],
+                None => match client.list_runs(None).await {
+                    Ok(runs) => runs
+                        .into_iter()
+                        .filter(|r| recent(&r.submitted_at))
+                        .map(|r| r.id)
+                        .collect(),
+                    // Gates without runners: no runs to check.
+                    Err(moira_client::ClientError::NoRunStreams) => Vec::new(),
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            let mut bad_runs = 0;
+            for r in &runs {
+                if !verify_run_one(cli, &client, r, &registries, *require_signatures).await? {
+                    bad_runs += 1;
+                }
             }
             errln!(
-                "{} signed event(s) written to {}; check one with:\n  ssh-keygen -Y verify -n moira -f {}/allowed_signers -I <actor> -s <file>.statement.sig < <file>.statement",
+                "{} gate(s) checked, {bad} not verified; {} run(s) checked, {bad_runs} not verified",
+                gates.len(),
+                runs.len()
+            );
+            Ok(if bad == 0 && bad_runs == 0 { 0 } else { 1 })
+        }
+        AuditCmd::Export { id, dir, approvers } => {
+            let registries = load_registries(&client, approvers.as_deref()).await?;
+            let files = moira_service::verify::export(&client, *id, &registries, dir).await?;
+            for f in &files {
+                outln!("{}  (-I {})", f.statement.display(), f.identity);
+            }
+            errln!(
+                "{} signed event(s) written to {}; check one with:\n  ssh-keygen -Y verify -n moira -f {}/allowed_signers -I <identity> -s <file>.statement.sig < <file>.statement",
                 files.len(),
                 dir.display(),
                 dir.display()

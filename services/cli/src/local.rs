@@ -1,6 +1,12 @@
-//! `moira run FILE --local`: runs a workflow in the one-machine stack and
-//! asks at this terminal when a gate is reached. Another terminal can still
-//! decide with `moira gate approve`; the question here is then withdrawn.
+//! `moira run FILE --local`: runs a workflow and asks at this terminal when
+//! a gate is reached. Another terminal can still decide with `moira gate
+//! approve`; the question here is then withdrawn.
+//!
+//! Without `--nats-url` it starts the one-machine dev stack (its own broker,
+//! gate-keeper and runner). With `--nats-url` it starts no services of its
+//! own: the run goes to the runners on that broker and every answer to its
+//! gate-keepers, so their policy and `--signatures require` hold here as on
+//! every other path (sign with `--key` or `--agent`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -25,8 +31,15 @@ pub async fn run(cli: &Cli, file: &Path, args: &RunArgs) -> anyhow::Result<u8> {
         .nats_url
         .clone()
         .filter(|_| cli.nats_url_on_command_line);
-    let stack = LocalStack::start(&args.stack, external).await?;
-    let result = drive(&stack.url, &yaml, &vars, &actor).await;
+    if let Some(url) = external {
+        let client = cli.connect_to(&url).await?;
+        return drive(&client, &url, &yaml, &vars, &actor).await;
+    }
+    let stack = LocalStack::start(&args.stack, None).await?;
+    let result = match cli.connect_to(&stack.url).await {
+        Ok(client) => drive(&client, &stack.url, &yaml, &vars, &actor).await,
+        Err(e) => Err(e),
+    };
     let stopped = stack.stop().await;
     let code = result?;
     stopped?;
@@ -34,12 +47,12 @@ pub async fn run(cli: &Cli, file: &Path, args: &RunArgs) -> anyhow::Result<u8> {
 }
 
 async fn drive(
+    client: &Client,
     url: &str,
     yaml: &str,
     vars: &BTreeMap<String, String>,
     actor: &str,
 ) -> anyhow::Result<u8> {
-    let client = Client::connect(url).await?;
     let run_id = client.submit_run(yaml, vars, actor).await?;
     errln!("run {run_id} started (another terminal can decide gates: MOIRA_NATS_URL={url} moira gate approve ID)");
 
@@ -84,7 +97,7 @@ async fn drive(
         {
             let Some(gate) = st.gate_id else { continue };
             if asked.insert((gate, st.gate_iteration)) {
-                ask(&client, gate, st.in_review, actor, &mut answers).await?;
+                ask(client, gate, st.in_review, actor, &mut answers).await?;
             }
         }
     }

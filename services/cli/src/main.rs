@@ -97,9 +97,13 @@ impl Cli {
     /// Connects with the URL, credentials and TLS settings given, signing
     /// gate commands when a key or the agent was named.
     pub async fn connect(&self) -> anyhow::Result<moira_client::Client> {
+        self.connect_to(&self.url()).await
+    }
+
+    /// Like [`Cli::connect`], to another broker URL.
+    pub async fn connect_to(&self, url: &str) -> anyhow::Result<moira_client::Client> {
         let signer = self.signer()?;
-        let client =
-            moira_client::Client::connect_with(&self.url(), "moira", &self.connect.auth()).await?;
+        let client = moira_client::Client::connect_with(url, "moira", &self.connect.auth()).await?;
         Ok(match signer {
             Some(s) => client.with_signer(s),
             None => client,

@@ -64,6 +64,7 @@ pub fn msg_id(env: &Envelope) -> String {
 pub async fn append_open_with_timeout(
     nats: &async_nats::Client,
     env: &Envelope,
+    signer: Option<&moira_client::signing::Signer>,
 ) -> Result<u64, AppendError> {
     let GateEvent::GateOpened {
         spec,
@@ -81,7 +82,10 @@ pub async fn append_open_with_timeout(
         .await
         .map_err(|e| AppendError::Unavailable(e.to_string()))?;
 
-    let fired = timed_out_event(env.gate_id, *deadline, spec);
+    let mut fired = timed_out_event(env.gate_id, *deadline, spec);
+    if let Some(signer) = signer {
+        sign_timeout(&mut fired, env, signer)?;
+    }
     let mut second = event_headers(&fired);
     second.insert(HDR_BATCH_ID, batch_id.as_str());
     second.insert(HDR_BATCH_SEQ, "2");
@@ -90,4 +94,26 @@ pub async fn append_open_with_timeout(
     second.insert(HDR_SCHEDULE_TARGET, gate_events(&env.gate_id).as_str());
     let last = request(nats, gate_schedule(&env.gate_id), second, fired.encode()).await?;
     Ok(last.saturating_sub(1))
+}
+
+/// Signs a prepared timeout with the gate-keeper's service key: the
+/// statement names the gate as `opened` opens it, and the deadline.
+fn sign_timeout(
+    fired: &mut Envelope,
+    opened: &Envelope,
+    signer: &moira_client::signing::Signer,
+) -> Result<(), AppendError> {
+    let mut state = None;
+    moira_protocol::gate::apply(&mut state, opened);
+    let digest = state
+        .map(|s| s.opened_digest())
+        .ok_or_else(|| AppendError::Refused("a timeout for a gate that does not open".into()))?;
+    let bytes = moira_protocol::statement::timeout_statement(fired, &digest);
+    let signature = signer
+        .sign(&bytes)
+        .map_err(|e| AppendError::Refused(format!("signing the timeout: {e}")))?;
+    fired.signature = Some(signature);
+    fired.signed_at = Some(fired.at);
+    fired.signer = Some(moira_client::signing::fingerprint(&signer.public_key()));
+    Ok(())
 }

@@ -21,16 +21,15 @@ use moira_service::registry::Registry;
 /// 50 deciders on one gate settle well within this.
 const MAX_ATTEMPTS: usize = 200;
 
-/// How far a statement's signing time may be from the gate-keeper's clock.
-pub const SIGNATURE_SKEW_MS: u64 = 5 * 60 * 1000;
-
-pub use moira_service::verify::Signatures;
+pub use moira_service::verify::{Signatures, SIGNATURE_SKEW_MS};
 
 pub struct Handler {
     pub client: Client,
     pub policy: moira_protocol::gate::Policy,
     pub signatures: Signatures,
     pub registry: LiveRegistry,
+    /// Signs the timeouts this gate-keeper prepares.
+    pub signer: Option<Arc<moira_client::signing::Signer>>,
     pub cache: Arc<Cache>,
 }
 
@@ -144,7 +143,8 @@ impl Handler {
             for env in &events {
                 let result = match &env.event {
                     GateEvent::GateOpened { .. } => {
-                        append_open_with_timeout(self.client.nats(), env).await
+                        append_open_with_timeout(self.client.nats(), env, self.signer.as_deref())
+                            .await
                     }
                     ev => {
                         let purge = ev.is_terminal()

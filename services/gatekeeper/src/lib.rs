@@ -47,6 +47,8 @@ pub struct Config {
     /// Follow the registry shared in the `MOIRA_REGISTRY` KV bucket
     /// instead of a file.
     pub approvers_kv: bool,
+    /// The service key that signs prepared timeouts.
+    pub key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -59,6 +61,7 @@ impl Default for Config {
             auth: moira_client::Auth::default(),
             signatures: handler::Signatures::Off,
             approvers_kv: false,
+            key: None,
         }
     }
 }
@@ -75,6 +78,7 @@ pub struct Gatekeeper {
     signatures: handler::Signatures,
     policy: moira_protocol::gate::Policy,
     registry: moira_service::live::LiveRegistry,
+    signer: Option<Arc<moira_client::signing::Signer>>,
     sub: async_nats::Subscriber,
     /// Commands from moira's services (`moira.svc.gate.*`).
     svc_sub: async_nats::Subscriber,
@@ -82,6 +86,14 @@ pub struct Gatekeeper {
 
 /// Connects, creates or verifies the streams, and subscribes.
 pub async fn start(config: Config) -> anyhow::Result<Gatekeeper> {
+    let signer = match &config.key {
+        Some(path) => Some(Arc::new(moira_client::signing::Signer::from_file(path)?)),
+        None if config.signatures == handler::Signatures::Require => anyhow::bail!(
+            "with --signatures require the gate-keeper signs the timeouts it prepares: \
+             give it --key FILE, a key the registry lists under [services.<name>]"
+        ),
+        None => None,
+    };
     let client = Client::connect_with(&config.nats_url, "moira-gatekeeper", &config.auth).await?;
     let registry = moira_service::live::LiveRegistry::open(
         &client,
@@ -114,6 +126,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gatekeeper> {
         signatures: config.signatures,
         policy: config.policy,
         registry,
+        signer,
         sub,
         svc_sub,
     })
@@ -127,6 +140,7 @@ impl Gatekeeper {
             signatures,
             policy,
             registry,
+            signer,
             sub,
             svc_sub,
         } = self;
@@ -136,6 +150,7 @@ impl Gatekeeper {
             policy,
             signatures,
             registry,
+            signer,
             cache,
         });
         let limits = moira_service::requests::Limits {

@@ -30,6 +30,11 @@ struct Args {
     /// (written with `moira approvers apply`), picking up changes live
     #[arg(long, env = "MOIRA_APPROVERS_KV", conflicts_with = "approvers")]
     approvers_kv: bool,
+    /// The SSH key this gate-keeper signs the timeouts it prepares with;
+    /// the registry lists it under [services.<name>]. Needed with
+    /// `--signatures require`
+    #[arg(long, env = "MOIRA_KEY")]
+    key: Option<PathBuf>,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
 }
@@ -49,6 +54,7 @@ async fn main() -> std::process::ExitCode {
         auth: args.connect.auth(),
         signatures: args.signatures,
         approvers_kv: args.approvers_kv,
+        key: args.key,
     };
     moira_service::signals::serve("moira-gatekeeper", |shutdown| {
         moira_gatekeeper::run(config, shutdown)

@@ -6,16 +6,18 @@
 //! a valid workflow from a valid submitter, and a cancel only by someone
 //! the run's own policy allows.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use moira_client::runs::{CancelRun, RunReply, SubmitRun};
 use moira_client::{Client, ClientError, RunView};
 use moira_protocol::command::CancelGate;
 use moira_protocol::ids::is_valid_name;
-use moira_protocol::run::{RunEnvelope, RunEvent, RunState, StepStatus};
+use moira_protocol::run::{RunEnvelope, RunEvent, RunSignature, RunState, StepStatus};
+use moira_protocol::statement::{run_id_for, RunAbout, RunVerb};
 use moira_protocol::subjects::{RUN_CANCEL, RUN_SUBMIT};
 use moira_protocol::time::now_ms;
 use moira_protocol::{Command, CommandError, ErrorCode};
+use moira_service::verify::{check_run_signature, Signatures, SIGNATURE_SKEW_MS};
 use moira_service::Registry;
 use moira_workflow::Workflow;
 
@@ -39,8 +41,14 @@ fn from_client(e: ClientError) -> CommandError {
 }
 
 /// Answers one run command; returns the JSON reply.
-pub async fn handle(client: &Client, registry: &Registry, subject: &str, body: &[u8]) -> Vec<u8> {
-    let reply = match answer(client, registry, subject, body).await {
+pub async fn handle(
+    client: &Client,
+    registry: &Registry,
+    signatures: Signatures,
+    subject: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    let reply = match answer(client, registry, signatures, subject, body).await {
         Ok(run) => RunReply::ok(run),
         Err(e) => {
             tracing::debug!(
@@ -58,6 +66,7 @@ pub async fn handle(client: &Client, registry: &Registry, subject: &str, body: &
 async fn answer(
     client: &Client,
     registry: &Registry,
+    signatures: Signatures,
     subject: &str,
     body: &[u8],
 ) -> Result<RunView, CommandError> {
@@ -74,8 +83,14 @@ async fn answer(
         )
     };
     match subject {
-        RUN_SUBMIT => submit(client, serde_json::from_slice(body).map_err(bad)?).await,
-        RUN_CANCEL => cancel(client, registry, serde_json::from_slice(body).map_err(bad)?).await,
+        RUN_SUBMIT => {
+            let cmd = serde_json::from_slice(body).map_err(bad)?;
+            submit(client, registry, signatures, cmd).await
+        }
+        RUN_CANCEL => {
+            let cmd = serde_json::from_slice(body).map_err(bad)?;
+            cancel(client, registry, signatures, cmd).await
+        }
         other => Err(err(
             ErrorCode::BadRequest,
             format!("unknown run command subject {other}; use {RUN_SUBMIT} or {RUN_CANCEL}"),
@@ -94,20 +109,81 @@ fn check_actor(actor: &str) -> Result<(), CommandError> {
     }
 }
 
-async fn submit(client: &Client, cmd: SubmitRun) -> Result<RunView, CommandError> {
+/// The parts of a signed run command: `None` when it is unsigned and may
+/// be; refused when it must be signed, or is signed without its id or time,
+/// or was signed too long ago.
+fn signed_parts<'a>(
+    signatures: Signatures,
+    signature: &'a Option<String>,
+    id: &'a Option<String>,
+    signed_at: Option<u64>,
+) -> Result<Option<(&'a str, &'a str, u64)>, CommandError> {
+    let Some(sig) = signature else {
+        return match signatures {
+            Signatures::Off => Ok(None),
+            Signatures::Require => Err(err(
+                ErrorCode::Unsigned,
+                "these runners require signed run commands: sign with your SSH key (--key FILE, or --agent)",
+            )),
+        };
+    };
+    let (Some(id), Some(at)) = (id, signed_at) else {
+        return Err(err(
+            ErrorCode::BadSignature,
+            "a signed run command carries its command id (id) and signing time (signed_at)",
+        ));
+    };
+    if now_ms().abs_diff(at) > SIGNATURE_SKEW_MS {
+        return Err(err(
+            ErrorCode::Stale,
+            format!(
+                "the statement was signed at {}, more than {} minutes from now; sign it again",
+                moira_protocol::time::rfc3339(at),
+                SIGNATURE_SKEW_MS / 60_000
+            ),
+        ));
+    }
+    Ok(Some((sig, id, at)))
+}
+
+async fn submit(
+    client: &Client,
+    registry: &Registry,
+    signatures: Signatures,
+    cmd: SubmitRun,
+) -> Result<RunView, CommandError> {
     check_actor(&cmd.actor)?;
     let wf = Workflow::parse(&cmd.workflow, &cmd.vars)
         .map_err(|e| err(ErrorCode::BadRequest, e.to_string()))?;
     // The same command id gives the same run, so a retried submit runs once.
     let run_id = match &cmd.id {
-        Some(id) => uuid::Uuid::new_v5(
-            &uuid::Uuid::NAMESPACE_OID,
-            format!("moira-run:{id}").as_bytes(),
-        ),
-        None => uuid::Uuid::now_v7(),
-    }
-    .to_string();
-    let vars = wf.vars.iter().map(|(k, v)| (k.clone(), v.text())).collect();
+        Some(id) => run_id_for(id),
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+    let vars: BTreeMap<String, String> =
+        wf.vars.iter().map(|(k, v)| (k.clone(), v.text())).collect();
+    let signed = match signed_parts(signatures, &cmd.signature, &cmd.id, cmd.signed_at)? {
+        None => None,
+        Some((sig, id, at)) => {
+            let about = RunAbout {
+                verb: RunVerb::Submit,
+                run_id: &run_id,
+                actor: &cmd.actor,
+                workflow: &cmd.workflow,
+                vars: &vars,
+                step: None,
+                command_id: id,
+                at,
+            };
+            let fp = check_run_signature(registry, &about, sig, false)?;
+            Some(RunSignature {
+                command_id: id.to_string(),
+                signed_at: at,
+                signature: sig.to_string(),
+                signer: Some(fp),
+            })
+        }
+    };
     let env = RunEnvelope {
         schema: 1,
         run_id: run_id.clone(),
@@ -118,6 +194,7 @@ async fn submit(client: &Client, cmd: SubmitRun) -> Result<RunView, CommandError
             workflow: cmd.workflow.clone(),
             vars,
         },
+        signed,
     };
     match client.append_run(&env, Some(0)).await {
         Ok(_) => {}
@@ -178,6 +255,7 @@ pub fn may_cancel(run: &RunState, actor: &str, roles: &[String]) -> bool {
 async fn cancel(
     client: &Client,
     registry: &Registry,
+    signatures: Signatures,
     cmd: CancelRun,
 ) -> Result<RunView, CommandError> {
     check_actor(&cmd.actor)?;
@@ -208,6 +286,29 @@ async fn cancel(
             ),
         ));
     }
+    let signed = match signed_parts(signatures, &cmd.signature, &cmd.id, cmd.signed_at)? {
+        None => None,
+        Some((sig, id, at)) => {
+            let none = BTreeMap::new();
+            let about = RunAbout {
+                verb: RunVerb::Cancel,
+                run_id: &run.id,
+                actor: &cmd.actor,
+                workflow: &run.workflow,
+                vars: &none,
+                step: None,
+                command_id: id,
+                at,
+            };
+            let fp = check_run_signature(registry, &about, sig, false)?;
+            Some(RunSignature {
+                command_id: id.to_string(),
+                signed_at: at,
+                signature: sig.to_string(),
+                signer: Some(fp),
+            })
+        }
+    };
     let env = RunEnvelope {
         schema: 1,
         run_id: run.id.clone(),
@@ -216,6 +317,7 @@ async fn cancel(
         event: RunEvent::RunCancelled {
             by: cmd.actor.clone(),
         },
+        signed,
     };
     client
         .append_run(&env, None)

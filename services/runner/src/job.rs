@@ -16,7 +16,8 @@ use tokio::task::JoinSet;
 use moira_client::append::AppendError;
 use moira_client::{Client, GateView, OpenGate};
 use moira_protocol::event::OnTimeout;
-use moira_protocol::run::{GateOutcome, RunEnvelope, RunEvent, RunState, StepStatus};
+use moira_protocol::run::{GateOutcome, RunEnvelope, RunEvent, RunSignature, RunState, StepStatus};
+use moira_protocol::statement::{run_statement, RunAbout, RunVerb};
 use moira_protocol::time::{now_ms, parse_duration};
 use moira_protocol::{GateId, GateStatus};
 use moira_workflow::{Step, Template, Workflow, GATE_OUTPUTS};
@@ -42,6 +43,7 @@ fn env(run_id: &str, event: RunEvent, actor: &str) -> RunEnvelope {
         actor: actor.to_string(),
         at: now_ms(),
         event,
+        signed: None,
     }
 }
 
@@ -187,6 +189,18 @@ pub async fn advance(
                 remove_run_files(&shared, &run_id).await;
             }
             return Ok(());
+        }
+        // A run that did not come through a runner's checks (written
+        // straight into the stream) is never acted on in require mode.
+        if let Some(registry) = &shared.verify {
+            if let Err(why) = moira_service::verify::check_submission(&run, &registry.current()) {
+                tracing::error!(
+                    run_id,
+                    submitter = run.submitted_by,
+                    "the run is not acted on: {why}"
+                );
+                return Ok(());
+            }
         }
         let wf = match Workflow::parse(&run.workflow, &run.vars) {
             Ok(wf) => wf,
@@ -421,7 +435,7 @@ async fn act(
                 return Ok(false);
             };
             let mut outputs: BTreeMap<String, String> = [
-                ("approved_by", "moira:when"),
+                ("approved_by", moira_service::verify::AUTO_APPROVER),
                 ("approved_at", &moira_protocol::time::rfc3339(now_ms())),
                 ("reason", ""),
             ]
@@ -446,15 +460,43 @@ async fn act(
                 ),
             )
             .await?;
-            let ev = RunEvent::GateResolved {
-                step,
-                gate_id: g,
-                outcome: GateOutcome::Approved,
-                status: StepStatus::Succeeded,
-                outputs,
-                inputs: BTreeMap::new(),
-            };
-            append(client, last, env(id, ev, RUNNER_ACTOR)).await?;
+            let mut resolved = env(
+                id,
+                RunEvent::GateResolved {
+                    step: step.clone(),
+                    gate_id: g,
+                    outcome: GateOutcome::Approved,
+                    status: StepStatus::Succeeded,
+                    outputs,
+                    inputs: BTreeMap::new(),
+                },
+                RUNNER_ACTOR,
+            );
+            // The runner decided this one: it signs it with its service key.
+            if let Some(signer) = client.signer() {
+                let command_id = g.to_string();
+                let none = BTreeMap::new();
+                let about = RunAbout {
+                    verb: RunVerb::AutoApprove,
+                    run_id: id,
+                    actor: RUNNER_ACTOR,
+                    workflow: &run.workflow,
+                    vars: &none,
+                    step: Some(&step),
+                    command_id: &command_id,
+                    at: resolved.at,
+                };
+                let signature = signer.sign(&run_statement(&about)).map_err(|e| {
+                    ActError::Other(anyhow::anyhow!("signing an auto-approval: {e}"))
+                })?;
+                resolved.signed = Some(RunSignature {
+                    command_id,
+                    signed_at: resolved.at,
+                    signature,
+                    signer: Some(moira_client::signing::fingerprint(&signer.public_key())),
+                });
+            }
+            append(client, last, resolved).await?;
         }
         Action::OpenGate { step, review } => {
             let Some(def) = wf.step(&step) else {
@@ -502,8 +544,13 @@ async fn act(
                     require_signatures: true,
                 };
                 let registry = registry.current();
-                let report =
-                    moira_service::verify::verify_gate(client, g, &registry, rules).await?;
+                let report = moira_service::verify::verify_gate(
+                    client,
+                    g,
+                    &moira_service::verify::Registries::only(registry),
+                    rules,
+                )
+                .await?;
                 if !report.ok() {
                     let problems: Vec<String> = report
                         .findings

@@ -153,6 +153,7 @@ pub(crate) struct Shared {
 pub struct Runner {
     shared: Arc<Shared>,
     registry: LiveRegistry,
+    signatures: moira_service::verify::Signatures,
     commands: async_nats::Subscriber,
     jobs: async_nats::jetstream::consumer::Consumer<pull::Config>,
     resumer: async_nats::jetstream::consumer::Consumer<pull::Config>,
@@ -165,6 +166,13 @@ pub async fn start(config: Config) -> anyhow::Result<Runner> {
     let client = Client::connect_with(&config.nats_url, "moira-runner", &config.auth).await?;
     let client = match &config.key {
         Some(path) => client.with_signer(moira_client::signing::Signer::from_file(path)?),
+        None if config.signatures == moira_service::verify::Signatures::Require => {
+            anyhow::bail!(
+                "with --signatures require the runner signs its gate opens, cancels and \
+                 auto-approvals: give it --key FILE, a key the registry lists under \
+                 [services.<name>]"
+            )
+        }
         None => client,
     };
     let js = async_nats::jetstream::new(client.nats().clone());
@@ -220,6 +228,7 @@ pub async fn start(config: Config) -> anyhow::Result<Runner> {
                 .then(|| registry.clone()),
         }),
         registry,
+        signatures: config.signatures,
         commands,
         jobs,
         resumer,
@@ -251,6 +260,7 @@ impl Runner {
         let commands = tokio::spawn(command_loop(
             self.shared.client.clone(),
             self.registry.clone(),
+            self.signatures,
             self.commands,
             shutdown.clone(),
         ));
@@ -351,6 +361,7 @@ const MAX_COMMANDS_IN_FLIGHT: usize = 64;
 async fn command_loop(
     client: Client,
     registry: LiveRegistry,
+    signatures: moira_service::verify::Signatures,
     sub: async_nats::Subscriber,
     shutdown: CancellationToken,
 ) {
@@ -363,7 +374,7 @@ async fn command_loop(
         let (client, registry) = (client.clone(), registry.clone());
         async move {
             let registry = registry.current();
-            commands::handle(&client, &registry, &msg.subject, &msg.payload).await
+            commands::handle(&client, &registry, signatures, &msg.subject, &msg.payload).await
         }
     })
     .await;

@@ -216,6 +216,7 @@ mod tests {
             finished: None,
             cancelled_by: None,
             steps: BTreeMap::new(),
+            submitted_signature: None,
         }
     }
 

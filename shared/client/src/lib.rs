@@ -265,6 +265,11 @@ impl Client {
         })
     }
 
+    /// The key this client signs with, if any.
+    pub fn signer(&self) -> Option<&signing::Signer> {
+        self.signer.as_deref()
+    }
+
     /// This client, signing every command it sends with `signer`.
     pub fn with_signer(mut self, signer: signing::Signer) -> Client {
         self.signer = Some(Arc::new(signer));

@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use moira_protocol::run::*;
+use moira_protocol::statement::{run_id_for, run_statement, RunAbout, RunVerb};
 use moira_protocol::subjects::{CONTENT_TYPE_JSON, HDR_CONTENT_TYPE, RUN_CANCEL, RUN_SUBMIT};
 use moira_protocol::time::rfc3339;
 use moira_protocol::{ErrorCode, GateId};
@@ -103,6 +104,13 @@ pub struct SubmitRun {
     /// `--var` overrides.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// SSHSIG over the submit's [`run_statement`] (every variable as the
+    /// run will record it, the run id [`run_id_for`] the command id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// When it was signed (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<u64>,
 }
 
 /// `moira.cmd.run.cancel`: cancel a run.
@@ -111,6 +119,14 @@ pub struct SubmitRun {
 pub struct CancelRun {
     pub run_id: String,
     pub actor: String,
+    /// Command id; a signed cancel needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// SSHSIG over the cancel's [`run_statement`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<u64>,
 }
 
 /// A runner's answer to a run command (JSON).
@@ -222,14 +238,47 @@ impl Client {
                 actor,
             )));
         }
-        Workflow::parse(yaml, vars).map_err(|e| ClientError::Invalid(e.to_string()))?;
-        let cmd = SubmitRun {
-            id: Some(uuid::Uuid::now_v7().to_string()),
+        let wf = Workflow::parse(yaml, vars).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let mut cmd = SubmitRun {
+            id: Some(id.clone()),
             actor: actor.to_string(),
             workflow: yaml.to_string(),
             vars: vars.clone(),
+            signature: None,
+            signed_at: None,
         };
+        if self.signer.is_some() {
+            let all: BTreeMap<String, String> =
+                wf.vars.iter().map(|(k, v)| (k.clone(), v.text())).collect();
+            let run_id = run_id_for(&id);
+            let about = RunAbout {
+                verb: RunVerb::Submit,
+                run_id: &run_id,
+                actor,
+                workflow: yaml,
+                vars: &all,
+                step: None,
+                command_id: &id,
+                at: moira_protocol::time::now_ms(),
+            };
+            let (sig, at) = self.sign_run(&about)?;
+            cmd.signature = Some(sig);
+            cmd.signed_at = Some(at);
+        }
         Ok(self.run_command(RUN_SUBMIT, &cmd).await?.id)
+    }
+
+    /// Signs a run statement with this client's key; `(signature, at)`.
+    fn sign_run(&self, about: &RunAbout<'_>) -> Result<(String, u64), ClientError> {
+        let signer = self
+            .signer
+            .as_ref()
+            .ok_or_else(|| ClientError::Invalid("no key to sign with".into()))?;
+        let sig = signer
+            .sign(&run_statement(about))
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        Ok((sig, about.at))
     }
 
     /// Sends a run command and waits for the runner's answer.
@@ -336,10 +385,35 @@ impl Client {
     /// (the submitter, an approver of one of its gates, or an admin),
     /// records it, cancels the gates the run waits on and stops its steps.
     pub async fn cancel_run(&self, run_id: &str, actor: &str) -> Result<RunView, ClientError> {
-        let cmd = CancelRun {
+        let mut cmd = CancelRun {
             run_id: run_id.to_string(),
             actor: actor.to_string(),
+            id: Some(uuid::Uuid::now_v7().to_string()),
+            signature: None,
+            signed_at: None,
         };
+        if self.signer.is_some() {
+            // The statement names the run's workflow: read it.
+            let run = self
+                .read_run(run_id)
+                .await?
+                .ok_or_else(|| ClientError::RunNotFound(run_id.to_string()))?;
+            let id = cmd.id.clone().unwrap_or_default();
+            let none = BTreeMap::new();
+            let about = RunAbout {
+                verb: RunVerb::Cancel,
+                run_id,
+                actor,
+                workflow: &run.state.workflow,
+                vars: &none,
+                step: None,
+                command_id: &id,
+                at: moira_protocol::time::now_ms(),
+            };
+            let (sig, at) = self.sign_run(&about)?;
+            cmd.signature = Some(sig);
+            cmd.signed_at = Some(at);
+        }
         self.run_command(RUN_CANCEL, &cmd).await
     }
 

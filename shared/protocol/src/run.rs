@@ -208,6 +208,23 @@ pub struct RunEnvelope {
     pub actor: String,
     pub at: u64,
     pub event: RunEvent,
+    /// The signature of the command behind a submit or a cancel (by the
+    /// person), or of an auto-approval (by the runner's service key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<RunSignature>,
+}
+
+/// A run event's SSH signature over its [`crate::statement::run_statement`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSignature {
+    pub command_id: String,
+    /// When the statement was signed (ms).
+    pub signed_at: u64,
+    /// The armored SSHSIG.
+    pub signature: String,
+    /// The key's SHA-256 fingerprint, as the runner checked it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 impl RunEnvelope {
@@ -267,6 +284,8 @@ pub struct RunState {
     pub finished: Option<RunStatus>,
     pub cancelled_by: Option<String>,
     pub steps: BTreeMap<String, StepState>,
+    /// The submitter's signature, as the `RunSubmitted` event carries it.
+    pub submitted_signature: Option<RunSignature>,
 }
 
 impl RunState {
@@ -322,6 +341,7 @@ pub fn apply_run(state: &mut Option<RunState>, env: &RunEnvelope) {
                 finished: None,
                 cancelled_by: None,
                 steps: BTreeMap::new(),
+                submitted_signature: env.signed.clone(),
             });
         }
         return;

@@ -259,6 +259,144 @@ pub fn statement(cmd: &Command, about: &About, command_id: CommandId, at: u64) -
     serde_json::to_vec(&s).unwrap_or_default()
 }
 
+/// The statement a gate-keeper signs for the `GateTimedOut` it prepares
+/// when it opens a gate with a deadline: the same shape as a decision's,
+/// verb `timeout`, actor `moira:timeout`, signed "at" the deadline, about
+/// the gate as opened. Its iteration is 0: the deadline holds whatever
+/// iteration the gate has reached when it passes.
+pub fn timeout_statement(fired: &Envelope, opened_digest: &str) -> Vec<u8> {
+    let empty = BTreeMap::new();
+    let s = Statement {
+        type_: STATEMENT_TYPE,
+        predicate: Predicate {
+            actor: &fired.actor,
+            at: rfc3339(fired.at),
+            command_id: fired.id.to_string(),
+            comment: None,
+            gate_id: fired.gate_id.to_string(),
+            inputs: &empty,
+            iteration: 0,
+            reason: None,
+            verb: "timeout",
+        },
+        predicate_type: PREDICATE_TYPE,
+        subject: [Subject {
+            digest: Sha256Digest {
+                sha256: opened_digest.to_string(),
+            },
+            name: format!("moira-gate:{}", fired.gate_id),
+        }],
+    };
+    serde_json::to_vec(&s).unwrap_or_default()
+}
+
+/// The predicate type of run statements (submit, cancel, auto-approve).
+pub const RUN_PREDICATE_TYPE: &str = "https://moira.dev/run/v1";
+
+/// What a run statement is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunVerb {
+    /// A person submits a workflow file with its variables.
+    Submit,
+    /// A person cancels a run.
+    Cancel,
+    /// A runner approves a gate step whose `when:` is false.
+    AutoApprove,
+}
+
+impl RunVerb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunVerb::Submit => "submit",
+            RunVerb::Cancel => "cancel",
+            RunVerb::AutoApprove => "auto-approve",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct RunStatementBytes<'a> {
+    #[serde(rename = "_type")]
+    type_: &'static str,
+    predicate: RunPredicate<'a>,
+    #[serde(rename = "predicateType")]
+    predicate_type: &'static str,
+    subject: [Subject; 1],
+}
+
+// Sorted, like the decision predicate.
+#[derive(Serialize)]
+struct RunPredicate<'a> {
+    actor: &'a str,
+    at: String,
+    command_id: &'a str,
+    run_id: &'a str,
+    step: Option<&'a str>,
+    vars: &'a BTreeMap<String, String>,
+    verb: &'static str,
+}
+
+/// One signed run command, as its statement names it.
+#[derive(Debug, Clone, Copy)]
+pub struct RunAbout<'a> {
+    pub verb: RunVerb,
+    pub run_id: &'a str,
+    pub actor: &'a str,
+    /// The workflow file's text; the subject is its SHA-256.
+    pub workflow: &'a str,
+    /// For a submit, every variable as the run records it (defaults and
+    /// `--var` overrides together); empty otherwise.
+    pub vars: &'a BTreeMap<String, String>,
+    /// The step an auto-approval is for.
+    pub step: Option<&'a str>,
+    pub command_id: &'a str,
+    /// When it was signed, ms since the epoch.
+    pub at: u64,
+}
+
+/// The exact bytes of a run statement: compact JSON, keys sorted, the
+/// subject the workflow file's SHA-256 under the name `moira-run:<run id>`.
+///
+/// ```text
+/// {"_type":"https://in-toto.io/Statement/v1",
+///  "predicate":{"actor":"alice","at":"…","command_id":"…","run_id":"…",
+///               "step":null,"vars":{"ENV":"prod"},"verb":"submit"},
+///  "predicateType":"https://moira.dev/run/v1",
+///  "subject":[{"digest":{"sha256":"<workflow digest>"},"name":"moira-run:<run id>"}]}
+/// ```
+pub fn run_statement(a: &RunAbout<'_>) -> Vec<u8> {
+    let s = RunStatementBytes {
+        type_: STATEMENT_TYPE,
+        predicate: RunPredicate {
+            actor: a.actor,
+            at: rfc3339(a.at),
+            command_id: a.command_id,
+            run_id: a.run_id,
+            step: a.step,
+            vars: a.vars,
+            verb: a.verb.as_str(),
+        },
+        predicate_type: RUN_PREDICATE_TYPE,
+        subject: [Subject {
+            digest: Sha256Digest {
+                sha256: sha256_hex(a.workflow.as_bytes()),
+            },
+            name: format!("moira-run:{}", a.run_id),
+        }],
+    };
+    serde_json::to_vec(&s).unwrap_or_default()
+}
+
+/// The run id a submit with command id `command_id` gets: a retried submit
+/// names the same run, and a signer knows the run id before sending.
+pub fn run_id_for(command_id: &str) -> String {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("moira-run:{command_id}").as_bytes(),
+    )
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

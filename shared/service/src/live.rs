@@ -260,3 +260,33 @@ pub async fn show(client: &Client) -> anyhow::Result<Option<(SignedRegistry, u64
     let kv = bucket(client).await?;
     Ok(newest(&kv).await?.0.map(|(_, s, rev)| (s, rev)))
 }
+
+/// Every registry the bucket ever put in force, oldest first, with the
+/// newest last: what an auditor checks old events against.
+pub async fn history(client: &Client) -> anyhow::Result<Vec<Registry>> {
+    let js = async_nats::jetstream::new(client.nats().clone());
+    // Reading must not create the bucket.
+    let Ok(kv) = js.get_key_value(BUCKET).await else {
+        return Ok(Vec::new());
+    };
+    let Some(latest) = kv.entry(KEY).await.map_err(|e| anyhow::anyhow!("{e}"))? else {
+        return Ok(Vec::new());
+    };
+    let mut watch = kv
+        .watch_from_revision(KEY, 1)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the registry history: {e}"))?;
+    let mut out: Vec<Registry> = Vec::new();
+    while let Some(e) = watch.next().await {
+        let e = e.map_err(|e| anyhow::anyhow!("reading the registry history: {e}"))?;
+        if let Ok(s) = serde_json::from_slice::<SignedRegistry>(&e.value) {
+            if let Ok(r) = s.accept(out.last()) {
+                out.push(r);
+            }
+        }
+        if e.revision >= latest.revision {
+            break;
+        }
+    }
+    Ok(out)
+}

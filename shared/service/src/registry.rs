@@ -134,6 +134,17 @@ impl Registry {
     }
 
     /// `user`'s keys in OpenSSH form.
+    /// Every service key in OpenSSH form, with the service's name.
+    pub fn service_keys(&self) -> Vec<(String, String)> {
+        self.services
+            .iter()
+            .flat_map(|(name, keys)| {
+                keys.iter()
+                    .filter_map(move |k| k.to_openssh().ok().map(|k| (name.clone(), k)))
+            })
+            .collect()
+    }
+
     pub fn keys_of(&self, user: &str) -> Vec<String> {
         self.users
             .get(user)

@@ -7,11 +7,23 @@ use moira_client::signing;
 use moira_client::{Client, ClientError};
 use moira_protocol::event::{Decoded, GateEvent};
 use moira_protocol::gate::{apply, decide, timed_out_event, Context, Decision, Policy};
-use moira_protocol::statement::{recorded, sha256_hex, statement};
+use moira_protocol::statement::{recorded, sha256_hex, statement, timeout_statement};
 use moira_protocol::subjects::{gate_events, GATES_STREAM};
 use moira_protocol::{Envelope, GateId, GateState};
 
+use std::collections::BTreeMap;
+
+use moira_protocol::run::{
+    apply_run, run_events, RunEnvelope, RunEvent, RunSignature, RunState, RUNS_STREAM,
+};
+use moira_protocol::statement::{run_id_for, run_statement, RunAbout, RunVerb};
+use moira_protocol::{CommandError, ErrorCode};
+
 use crate::Registry;
+
+/// How far a statement's signing time may be from the receiving service's
+/// clock (a gate-keeper's or a runner's).
+pub const SIGNATURE_SKEW_MS: u64 = 5 * 60 * 1000;
 
 /// Whether commands (for a gate-keeper) and decisions (for a runner) must
 /// be signed.
@@ -61,9 +73,36 @@ impl Report {
 /// How strict to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rules {
-    /// Events by people must be signed (service events and fired timeouts
-    /// need not).
+    /// Every event must be signed: people's with their own keys, a
+    /// runner's and a fired timeout with a service key.
     pub require_signatures: bool,
+}
+
+/// The registries to check a trail against: the one in force now, and
+/// earlier ones by their revision, so each event is checked against the
+/// registry it records (a key removed since still verifies what it signed
+/// while it was listed).
+#[derive(Debug, Clone, Default)]
+pub struct Registries {
+    pub current: std::sync::Arc<Registry>,
+    pub past: std::collections::HashMap<String, std::sync::Arc<Registry>>,
+}
+
+impl Registries {
+    /// Just one registry.
+    pub fn only(r: std::sync::Arc<Registry>) -> Registries {
+        Registries {
+            current: r,
+            past: Default::default(),
+        }
+    }
+
+    /// The registry an event recorded (by revision), else the current one.
+    pub fn at(&self, revision: Option<&str>) -> &Registry {
+        revision
+            .and_then(|r| self.past.get(r))
+            .unwrap_or(&self.current)
+    }
 }
 
 /// Whether the event was authored by a service rather than a person.
@@ -75,7 +114,7 @@ fn by_service(env: &Envelope) -> bool {
 pub async fn verify_gate(
     client: &Client,
     gate_id: GateId,
-    registry: &Registry,
+    registries: &Registries,
     rules: Rules,
 ) -> Result<Report, ClientError> {
     let (raw, _) = client
@@ -87,6 +126,8 @@ pub async fn verify_gate(
     let mut findings = Vec::new();
     let mut state: Option<GateState> = None;
     let mut prev_digest: Option<String> = None;
+    // A fired timeout was prepared under the registry of the gate's open.
+    let mut open_revision: Option<String> = None;
     for (seq, payload) in &raw {
         let digest = sha256_hex(payload);
         let env = match Envelope::decode(payload) {
@@ -121,11 +162,18 @@ pub async fn verify_gate(
             signer: None,
             problems: Vec::new(),
         };
+        if state.is_none() {
+            open_revision = env.registry.clone();
+        }
+        let revision = match env.event {
+            GateEvent::GateTimedOut { .. } => open_revision.as_deref(),
+            _ => env.registry.as_deref(),
+        };
         check_event(
             &env,
             state.as_ref(),
             prev_digest.as_deref(),
-            registry,
+            registries.at(revision),
             rules,
             &mut f,
         );
@@ -161,9 +209,16 @@ fn check_event(
             Some(s) => match s.timeout_at {
                 Some(at) => {
                     let prepared = timed_out_event(s.id, at, &s.spec);
-                    if &prepared != env {
+                    let unsigned = Envelope {
+                        signature: None,
+                        signed_at: None,
+                        signer: None,
+                        ..env.clone()
+                    };
+                    if prepared != unsigned {
                         p.push("not the timeout prepared when the gate opened".into());
                     }
+                    check_timeout_signature(env, s, registry, rules, f);
                 }
                 None => p.push("a timeout on a gate that has no deadline".into()),
             },
@@ -247,6 +302,40 @@ fn check_event(
     }
 }
 
+/// A fired timeout is signed by the gate-keeper that prepared it, with a
+/// service key, over [`timeout_statement`] of the gate as opened.
+fn check_timeout_signature(
+    env: &Envelope,
+    gate: &GateState,
+    registry: &Registry,
+    rules: Rules,
+    f: &mut Finding,
+) {
+    let Some(sig) = &env.signature else {
+        if rules.require_signatures {
+            f.problems.push(
+                "not signed (a gate-keeper with --key signs the timeouts it prepares)".into(),
+            );
+        }
+        return;
+    };
+    let bytes = timeout_statement(env, &gate.opened_digest());
+    match signing::verify(&bytes, sig) {
+        Ok(key) => {
+            let fp = signing::fingerprint(&key);
+            if registry.service_of(&key).is_none() {
+                f.problems.push(format!(
+                    "the key {fp} is not a service's key in the registry"
+                ));
+            }
+            f.signer = Some(fp);
+        }
+        Err(e) => f
+            .problems
+            .push(format!("the signature does not verify: {e}")),
+    }
+}
+
 /// A runner's open of a run gate comes on the services' subject.
 fn is_runner_open(env: &Envelope) -> bool {
     matches!(env.event, GateEvent::GateOpened { ref spec, .. } if spec.run_id.is_some())
@@ -259,6 +348,9 @@ pub struct Exported {
     pub seq: u64,
     pub kind: String,
     pub actor: String,
+    /// The principal to give `ssh-keygen -Y verify -I`: the actor, or
+    /// `moira-service:<name>` for what a service signed.
+    pub identity: String,
     /// The statement file, and its signature beside it (`.sig`).
     pub statement: std::path::PathBuf,
     pub signature: std::path::PathBuf,
@@ -271,7 +363,7 @@ pub struct Exported {
 pub async fn export(
     client: &Client,
     gate_id: GateId,
-    registry: &Registry,
+    registries: &Registries,
     dir: &std::path::Path,
 ) -> Result<Vec<Exported>, ClientError> {
     let io =
@@ -290,23 +382,50 @@ pub async fn export(
         let Ok(Decoded::Event(env)) = Envelope::decode(payload) else {
             continue;
         };
-        if let (Some(sig), Some(at), Some((cmd, about))) = (
-            &env.signature,
-            env.signed_at,
-            recorded(state.as_ref(), &env),
-        ) {
+        // What was signed: a person's or runner's command, or the timeout a
+        // gate-keeper prepared.
+        let signed = match (&env.signature, env.signed_at, &env.event, &state) {
+            (Some(sig), Some(_), GateEvent::GateTimedOut { .. }, Some(s)) => {
+                Some((timeout_statement(&env, &s.opened_digest()), sig))
+            }
+            (Some(sig), Some(at), _, _) => recorded(state.as_ref(), &env)
+                .map(|(cmd, about)| (statement(&cmd, &about, env.id, at), sig)),
+            _ => None,
+        };
+        if let Some((statement_bytes, sig)) = signed {
             let name = format!("{seq:06}-{}", env.event.kind());
             let statement_path = dir.join(format!("{name}.statement"));
             let sig_path = dir.join(format!("{name}.statement.sig"));
-            std::fs::write(&statement_path, statement(&cmd, &about, env.id, at)).map_err(io)?;
+            std::fs::write(&statement_path, &statement_bytes).map_err(io)?;
             std::fs::write(&sig_path, sig).map_err(io)?;
-            for key in registry.keys_of(&env.actor) {
-                signers.insert(format!("{} namespaces=\"moira\" {key}", env.actor));
+            let registry = match env.event {
+                GateEvent::GateTimedOut { .. } => &registries.current,
+                _ => registries.at(env.registry.as_deref()),
+            };
+            // A service signs as itself: its keys are listed by service,
+            // under the principal `moira-service:<name>`.
+            let service = by_service(&env) || is_runner_open(&env);
+            let identity = if service {
+                let key = signing::verify(&statement_bytes, sig).ok();
+                let name = key.as_ref().and_then(|k| registry.service_of(k));
+                format!("moira-service:{}", name.unwrap_or("unknown"))
+            } else {
+                env.actor.clone()
+            };
+            if service {
+                for (name, key) in registry.service_keys() {
+                    signers.insert(format!("moira-service:{name} namespaces=\"moira\" {key}"));
+                }
+            } else {
+                for key in registry.keys_of(&env.actor) {
+                    signers.insert(format!("{} namespaces=\"moira\" {key}", env.actor));
+                }
             }
             out.push(Exported {
                 seq: *seq,
                 kind: env.event.kind().to_string(),
                 actor: env.actor.clone(),
+                identity,
                 statement: statement_path,
                 signature: sig_path,
             });
@@ -322,3 +441,181 @@ pub async fn export(
     }
     Ok(out)
 }
+
+/// Checks the signature of a run command or run event against `about`:
+/// a person's must be one of the actor's keys, a service's (`service`) a
+/// key listed under `[services.<name>]`. Returns the key's fingerprint.
+pub fn check_run_signature(
+    registry: &Registry,
+    about: &RunAbout<'_>,
+    signature: &str,
+    service: bool,
+) -> Result<String, CommandError> {
+    let bytes = run_statement(about);
+    let key = signing::verify(&bytes, signature)
+        .map_err(|e| CommandError::new(ErrorCode::BadSignature, e.to_string()))?;
+    let fp = signing::fingerprint(&key);
+    let allowed = if service {
+        registry.service_of(&key).is_some()
+    } else {
+        registry.has_key(about.actor, &key)
+    };
+    if !allowed {
+        let whose = if service {
+            "a service's key (listed under [services.<name>])".to_string()
+        } else {
+            format!("one of {}'s keys", about.actor)
+        };
+        return Err(CommandError::new(
+            ErrorCode::WrongKey,
+            format!("the key {fp} is not {whose} in the approvers registry"),
+        ));
+    }
+    Ok(fp)
+}
+
+/// The statement a `RunSubmitted` event was signed over.
+pub fn submitted_about<'a>(run: &'a RunState, signed: &'a RunSignature) -> RunAbout<'a> {
+    RunAbout {
+        verb: RunVerb::Submit,
+        run_id: &run.id,
+        actor: &run.submitted_by,
+        workflow: &run.workflow,
+        vars: &run.vars,
+        step: None,
+        command_id: &signed.command_id,
+        at: signed.signed_at,
+    }
+}
+
+/// Whether a run's submission is signed by its submitter: `Err` says why not.
+pub fn check_submission(run: &RunState, registry: &Registry) -> Result<String, String> {
+    let signed = run
+        .submitted_signature
+        .as_ref()
+        .ok_or_else(|| "its submission is not signed".to_string())?;
+    if run_id_for(&signed.command_id) != run.id {
+        return Err("its submission's command id does not give its run id".into());
+    }
+    check_run_signature(
+        registry,
+        &submitted_about(run, signed),
+        &signed.signature,
+        false,
+    )
+    .map_err(|e| format!("its submission's signature does not hold: {}", e.message))
+}
+
+/// What was found about one run event.
+#[derive(Debug, Clone)]
+pub struct RunFinding {
+    pub seq: u64,
+    pub kind: &'static str,
+    pub actor: String,
+    pub signer: Option<String>,
+    pub problems: Vec<String>,
+}
+
+/// Checks the signed events of one run: the submission (by its
+/// submitter), each cancel (by whoever cancelled) and each auto-approval
+/// of a `when: false` gate (by a runner's service key). Steps' other
+/// events are a runner's bookkeeping and are not signed; decisions live
+/// on gates, checked by [`verify_gate`].
+pub async fn verify_run(
+    client: &Client,
+    run_id: &str,
+    registry: &Registry,
+    rules: Rules,
+) -> Result<Vec<RunFinding>, ClientError> {
+    let (raw, _) = client
+        .read_subject(RUNS_STREAM, &run_events(run_id))
+        .await?;
+    if raw.is_empty() {
+        return Err(ClientError::RunNotFound(run_id.to_string()));
+    }
+    let mut state: Option<RunState> = None;
+    let mut out = Vec::new();
+    for (seq, payload) in &raw {
+        let Some(env) = RunEnvelope::decode(payload) else {
+            out.push(RunFinding {
+                seq: *seq,
+                kind: "?",
+                actor: String::new(),
+                signer: None,
+                problems: vec!["not a run event this build can read".into()],
+            });
+            continue;
+        };
+        let none = BTreeMap::new();
+        let about = match (&env.event, &state, &env.signed) {
+            (RunEvent::RunSubmitted { .. }, _, _) => None,
+            (RunEvent::RunCancelled { by }, Some(run), Some(s)) => Some(RunAbout {
+                verb: RunVerb::Cancel,
+                run_id: &run.id,
+                actor: by,
+                workflow: &run.workflow,
+                vars: &none,
+                step: None,
+                command_id: &s.command_id,
+                at: s.signed_at,
+            }),
+            (RunEvent::GateResolved { step, outputs, .. }, Some(run), Some(s))
+                if outputs.get("approved_by").map(String::as_str) == Some(AUTO_APPROVER) =>
+            {
+                Some(RunAbout {
+                    verb: RunVerb::AutoApprove,
+                    run_id: &run.id,
+                    actor: &env.actor,
+                    workflow: &run.workflow,
+                    vars: &none,
+                    step: Some(step),
+                    command_id: &s.command_id,
+                    at: s.signed_at,
+                })
+            }
+            _ => None,
+        };
+        let signed_kind = match &env.event {
+            RunEvent::RunSubmitted { .. } | RunEvent::RunCancelled { .. } => true,
+            RunEvent::GateResolved { outputs, .. } => {
+                outputs.get("approved_by").map(String::as_str) == Some(AUTO_APPROVER)
+            }
+            _ => false,
+        };
+        let mut f = RunFinding {
+            seq: *seq,
+            kind: env.kind(),
+            actor: env.actor.clone(),
+            signer: None,
+            problems: Vec::new(),
+        };
+        if let RunEvent::RunSubmitted { .. } = env.event {
+            let mut fresh = None;
+            apply_run(&mut fresh, &env);
+            if let (Some(run), Some(_)) = (&fresh, &env.signed) {
+                match check_submission(run, registry) {
+                    Ok(fp) => f.signer = Some(fp),
+                    Err(e) => f.problems.push(e),
+                }
+            }
+        } else if let (Some(about), Some(s)) = (&about, &env.signed) {
+            let service = about.verb == RunVerb::AutoApprove;
+            match check_run_signature(registry, about, &s.signature, service) {
+                Ok(fp) => f.signer = Some(fp),
+                Err(e) => f.problems.push(e.message),
+            }
+        }
+        if signed_kind && env.signed.is_none() && rules.require_signatures {
+            f.problems.push("not signed".into());
+        }
+        if signed_kind {
+            out.push(f);
+        }
+        apply_run(&mut state, &env);
+    }
+    Ok(out)
+}
+
+/// The `approved_by` of a gate step a runner approved because its `when:`
+/// is false.
+pub const AUTO_APPROVER: &str = "moira:when";
