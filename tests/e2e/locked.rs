@@ -260,7 +260,15 @@ impl Locked {
 
     /// The CLI as alice (password) or bob (NKey).
     fn moira(&self, who: &str, args: &[&str]) -> (i32, String, String) {
+        self.moira_env(who, args, &[])
+    }
+
+    /// [`Locked::moira`] with extra environment (an agent's socket, say).
+    fn moira_env(&self, who: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         let mut cmd = std::process::Command::new(bin("moira"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.args(["--nats-url", &self.url(), "--tls-ca"])
             .arg(&self.tls.ca)
             .args(["--as", who]);
@@ -581,4 +589,187 @@ async fn the_locked_cluster_runs_r3_over_tls_and_refuses_a_person_the_same_way()
     let refused = violations(&[&gk, &runner]);
     assert!(refused.is_empty(), "{refused:?}");
     a_person_is_refused_what_is_not_theirs(&l).await;
+}
+
+/// Starts a real ssh-agent on a socket in `dir` holding `key`, then removes
+/// the key file, so only the agent can sign with it. Returns the agent and
+/// its socket.
+pub(crate) fn agent_holding(dir: &Path, key: &Path) -> (Proc, PathBuf) {
+    let sock = dir.join("agent.sock");
+    let agent = ProcBuilder::new("ssh-agent", "ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .spawn()
+        .expect("ssh-agent is installed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never listened: {:?}",
+            agent.output()
+        );
+        agent.try_wait_for(&["never"], 1, Duration::from_millis(20));
+    }
+    let added = std::process::Command::new("ssh-add")
+        .arg(key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .expect("ssh-add");
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    std::fs::remove_file(key).expect("remove the key file");
+    (agent, sock)
+}
+
+/// The README's production setup, as written: the locked broker, the
+/// shared registry written by an admin, every service on its own NKey and
+/// SSH key with `--signatures require`, a run submitted with alice's key
+/// file and approved by bob's key in a real ssh-agent; then the trail
+/// checked by `moira gate verify` and `moira audit verify` (registry read
+/// from the bucket), and each exported decision by plain `ssh-keygen`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_production_setup_signs_every_event_and_the_export_checks_with_ssh_keygen() {
+    use crate::signatures::{public, ssh_keygen};
+    let l = Locked::single();
+    let d = l.dir.path();
+    let admin = ssh_keygen(d, "admin-ssh", "ed25519");
+    let alice = ssh_keygen(d, "alice-ssh", "ed25519");
+    let bob = ssh_keygen(d, "bob-ssh", "ed25519");
+    let gk_key = ssh_keygen(d, "gatekeeper-ssh", "ed25519");
+    let runner_key = ssh_keygen(d, "runner-ssh", "ed25519");
+    let reg = d.join("approvers.toml");
+    std::fs::write(
+        &reg,
+        format!(
+            "[users.admin]\nroles = [\"admin\"]\nkeys = [\"{}\"]\n\
+             [users.alice]\nkeys = [\"{}\"]\n\
+             [users.bob]\nroles = [\"owner\"]\nkeys = [\"{}\"]\n\
+             [services.gatekeeper]\nkeys = [\"{}\"]\n\
+             [services.runner]\nkeys = [\"{}\"]\n",
+            public(&admin),
+            public(&alice),
+            public(&bob),
+            public(&gk_key),
+            public(&runner_key)
+        ),
+    )
+    .expect("write");
+    let arg = |p: &Path| p.display().to_string();
+    let (code, _, err) = l.moira(
+        "admin",
+        &["--key", &arg(&admin), "approvers", "apply", &arg(&reg)],
+    );
+    assert_eq!(code, 0, "the admin writes the registry: {err}");
+    let gk = l.service(
+        "moira-gatekeeper",
+        &l.users.gatekeeper,
+        &[
+            "--strict",
+            "--signatures",
+            "require",
+            "--approvers-kv",
+            "--key",
+            &arg(&gk_key),
+        ],
+    );
+    let work = d.join("work");
+    let runner = l.service(
+        "moira-runner",
+        &l.users.runner,
+        &[
+            "--signatures",
+            "require",
+            "--approvers-kv",
+            "--key",
+            &arg(&runner_key),
+            "--work-dir",
+            &arg(&work),
+        ],
+    );
+    let (_agent, sock) = agent_holding(d, &bob);
+    let sock = arg(&sock);
+    let agent_env = [("SSH_AUTH_SOCK", sock.as_str())];
+
+    let file = d.join("flow.yml");
+    std::fs::write(&file, FLOW).expect("write");
+    // Unsigned, alice's submit is refused; with her key it runs.
+    let (code, _, err) = l.moira("alice", &["run", "submit", &arg(&file)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("unsigned"), "{err}");
+    let (code, out, err) = l.moira(
+        "alice",
+        &["--key", &arg(&alice), "run", "submit", &arg(&file)],
+    );
+    assert_eq!(code, 0, "alice submits: {err}");
+    let run = out.trim().to_string();
+    let watch = l.moira_proc("bob", &["--json", "gate", "watch", "--all", "--run", &run]);
+    let opened = watch.wait_for_line("GateOpened", Duration::from_secs(30));
+    let v: serde_json::Value = serde_json::from_str(&opened).expect("a JSON line");
+    let gate = v["gate_id"].as_str().expect("gate id").to_string();
+    let logs = l.moira_proc(
+        "alice",
+        &["run", "logs", &run, "--step", "ship", "--follow"],
+    );
+    let (code, _, err) = l.moira_env(
+        "bob",
+        &["--agent", "gate", "approve", &gate, "--comment", "ok"],
+        &agent_env,
+    );
+    assert_eq!(code, 0, "bob approves with the agent's key: {err}");
+    logs.wait_for_line("shipped by bob", Duration::from_secs(60));
+
+    // The trail, checked against the registry history in the bucket.
+    let (code, out, err) = l.moira("bob", &["gate", "verify", &gate, "--require-signatures"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("GateApproved by bob, signed SHA256:"), "{out}");
+    let (code, out, err) = l.moira(
+        "bob",
+        &["audit", "verify", "--run", &run, "--require-signatures"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("RunSubmitted by alice, signed"), "{out}");
+
+    // Each exported decision checks with plain ssh-keygen; a flipped byte fails.
+    let evidence = d.join("evidence");
+    let (code, out, err) = l.moira("bob", &["audit", "export", &gate, "--dir", &arg(&evidence)]);
+    assert_eq!(code, 0, "{err}");
+    let exported: Vec<(&str, &str)> = out
+        .lines()
+        .filter_map(|l| l.split_once("  (-I "))
+        .map(|(f, who)| (f, who.trim_end_matches(')')))
+        .collect();
+    let identities: Vec<&str> = exported.iter().map(|(_, w)| *w).collect();
+    assert_eq!(
+        identities,
+        ["moira-service:runner", "bob"],
+        "the runner's open and bob's approval: {out}"
+    );
+    let check = |statement: &str, who: &str| {
+        std::process::Command::new("ssh-keygen")
+            .args(["-Y", "verify", "-n", "moira", "-I", who, "-f"])
+            .arg(evidence.join("allowed_signers"))
+            .arg("-s")
+            .arg(format!("{statement}.sig"))
+            .stdin(std::fs::File::open(statement).expect("open"))
+            .output()
+            .expect("ssh-keygen")
+    };
+    for (statement, who) in &exported {
+        let v = check(statement, who);
+        assert!(
+            v.status.success(),
+            "{statement}: {}",
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
+    let (approval, _) = exported[1];
+    let mut bytes = std::fs::read(approval).expect("read");
+    bytes[40] ^= 1;
+    std::fs::write(approval, &bytes).expect("write");
+    assert!(!check(approval, "bob").status.success());
+    let refused = violations(&[&gk, &runner]);
+    assert!(refused.is_empty(), "{refused:?}");
 }

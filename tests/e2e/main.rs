@@ -10,6 +10,7 @@ mod locked;
 mod notify;
 mod runs;
 mod signatures;
+mod signed_runs;
 mod waiting;
 
 use moira_client::{Client, OpenGate};

@@ -42,19 +42,19 @@ pub(crate) fn public(path: &Path) -> String {
         .to_string()
 }
 
-struct Signed {
-    s: Stack,
-    dir: TempDir,
-    runner: PathBuf,
-    alice: PathBuf,
-    bob: PathBuf,
+pub(crate) struct Signed {
+    pub(crate) s: Stack,
+    pub(crate) dir: TempDir,
+    pub(crate) runner: PathBuf,
+    pub(crate) alice: PathBuf,
+    pub(crate) bob: PathBuf,
     bob_ecdsa: PathBuf,
     carol: PathBuf,
-    mallory: PathBuf,
+    pub(crate) mallory: PathBuf,
 }
 
 impl Signed {
-    async fn start() -> Signed {
+    pub(crate) async fn start() -> Signed {
         let dir = TempDir::new("moira-signed").expect("tmp");
         let alice = ssh_keygen(dir.path(), "alice", "ed25519");
         let bob = ssh_keygen(dir.path(), "bob", "ed25519");
@@ -102,11 +102,11 @@ impl Signed {
     }
 
     /// The approvers file's path, as the CLI and services take it.
-    fn registry(&self) -> String {
+    pub(crate) fn registry(&self) -> String {
         self.dir.path().join("approvers.toml").display().to_string()
     }
 
-    async fn as_key(&self, key: &Path) -> Client {
+    pub(crate) async fn as_key(&self, key: &Path) -> Client {
         Client::connect(&self.s.url())
             .await
             .expect("connect")
@@ -150,7 +150,7 @@ async fn signed_by(client: &Client, key: &Path, mut cmd: Command, at: u64) -> Co
     cmd
 }
 
-fn approve(gate: GateId, actor: &str, comment: &str) -> Command {
+pub(crate) fn approve(gate: GateId, actor: &str, comment: &str) -> Command {
     Command::Approve(ApproveGate {
         gate_id: gate,
         actor: actor.into(),
@@ -697,7 +697,7 @@ async fn a_runner_without_a_service_key_cannot_open_gates_in_require_mode() {
 }
 
 /// Waits until step `g` of the run waits on its gate; returns the gate.
-async fn parked_on(client: &Client, run: &str) -> GateId {
+pub(crate) async fn parked_on(client: &Client, run: &str) -> GateId {
     let parked = tokio::time::timeout(
         Duration::from_secs(30),
         client.wait_run_until(run, |r| {
@@ -904,7 +904,7 @@ async fn signed_deny_cancel_and_a_timeout_work_in_require_mode_and_verify() {
 }
 
 /// `moira gate verify ID --approvers FILE --require-signatures`.
-fn verify_cli(url: &str, gate: GateId, registry: &str) -> (i32, String, String) {
+pub(crate) fn verify_cli(url: &str, gate: GateId, registry: &str) -> (i32, String, String) {
     moira_env(
         url,
         &[
