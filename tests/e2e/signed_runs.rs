@@ -368,3 +368,45 @@ async fn run_local_on_a_require_mode_broker_signs_and_keeps_the_gate_policy() {
         Some(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_copied_from_its_schedule_and_stored_early_moves_no_run_and_is_reported() {
+    let t = Signed::start().await;
+    let runner = runner(&t);
+    let yaml = "name: overnight\nsteps:\n  - name: g\n    use: moira.gate\n    with: { message: \"Ship?\", approvers: { users: [bob] }, timeout: 1h, on_timeout: approve }\n  - {name: after, run: 'echo shipped', depends_on: [g]}\n";
+    let run = t
+        .as_key(&t.alice)
+        .await
+        .submit_run(yaml, &BTreeMap::new(), "alice")
+        .await
+        .expect("signed submit");
+    let gate = parked_on(&t.s.client, &run).await;
+    // Someone with broker admin rights copies the gate-keeper's signed,
+    // prepared timeout from its schedule and stores it on the gate now,
+    // an hour early.
+    let (schedule, _) =
+        t.s.client
+            .read_subject(
+                moira_client::protocol::subjects::GATES_STREAM,
+                &moira_client::protocol::subjects::gate_schedule(&gate),
+            )
+            .await
+            .expect("read the schedule");
+    let (_, prepared) = schedule.first().expect("the gate has a schedule");
+    let js = async_nats::jetstream::new(t.s.client.nats().clone());
+    js.publish(
+        moira_client::protocol::subjects::gate_events(&gate),
+        prepared.clone(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+    runner.wait_for_line("does not verify", Duration::from_secs(30));
+    let still = t.s.client.show_run(&run).await.expect("run");
+    assert_eq!(still.steps[0].status, StepStatus::Waiting, "{still:?}");
+    assert_eq!(still.steps[1].status, StepStatus::Pending, "{still:?}");
+    let (c, out, _) = crate::signatures::verify_cli(&t.s.url(), gate, &t.registry());
+    assert_eq!(c, 1, "{out}");
+    assert!(out.contains("before its deadline"), "{out}");
+}

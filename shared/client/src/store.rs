@@ -48,6 +48,18 @@ pub struct ListFilter {
     pub run_id: Option<String>,
 }
 
+/// One message as the stream holds it.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub seq: u64,
+    /// When the broker stored it (ms), from `Nats-Time-Stamp`.
+    pub stored_at: Option<u64>,
+    pub payload: bytes::Bytes,
+}
+
+/// The header a Direct Get reply carries the storing time in.
+const HDR_TIME_STAMP: &str = "Nats-Time-Stamp";
+
 fn header_u64(h: Option<&HeaderMap>, name: &str) -> Option<u64> {
     h?.get(name)?.as_str().parse().ok()
 }
@@ -104,6 +116,20 @@ impl Client {
         stream: &str,
         subject: &str,
     ) -> Result<(Vec<(u64, bytes::Bytes)>, u64), ClientError> {
+        let (stored, last) = self.read_subject_timed(stream, subject).await?;
+        Ok((
+            stored.into_iter().map(|m| (m.seq, m.payload)).collect(),
+            last,
+        ))
+    }
+
+    /// [`Client::read_subject`], with the time the broker stored each
+    /// message (which no writer can choose).
+    pub async fn read_subject_timed(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<(Vec<StoredMessage>, u64), ClientError> {
         let api = format!("$JS.API.DIRECT.GET.{stream}");
         let mut out = Vec::new();
         let mut last_seq = 0;
@@ -154,7 +180,16 @@ impl Client {
                 let seq = header_u64(msg.headers.as_ref(), HDR_SEQUENCE).unwrap_or(0);
                 last_seq = last_seq.max(seq);
                 from = seq + 1;
-                out.push((seq, msg.payload));
+                let stored_at = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(HDR_TIME_STAMP))
+                    .and_then(|v| moira_protocol::time::parse_rfc3339_ms(v.as_str()));
+                out.push(StoredMessage {
+                    seq,
+                    stored_at,
+                    payload: msg.payload,
+                });
             }
             if !more {
                 return Ok((out, last_seq));

@@ -21,6 +21,14 @@ pub fn rfc3339(ms: u64) -> String {
 }
 
 /// Parses `30s`, `5m`, `24h`, `1h30m`, `250ms`. Zero is refused.
+/// Milliseconds since the epoch of an RFC 3339 time (the broker's
+/// `Nats-Time-Stamp`, with up to nanoseconds); `None` if it is not one.
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let t = humantime::parse_rfc3339_weak(s.trim()).ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    u64::try_from(d.as_millis()).ok()
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim()).map_err(|e| {
         format!("'{s}' is not a duration ({e}); use forms like 30s, 5m, 24h, 1h30m")
@@ -64,6 +72,11 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("0s").is_err());
+        assert_eq!(
+            parse_rfc3339_ms("2026-12-02T10:00:00.123456789Z"),
+            Some(1_796_205_600_123)
+        );
+        assert_eq!(parse_rfc3339_ms("soon"), None);
         assert_eq!(short_duration(Duration::from_secs(90_061)), "1d1h");
         assert_eq!(short_duration(Duration::from_secs(310)), "5m10s");
         assert_eq!(short_duration(Duration::from_millis(850)), "850ms");

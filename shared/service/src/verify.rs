@@ -110,6 +110,10 @@ fn by_service(env: &Envelope) -> bool {
     env.actor.starts_with("moira:")
 }
 
+/// How much earlier than its deadline a fired timeout may be stored
+/// (rounding of the broker's clock), before it counts as written by hand.
+const TIMEOUT_EARLY_MS: u64 = 1_000;
+
 /// Reads and checks one gate's trail.
 pub async fn verify_gate(
     client: &Client,
@@ -118,7 +122,7 @@ pub async fn verify_gate(
     rules: Rules,
 ) -> Result<Report, ClientError> {
     let (raw, _) = client
-        .read_subject(GATES_STREAM, &gate_events(&gate_id))
+        .read_subject_timed(GATES_STREAM, &gate_events(&gate_id))
         .await?;
     if raw.is_empty() {
         return Err(ClientError::NotFound(gate_id));
@@ -128,7 +132,8 @@ pub async fn verify_gate(
     let mut prev_digest: Option<String> = None;
     // A fired timeout was prepared under the registry of the gate's open.
     let mut open_revision: Option<String> = None;
-    for (seq, payload) in &raw {
+    for stored in &raw {
+        let (seq, payload) = (&stored.seq, &stored.payload);
         let digest = sha256_hex(payload);
         let env = match Envelope::decode(payload) {
             Ok(Decoded::Event(env)) => env,
@@ -171,6 +176,7 @@ pub async fn verify_gate(
         };
         check_event(
             &env,
+            stored.stored_at,
             state.as_ref(),
             prev_digest.as_deref(),
             registries.at(revision),
@@ -188,6 +194,7 @@ pub async fn verify_gate(
 
 fn check_event(
     env: &Envelope,
+    stored_at: Option<u64>,
     before: Option<&GateState>,
     prev_digest: Option<&str>,
     registry: &Registry,
@@ -217,6 +224,15 @@ fn check_event(
                     };
                     if prepared != unsigned {
                         p.push("not the timeout prepared when the gate opened".into());
+                    }
+                    // The broker's scheduler writes it at the deadline; a
+                    // copy stored earlier was written by hand.
+                    if let Some(t) = stored_at.filter(|t| t.saturating_add(TIMEOUT_EARLY_MS) < at) {
+                        p.push(format!(
+                            "stored at {}, before its deadline {}",
+                            moira_protocol::time::rfc3339(t),
+                            moira_protocol::time::rfc3339(at)
+                        ));
                     }
                     check_timeout_signature(env, s, registry, rules, f);
                 }
