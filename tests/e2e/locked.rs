@@ -591,39 +591,6 @@ async fn the_locked_cluster_runs_r3_over_tls_and_refuses_a_person_the_same_way()
     a_person_is_refused_what_is_not_theirs(&l).await;
 }
 
-/// Starts a real ssh-agent on a socket in `dir` holding `key`, then removes
-/// the key file, so only the agent can sign with it. Returns the agent and
-/// its socket.
-pub(crate) fn agent_holding(dir: &Path, key: &Path) -> (Proc, PathBuf) {
-    let sock = dir.join("agent.sock");
-    let agent = ProcBuilder::new("ssh-agent", "ssh-agent")
-        .args(["-D", "-a"])
-        .arg(&sock)
-        .spawn()
-        .expect("ssh-agent is installed");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent never listened: {:?}",
-            agent.output()
-        );
-        agent.try_wait_for(&["never"], 1, Duration::from_millis(20));
-    }
-    let added = std::process::Command::new("ssh-add")
-        .arg(key)
-        .env("SSH_AUTH_SOCK", &sock)
-        .output()
-        .expect("ssh-add");
-    assert!(
-        added.status.success(),
-        "{}",
-        String::from_utf8_lossy(&added.stderr)
-    );
-    std::fs::remove_file(key).expect("remove the key file");
-    (agent, sock)
-}
-
 /// The README's production setup, as written: the locked broker, the
 /// shared registry written by an admin, every service on its own NKey and
 /// SSH key with `--signatures require`, a run submitted with alice's key
@@ -632,7 +599,7 @@ pub(crate) fn agent_holding(dir: &Path, key: &Path) -> (Proc, PathBuf) {
 /// from the bucket), and each exported decision by plain `ssh-keygen`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_production_setup_signs_every_event_and_the_export_checks_with_ssh_keygen() {
-    use crate::signatures::{public, ssh_keygen};
+    use crate::signatures::{agent_holding, public, ssh_keygen, ssh_keygen_verify};
     let l = Locked::single();
     let d = l.dir.path();
     let admin = ssh_keygen(d, "admin-ssh", "ed25519");
@@ -748,14 +715,12 @@ async fn the_production_setup_signs_every_event_and_the_export_checks_with_ssh_k
         "the runner's open and bob's approval: {out}"
     );
     let check = |statement: &str, who: &str| {
-        std::process::Command::new("ssh-keygen")
-            .args(["-Y", "verify", "-n", "moira", "-I", who, "-f"])
-            .arg(evidence.join("allowed_signers"))
-            .arg("-s")
-            .arg(format!("{statement}.sig"))
-            .stdin(std::fs::File::open(statement).expect("open"))
-            .output()
-            .expect("ssh-keygen")
+        ssh_keygen_verify(
+            &evidence.join("allowed_signers"),
+            Path::new(statement),
+            None,
+            who,
+        )
     };
     for (statement, who) in &exported {
         let v = check(statement, who);

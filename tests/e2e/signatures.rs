@@ -42,6 +42,60 @@ pub(crate) fn public(path: &Path) -> String {
         .to_string()
 }
 
+/// `ssh-keygen -Y verify -n moira` of `statement` (its signature beside it
+/// as `.sig`, unless `sig` names one) as `identity`, against `allowed`.
+pub(crate) fn ssh_keygen_verify(
+    allowed: &Path,
+    statement: &Path,
+    sig: Option<&Path>,
+    identity: &str,
+) -> std::process::Output {
+    let sig = sig
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(format!("{}.sig", statement.display())));
+    std::process::Command::new("ssh-keygen")
+        .args(["-Y", "verify", "-n", "moira", "-I", identity, "-f"])
+        .arg(allowed)
+        .arg("-s")
+        .arg(sig)
+        .stdin(std::fs::File::open(statement).expect("open the statement"))
+        .output()
+        .expect("ssh-keygen")
+}
+
+/// Starts a real ssh-agent on a socket in `dir` holding `key`, then removes
+/// the key file, so only the agent can sign with it. Returns the agent and
+/// its socket.
+pub(crate) fn agent_holding(dir: &Path, key: &Path) -> (moira_tests::Proc, PathBuf) {
+    let sock = dir.join("agent.sock");
+    let agent = ProcBuilder::new("ssh-agent", "ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .spawn()
+        .expect("ssh-agent is installed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never listened: {:?}",
+            agent.output()
+        );
+        agent.try_wait_for(&["never"], 1, Duration::from_millis(20));
+    }
+    let added = std::process::Command::new("ssh-add")
+        .arg(key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .expect("ssh-add");
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    std::fs::remove_file(key).expect("remove the key file");
+    (agent, sock)
+}
+
 pub(crate) struct Signed {
     pub(crate) s: Stack,
     pub(crate) dir: TempDir,
@@ -126,6 +180,40 @@ impl Signed {
             .await
             .expect("a signed open")
             .id
+    }
+
+    /// Submits `yaml` as alice, signed with her key; returns the run id.
+    pub(crate) async fn submit(&self, yaml: &str) -> String {
+        self.as_key(&self.alice)
+            .await
+            .submit_run(yaml, &Default::default(), "alice")
+            .await
+            .expect("signed submit")
+    }
+
+    /// A gate alice opens with a one-second deadline, once it timed out.
+    pub(crate) async fn timed_out_gate(&self) -> GateId {
+        let gate = self
+            .as_key(&self.alice)
+            .await
+            .open(OpenGate {
+                actor: "alice".into(),
+                message: "Quick?".into(),
+                approvers: vec!["bob".into()],
+                timeout_ms: Some(1_000),
+                ..Default::default()
+            })
+            .await
+            .expect("a signed open with a timeout")
+            .id;
+        let g = self
+            .s
+            .client
+            .wait(gate, Some(Duration::from_secs(30)))
+            .await
+            .expect("wait");
+        assert_eq!(g.status, GateStatus::TimedOut);
+        gate
     }
 
     async fn events(&self, id: GateId) -> usize {
@@ -293,33 +381,8 @@ async fn n_of_m_counts_distinct_signers_not_names() {
 async fn a_key_in_a_real_ssh_agent_signs_from_the_cli() {
     let t = Signed::start().await;
     let gate = t.open(&["bob"], 1).await;
-    let sock = t.dir.path().join("agent.sock");
-    let agent = ProcBuilder::new("ssh-agent", "ssh-agent")
-        .args(["-D", "-a"])
-        .arg(&sock)
-        .spawn()
-        .expect("ssh-agent is installed");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent never listened: {:?}",
-            agent.output()
-        );
-        agent.try_wait_for(&["never"], 1, Duration::from_millis(20));
-    }
-    let added = std::process::Command::new("ssh-add")
-        .arg(&t.bob)
-        .env("SSH_AUTH_SOCK", &sock)
-        .output()
-        .expect("ssh-add");
-    assert!(
-        added.status.success(),
-        "{}",
-        String::from_utf8_lossy(&added.stderr)
-    );
     // The private key file is gone: only the agent can sign now.
-    std::fs::remove_file(&t.bob).expect("remove");
+    let (_agent, sock) = agent_holding(t.dir.path(), &t.bob);
     let sock_s = sock.display().to_string();
     let env = [("SSH_AUTH_SOCK", sock_s.as_str())];
     let (code, _, err) = moira_env(
@@ -392,7 +455,7 @@ async fn an_outside_tool_signs_the_statement_with_ssh_keygen() {
         "{}",
         String::from_utf8_lossy(&signed.stderr)
     );
-    let sig = d.join("st.json.sig").display().to_string();
+    let sig = d.join("st.json.sig");
     let (code, _, err) = moira_env(
         &url,
         &[
@@ -408,7 +471,7 @@ async fn an_outside_tool_signs_the_statement_with_ssh_keygen() {
             "--signed-at",
             &at,
             "--signature",
-            &sig,
+            &sig.display().to_string(),
         ],
         &[],
     );
@@ -419,16 +482,8 @@ async fn an_outside_tool_signs_the_statement_with_ssh_keygen() {
         format!("bob {}\n", public(&t.bob)),
     )
     .expect("write");
-    let verify = |file: &Path| {
-        std::process::Command::new("ssh-keygen")
-            .args(["-Y", "verify", "-n", "moira", "-I", "bob", "-f"])
-            .arg(d.join("allowed_signers"))
-            .arg("-s")
-            .arg(&sig)
-            .stdin(std::fs::File::open(file).expect("open"))
-            .output()
-            .expect("ssh-keygen")
-    };
+    let verify =
+        |file: &Path| ssh_keygen_verify(&d.join("allowed_signers"), file, Some(&sig), "bob");
     assert!(verify(&d.join("st.json")).status.success());
     let mut flipped = statement.clone().into_bytes();
     flipped[40] ^= 1;
@@ -527,14 +582,7 @@ async fn exported_decisions_verify_with_plain_ssh_keygen() {
         .collect();
     assert_eq!(files.len(), 3, "the open and two approvals: {out}");
     let verify = |statement: &Path, actor: &str| {
-        std::process::Command::new("ssh-keygen")
-            .args(["-Y", "verify", "-n", "moira", "-I", actor, "-f"])
-            .arg(dir.join("allowed_signers"))
-            .arg("-s")
-            .arg(format!("{}.sig", statement.display()))
-            .stdin(std::fs::File::open(statement).expect("open"))
-            .output()
-            .expect("ssh-keygen")
+        ssh_keygen_verify(&dir.join("allowed_signers"), statement, None, actor)
     };
     for (file, actor) in files.iter().zip(["alice", "bob", "carol"]) {
         let v = verify(Path::new(file), actor);
@@ -586,12 +634,7 @@ async fn a_forged_decision_written_into_the_stream_never_moves_a_parked_run() {
         .expect("spawn runner");
     runner.wait_for_line("moira-runner ready", Duration::from_secs(20));
     let yaml = "name: guarded\nsteps:\n  - name: g\n    use: moira.gate\n    with: { message: \"Ship?\", approvers: { users: [bob] } }\n  - {name: after, run: 'true', depends_on: [g]}\n";
-    let run = t
-        .as_key(&t.alice)
-        .await
-        .submit_run(yaml, &Default::default(), "alice")
-        .await
-        .expect("submit");
+    let run = t.submit(yaml).await;
     let gate = parked_on(&t.s.client, &run).await;
     // An approval that never went through a gate-keeper, written with
     // broker admin rights, naming the run so the resumer sees it.
@@ -614,12 +657,7 @@ async fn a_forged_decision_written_into_the_stream_never_moves_a_parked_run() {
         moira_client::protocol::run::StepStatus::Pending
     );
     // A signed decision through the gate-keeper does move a run.
-    let run2 = t
-        .as_key(&t.alice)
-        .await
-        .submit_run(yaml, &Default::default(), "alice")
-        .await
-        .expect("submit");
+    let run2 = t.submit(yaml).await;
     let gate2 = parked_on(&t.s.client, &run2).await;
     t.as_key(&t.bob)
         .await
@@ -673,12 +711,7 @@ async fn a_runner_without_a_service_key_cannot_open_gates_in_require_mode() {
     let mut wrong = runner(Some(&t.mallory));
     wrong.wait_for_line("moira-runner ready", Duration::from_secs(20));
     let yaml = "name: keyless\nsteps:\n  - name: g\n    use: moira.gate\n    with: { message: \"Ship?\", approvers: { users: [bob] } }\n";
-    let run = t
-        .as_key(&t.alice)
-        .await
-        .submit_run(yaml, &Default::default(), "alice")
-        .await
-        .expect("submit");
+    let run = t.submit(yaml).await;
     let done = tokio::time::timeout(Duration::from_secs(30), t.s.client.wait_run(&run))
         .await
         .unwrap_or_else(|_| panic!("the run ends in time: {:?}", wrong.output()))
@@ -880,23 +913,7 @@ async fn signed_deny_cancel_and_a_timeout_work_in_require_mode_and_verify() {
         .expect("signed cancel");
     assert_eq!(g.status, GateStatus::Cancelled);
     // A deadline: the server's scheduler writes the prepared timeout.
-    let timed = alice
-        .open(OpenGate {
-            actor: "alice".into(),
-            message: "Quick?".into(),
-            approvers: vec!["bob".into()],
-            timeout_ms: Some(1_000),
-            ..Default::default()
-        })
-        .await
-        .expect("signed open with a timeout")
-        .id;
-    let g =
-        t.s.client
-            .wait(timed, Some(Duration::from_secs(30)))
-            .await
-            .expect("wait");
-    assert_eq!(g.status, GateStatus::TimedOut);
+    let timed = t.timed_out_gate().await;
     for id in [denied, cancelled, timed] {
         let (code, out, err) = verify_cli(&url, id, &registry);
         assert_eq!(code, 0, "{out}{err}");

@@ -14,10 +14,10 @@ use moira_client::protocol::subjects::{RUN_CANCEL, RUN_SUBMIT};
 use moira_client::protocol::time::now_ms;
 use moira_client::runs::{CancelRun, RunReply, SubmitRun};
 use moira_client::signing::Signer;
-use moira_client::{Client, ClientError, ErrorCode, GateStatus, OpenGate};
+use moira_client::{Client, ClientError, ErrorCode};
 use moira_tests::{moira_env, Proc, ProcBuilder};
 
-use crate::signatures::{approve, parked_on, Signed};
+use crate::signatures::{approve, parked_on, ssh_keygen_verify, Signed};
 
 const GUARDED: &str = "name: guarded\nvars: { ENV: dev }\nsteps:\n  - name: g\n    use: moira.gate\n    with: { message: \"Ship to ${{ vars.ENV }}?\", approvers: { users: [bob] } }\n  - {name: after, run: 'echo shipped', depends_on: [g]}\n";
 
@@ -240,12 +240,7 @@ async fn a_when_false_gate_is_auto_approved_with_the_runners_signature() {
     let t = Signed::start().await;
     let _runner = runner(&t);
     let yaml = "name: skip-in-dev\nvars: { ENV: dev }\nsteps:\n  - name: g\n    use: moira.gate\n    with: { message: \"Ship?\", approvers: { users: [bob] }, when: \"${{ vars.ENV == 'prod' }}\" }\n  - {name: after, run: 'echo by=${{ steps.g.outputs.approved_by }}', depends_on: [g]}\n";
-    let run = t
-        .as_key(&t.alice)
-        .await
-        .submit_run(yaml, &BTreeMap::new(), "alice")
-        .await
-        .expect("signed submit");
+    let run = t.submit(yaml).await;
     let done = tokio::time::timeout(Duration::from_secs(30), t.s.client.wait_run(&run))
         .await
         .expect("in time")
@@ -262,25 +257,7 @@ async fn a_when_false_gate_is_auto_approved_with_the_runners_signature() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fired_timeout_is_signed_by_the_gatekeeper_and_checks_with_ssh_keygen() {
     let t = Signed::start().await;
-    let gate = t
-        .as_key(&t.alice)
-        .await
-        .open(OpenGate {
-            actor: "alice".into(),
-            message: "Quick?".into(),
-            approvers: vec!["bob".into()],
-            timeout_ms: Some(1_000),
-            ..Default::default()
-        })
-        .await
-        .expect("signed open")
-        .id;
-    let g =
-        t.s.client
-            .wait(gate, Some(Duration::from_secs(30)))
-            .await
-            .expect("wait");
-    assert_eq!(g.status, GateStatus::TimedOut);
+    let gate = t.timed_out_gate().await;
     let dir = t.dir.path().join("export");
     let (c, out, err) = moira_env(
         &t.s.url(),
@@ -303,16 +280,8 @@ async fn a_fired_timeout_is_signed_by_the_gatekeeper_and_checks_with_ssh_keygen(
     let (file, identity) = line.split_once("  (-I ").expect("an identity");
     let identity = identity.trim_end_matches(')');
     assert_eq!(identity, "moira-service:gatekeeper");
-    let check = |who: &str| {
-        std::process::Command::new("ssh-keygen")
-            .args(["-Y", "verify", "-n", "moira", "-I", who, "-f"])
-            .arg(dir.join("allowed_signers"))
-            .arg("-s")
-            .arg(format!("{file}.sig"))
-            .stdin(std::fs::File::open(Path::new(file)).expect("open"))
-            .output()
-            .expect("ssh-keygen")
-    };
+    let check =
+        |who: &str| ssh_keygen_verify(&dir.join("allowed_signers"), Path::new(file), None, who);
     let v = check(identity);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
     assert!(!check("moira-service:runner").status.success());
@@ -374,12 +343,7 @@ async fn a_timeout_copied_from_its_schedule_and_stored_early_moves_no_run_and_is
     let t = Signed::start().await;
     let runner = runner(&t);
     let yaml = "name: overnight\nsteps:\n  - name: g\n    use: moira.gate\n    with: { message: \"Ship?\", approvers: { users: [bob] }, timeout: 1h, on_timeout: approve }\n  - {name: after, run: 'echo shipped', depends_on: [g]}\n";
-    let run = t
-        .as_key(&t.alice)
-        .await
-        .submit_run(yaml, &BTreeMap::new(), "alice")
-        .await
-        .expect("signed submit");
+    let run = t.submit(yaml).await;
     let gate = parked_on(&t.s.client, &run).await;
     // Someone with broker admin rights copies the gate-keeper's signed,
     // prepared timeout from its schedule and stores it on the gate now,

@@ -620,46 +620,10 @@ async fn verify_one(
 ) -> anyhow::Result<bool> {
     let rules = moira_service::verify::Rules { require_signatures };
     let report = moira_service::verify::verify_gate(client, id, registries, rules).await?;
-    if cli.json {
-        let items: Vec<serde_json::Value> = report
-            .findings
-            .iter()
-            .map(|f| {
-                serde_json::json!({"seq": f.seq, "kind": f.kind, "actor": f.actor,
-                    "signer": f.signer, "ok": f.ok(), "problems": f.problems})
-            })
-            .collect();
-        outln!(
-            "{}",
-            serde_json::json!({"gate_id": id, "ok": report.ok(), "events": items})
-        );
-    } else {
-        for f in &report.findings {
-            let signed = f
-                .signer
-                .as_ref()
-                .map(|s| format!(", signed {s}"))
-                .unwrap_or_else(|| ", unsigned".into());
-            if f.ok() {
-                outln!("ok    #{} {} by {}{}", f.seq, f.kind, f.actor, signed);
-            } else {
-                outln!(
-                    "FAIL  #{} {} by {}{}: {}",
-                    f.seq,
-                    f.kind,
-                    f.actor,
-                    signed,
-                    f.problems.join("; ")
-                );
-            }
-        }
-        if report.ok() {
-            outln!("gate {id}: every event verifies");
-        } else {
-            outln!("gate {id}: NOT verified");
-        }
-    }
-    Ok(report.ok())
+    let ok = report.ok();
+    let what = ("gate_id", id.to_string(), "gate");
+    print_findings(cli, what, &report.findings, ok, "every event verifies");
+    Ok(ok)
 }
 
 /// Verifies one run's signed events and prints what holds.
@@ -675,28 +639,42 @@ async fn verify_run_one(
     // registry in force now.
     let findings =
         moira_service::verify::verify_run(client, run_id, &registries.current, rules).await?;
-    let ok = findings.iter().all(|f| f.problems.is_empty());
+    let ok = findings.iter().all(|f| f.ok());
+    let what = ("run_id", run_id.to_string(), "run");
+    print_findings(cli, what, &findings, ok, "every signed event verifies");
+    Ok(ok)
+}
+
+/// Prints a verification: one line per event (or one JSON object), then
+/// the verdict. `what` is the JSON key, the id and the word for it.
+fn print_findings(
+    cli: &Cli,
+    (key, id, noun): (&str, String, &str),
+    findings: &[moira_service::verify::Finding],
+    ok: bool,
+    all_good: &str,
+) {
     if cli.json {
         let items: Vec<serde_json::Value> = findings
             .iter()
             .map(|f| {
                 serde_json::json!({"seq": f.seq, "kind": f.kind, "actor": f.actor,
-                    "signer": f.signer, "ok": f.problems.is_empty(), "problems": f.problems})
+                    "signer": f.signer, "ok": f.ok(), "problems": f.problems})
             })
             .collect();
         outln!(
             "{}",
-            serde_json::json!({"run_id": run_id, "ok": ok, "events": items})
+            serde_json::json!({key: id, "ok": ok, "events": items})
         );
-        return Ok(ok);
+        return;
     }
-    for f in &findings {
+    for f in findings {
         let signed = f
             .signer
             .as_ref()
             .map(|s| format!(", signed {s}"))
             .unwrap_or_else(|| ", unsigned".into());
-        if f.problems.is_empty() {
+        if f.ok() {
             outln!("ok    #{} {} by {}{}", f.seq, f.kind, f.actor, signed);
         } else {
             outln!(
@@ -710,11 +688,10 @@ async fn verify_run_one(
         }
     }
     if ok {
-        outln!("run {run_id}: every signed event verifies");
+        outln!("{noun} {id}: {all_good}");
     } else {
-        outln!("run {run_id}: NOT verified");
+        outln!("{noun} {id}: NOT verified");
     }
-    Ok(ok)
 }
 
 /// `moira audit …`

@@ -235,16 +235,7 @@ impl Handler {
                 ));
             }
         }
-        if now.abs_diff(at) > SIGNATURE_SKEW_MS {
-            return Err(err(
-                ErrorCode::Stale,
-                format!(
-                    "the statement was signed at {}, more than {} minutes from now; sign it again",
-                    moira_protocol::time::rfc3339(at),
-                    SIGNATURE_SKEW_MS / 60_000
-                ),
-            ));
-        }
+        moira_service::verify::check_fresh(at, now)?;
         // A decision on a missing gate: let decide say "not found".
         let Some(about) = moira_protocol::statement::About::of(cmd, gate_id, state) else {
             return Ok(None);

@@ -17,7 +17,7 @@ use moira_protocol::statement::{run_id_for, RunAbout, RunVerb};
 use moira_protocol::subjects::{RUN_CANCEL, RUN_SUBMIT};
 use moira_protocol::time::now_ms;
 use moira_protocol::{Command, CommandError, ErrorCode};
-use moira_service::verify::{check_run_signature, Signatures, SIGNATURE_SKEW_MS};
+use moira_service::verify::{check_fresh, check_run_signature, Signatures};
 use moira_service::Registry;
 use moira_workflow::Workflow;
 
@@ -133,17 +133,24 @@ fn signed_parts<'a>(
             "a signed run command carries its command id (id) and signing time (signed_at)",
         ));
     };
-    if now_ms().abs_diff(at) > SIGNATURE_SKEW_MS {
-        return Err(err(
-            ErrorCode::Stale,
-            format!(
-                "the statement was signed at {}, more than {} minutes from now; sign it again",
-                moira_protocol::time::rfc3339(at),
-                SIGNATURE_SKEW_MS / 60_000
-            ),
-        ));
-    }
+    check_fresh(at, now_ms())?;
     Ok(Some((sig, id, at)))
+}
+
+/// Checks a signed run command against its statement; what the run event
+/// records of it.
+fn signed_by_actor(
+    registry: &Registry,
+    about: &RunAbout<'_>,
+    signature: &str,
+) -> Result<RunSignature, CommandError> {
+    let fp = check_run_signature(registry, about, signature, false)?;
+    Ok(RunSignature {
+        command_id: about.command_id.to_string(),
+        signed_at: about.at,
+        signature: signature.to_string(),
+        signer: Some(fp),
+    })
 }
 
 async fn submit(
@@ -175,13 +182,7 @@ async fn submit(
                 command_id: id,
                 at,
             };
-            let fp = check_run_signature(registry, &about, sig, false)?;
-            Some(RunSignature {
-                command_id: id.to_string(),
-                signed_at: at,
-                signature: sig.to_string(),
-                signer: Some(fp),
-            })
+            Some(signed_by_actor(registry, &about, sig)?)
         }
     };
     let env = RunEnvelope {
@@ -300,13 +301,7 @@ async fn cancel(
                 command_id: id,
                 at,
             };
-            let fp = check_run_signature(registry, &about, sig, false)?;
-            Some(RunSignature {
-                command_id: id.to_string(),
-                signed_at: at,
-                signature: sig.to_string(),
-                signer: Some(fp),
-            })
+            Some(signed_by_actor(registry, &about, sig)?)
         }
     };
     let env = RunEnvelope {

@@ -25,6 +25,21 @@ use crate::Registry;
 /// clock (a gate-keeper's or a runner's).
 pub const SIGNATURE_SKEW_MS: u64 = 5 * 60 * 1000;
 
+/// Refuses a statement signed more than [`SIGNATURE_SKEW_MS`] from `now`.
+pub fn check_fresh(at: u64, now: u64) -> Result<(), CommandError> {
+    if now.abs_diff(at) <= SIGNATURE_SKEW_MS {
+        return Ok(());
+    }
+    Err(CommandError::new(
+        ErrorCode::Stale,
+        format!(
+            "the statement was signed at {}, more than {} minutes from now; sign it again",
+            moira_protocol::time::rfc3339(at),
+            SIGNATURE_SKEW_MS / 60_000
+        ),
+    ))
+}
+
 /// Whether commands (for a gate-keeper) and decisions (for a runner) must
 /// be signed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -522,16 +537,6 @@ pub fn check_submission(run: &RunState, registry: &Registry) -> Result<String, S
     .map_err(|e| format!("its submission's signature does not hold: {}", e.message))
 }
 
-/// What was found about one run event.
-#[derive(Debug, Clone)]
-pub struct RunFinding {
-    pub seq: u64,
-    pub kind: &'static str,
-    pub actor: String,
-    pub signer: Option<String>,
-    pub problems: Vec<String>,
-}
-
 /// Checks the signed events of one run: the submission (by its
 /// submitter), each cancel (by whoever cancelled) and each auto-approval
 /// of a `when: false` gate (by a runner's service key). Steps' other
@@ -542,7 +547,7 @@ pub async fn verify_run(
     run_id: &str,
     registry: &Registry,
     rules: Rules,
-) -> Result<Vec<RunFinding>, ClientError> {
+) -> Result<Vec<Finding>, ClientError> {
     let (raw, _) = client
         .read_subject(RUNS_STREAM, &run_events(run_id))
         .await?;
@@ -553,9 +558,9 @@ pub async fn verify_run(
     let mut out = Vec::new();
     for (seq, payload) in &raw {
         let Some(env) = RunEnvelope::decode(payload) else {
-            out.push(RunFinding {
+            out.push(Finding {
                 seq: *seq,
-                kind: "?",
+                kind: "?".into(),
                 actor: String::new(),
                 signer: None,
                 problems: vec!["not a run event this build can read".into()],
@@ -598,9 +603,9 @@ pub async fn verify_run(
             }
             _ => false,
         };
-        let mut f = RunFinding {
+        let mut f = Finding {
             seq: *seq,
-            kind: env.kind(),
+            kind: env.kind().to_string(),
             actor: env.actor.clone(),
             signer: None,
             problems: Vec::new(),
