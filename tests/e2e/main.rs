@@ -4,6 +4,7 @@ mod auth;
 mod bad_input;
 mod cli;
 mod concurrency;
+mod faults;
 mod gates;
 mod hostile;
 mod locked;

@@ -281,8 +281,19 @@ impl Handler {
             .map_err(|e| err(ErrorCode::Unavailable, e.to_string()))?;
         let mut state = None;
         for e in &events {
-            if let Decoded::Event(env) = &e.event {
-                apply(&mut state, env);
+            match &e.event {
+                Decoded::Event(env) => apply(&mut state, env),
+                // A newer gate-keeper wrote something this one does not
+                // understand: deciding as if it were not there could undo it.
+                Decoded::Unknown { kind, .. } => {
+                    return Err(err(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "gate {id} holds a {kind:?} event this gate-keeper does not know; \
+                             a newer gate-keeper must decide it (upgrade this one)"
+                        ),
+                    ))
+                }
             }
         }
         let last_digest = events.last().and_then(|e| e.digest.clone());
