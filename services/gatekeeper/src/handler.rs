@@ -276,7 +276,7 @@ impl Handler {
     ) -> Result<(Option<GateState>, u64, Option<String>), CommandError> {
         let (events, last_seq) = self
             .client
-            .read_events(id)
+            .read_events_fresh(id)
             .await
             .map_err(|e| err(ErrorCode::Unavailable, e.to_string()))?;
         let mut state = None;

@@ -106,6 +106,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Broker credentials and TLS.
     pub auth: moira_client::Auth,
+    /// Replicas for the streams this notifier creates when it starts
+    /// first (3 on a cluster), like the other services' `--replicas`.
+    pub replicas: usize,
 }
 
 pub(crate) struct Shared {
@@ -124,8 +127,9 @@ pub struct Notifier {
     )>,
 }
 
-pub fn notify_stream_config() -> StreamConfig {
+pub fn notify_stream_config(replicas: usize) -> StreamConfig {
     StreamConfig {
+        num_replicas: replicas,
         name: NOTIFY_STREAM.into(),
         description: Some("moira reminder and escalation schedules, and failed deliveries".into()),
         subjects: vec![SCHED_ALL.into(), FIRE_ALL.into(), FAILED_ALL.into()],
@@ -146,9 +150,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Notifier> {
         .map_err(anyhow::Error::msg)?;
     let client = Client::connect_with(&settings.nats_url, "moira-notifier", &settings.auth).await?;
     let js = async_nats::jetstream::new(client.nats().clone());
-    moira_client::streams::ensure_gate_stream(&js, 1).await?;
-    moira_client::streams::ensure_runs_stream(&js, 1).await?;
-    js.get_or_create_stream(notify_stream_config()).await?;
+    moira_client::streams::ensure_gate_stream(&js, settings.replicas).await?;
+    moira_client::streams::ensure_runs_stream(&js, settings.replicas).await?;
+    moira_client::streams::ensure(&js, notify_stream_config(settings.replicas)).await?;
     let mut consumers = Vec::new();
     for (name, stream, filter) in [
         ("moira-notifier-gates", GATES_STREAM, GATE_EVENTS_ALL),

@@ -17,6 +17,9 @@ struct Args {
     /// Folder for this notifier's delivery record.
     #[arg(long, env = "MOIRA_NOTIFY_DATA", default_value = ".moira/notifier")]
     data: PathBuf,
+    /// Replicas for the streams when this notifier creates them.
+    #[arg(long, env = "MOIRA_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    replicas: u8,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
 }
@@ -29,6 +32,7 @@ async fn main() -> std::process::ExitCode {
         config: args.config,
         data_dir: args.data,
         auth: args.connect.auth(),
+        replicas: args.replicas as usize,
     };
     moira_service::signals::serve("moira-notifier", |shutdown| {
         moira_notifier::run(settings, shutdown)

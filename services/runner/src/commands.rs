@@ -201,7 +201,7 @@ async fn submit(
         Ok(_) => {}
         // Already there: a retry of the same submit is answered with it.
         Err(moira_client::append::AppendError::Conflict) => {
-            let rec = client.read_run(&run_id).await.map_err(from_client)?;
+            let rec = client.read_run_fresh(&run_id).await.map_err(from_client)?;
             let same = rec.as_ref().is_some_and(|r| {
                 r.state.submitted_by == cmd.actor && r.state.workflow == cmd.workflow
             });
@@ -267,7 +267,7 @@ async fn cancel(
         ));
     }
     let rec = client
-        .read_run(&cmd.run_id)
+        .read_run_fresh(&cmd.run_id)
         .await
         .map_err(from_client)?
         .ok_or_else(|| err(ErrorCode::NotFound, format!("no run has id {}", cmd.run_id)))?;

@@ -73,11 +73,7 @@ struct GroupGuard(Option<u32>);
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pid) = self.0 {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            crate::supervise::kill_group(pid, "-KILL");
         }
     }
 }
@@ -167,8 +163,13 @@ pub async fn run(client: &Client, s: StepRun) -> StepResult {
         ));
     }
     let output_file = dir.join("moira-output");
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(&s.command).current_dir(&dir).env_clear();
+    // The step runs under a supervisor (this binary again) that takes it
+    // down if the runner dies; see `supervise`.
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg(crate::supervise::SUPERVISE_ARG)
+        .arg(&s.command)
+        .current_dir(&dir)
+        .env_clear();
     for name in BASE_ENV
         .iter()
         .copied()
@@ -188,11 +189,12 @@ pub async fn run(client: &Client, s: StepRun) -> StepResult {
         .env("MOIRA_STEP", &s.step)
         .env("MOIRA_ITERATION", s.iteration.to_string())
         .env("MOIRA_ATTEMPT", s.attempt.to_string())
-        .stdin(Stdio::null())
+        // The supervisor's stdin is its lifeline to this runner.
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group, so a timeout or a cancel reaches whatever
-        // the step started, not only `sh`.
+        // the step started, not only the supervisor and `sh`.
         .process_group(0)
         .kill_on_drop(true);
     if let Some(prev) = &s.previous_outputs {
@@ -208,6 +210,9 @@ pub async fn run(client: &Client, s: StepRun) -> StepResult {
         Err(e) => return failed(format!("cannot start sh: {e}")),
     };
     let _group = GroupGuard(child.id());
+    // Held until the step is over: closing it tells the supervisor the
+    // runner is gone.
+    let _lifeline = child.stdin.take();
     // Both pipes feed one channel; lines are published in arrival order.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(&'static str, String)>(256);
     if let Some(out) = child.stdout.take() {

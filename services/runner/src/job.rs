@@ -88,7 +88,7 @@ async fn open_own_gate(
         {
             Ok(v) => return Ok((g, v)),
             Err(e) if e.code() == Some(moira_protocol::ErrorCode::Conflict) => {
-                let view = client.show(g).await?;
+                let view = client.show_fresh(g).await?;
                 if ours(
                     &view,
                     run,
@@ -177,7 +177,7 @@ pub async fn advance(
     };
     let _stop_watching = AbortOnDrop(watcher);
     loop {
-        let Some(rec) = client.read_run(&run_id).await? else {
+        let Some(rec) = client.read_run_fresh(&run_id).await? else {
             tracing::warn!(run_id, "a job for an unknown run; dropping it");
             return Ok(());
         };
@@ -531,7 +531,7 @@ async fn act(
             let Some(g) = st.gate_id else {
                 return Ok(false);
             };
-            let view = match client.show(g).await {
+            let view = match client.show_fresh(g).await {
                 Ok(v) => v,
                 Err(moira_client::ClientError::NotFound(_)) => return Ok(false),
                 Err(e) => return Err(e.into()),

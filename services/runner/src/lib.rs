@@ -23,6 +23,7 @@ mod commands;
 mod exec;
 mod job;
 pub mod plan;
+pub mod supervise;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -178,21 +179,7 @@ pub async fn start(config: Config) -> anyhow::Result<Runner> {
     let js = async_nats::jetstream::new(client.nats().clone());
     moira_client::streams::ensure_gate_stream(&js, config.replicas).await?;
     moira_client::streams::ensure_run_streams(&js, config.replicas).await?;
-    let jobs = js
-        .get_stream(JOBS_STREAM)
-        .await?
-        .get_or_create_consumer(
-            RUNNERS_CONSUMER,
-            pull::Config {
-                durable_name: Some(RUNNERS_CONSUMER.into()),
-                filter_subject: JOBS_ALL.into(),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: config.ack_wait,
-                max_deliver: -1,
-                ..Default::default()
-            },
-        )
-        .await?;
+    let (jobs, ack_wait) = jobs_consumer(&js, config.ack_wait).await?;
     let resumer = js
         .get_stream(GATES_STREAM)
         .await?
@@ -233,8 +220,57 @@ pub async fn start(config: Config) -> anyhow::Result<Runner> {
         jobs,
         resumer,
         concurrency: config.concurrency.max(1),
-        ack_wait: config.ack_wait,
+        ack_wait,
     })
+}
+
+/// The runners' shared job consumer, with the ack wait this runner was
+/// started with. The consumer is shared, so its setting wins over any one
+/// runner's flag: a longer `--ack-wait` than the consumer's is applied to
+/// it (safe for every runner: a longer wait never cuts a healthy step
+/// off); a shorter one is refused, since runners still heartbeating at the
+/// old pace would see their healthy steps taken away. Returns the consumer
+/// and the ack wait in force.
+async fn jobs_consumer(
+    js: &async_nats::jetstream::Context,
+    ack_wait: Duration,
+) -> anyhow::Result<(
+    async_nats::jetstream::consumer::Consumer<pull::Config>,
+    Duration,
+)> {
+    let want = pull::Config {
+        durable_name: Some(RUNNERS_CONSUMER.into()),
+        filter_subject: JOBS_ALL.into(),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait,
+        max_deliver: -1,
+        ..Default::default()
+    };
+    let stream = js.get_stream(JOBS_STREAM).await?;
+    let consumer = stream
+        .get_or_create_consumer(RUNNERS_CONSUMER, want.clone())
+        .await?;
+    let have = consumer.cached_info().config.ack_wait;
+    if have == ack_wait {
+        return Ok((consumer, ack_wait));
+    }
+    if have > ack_wait {
+        anyhow::bail!(
+            "the shared job consumer {RUNNERS_CONSUMER} has an ack wait of {}, longer than this \
+             runner's --ack-wait {}: start every runner with --ack-wait {} (to shorten it, stop \
+             every runner and delete the consumer: `nats consumer rm {JOBS_STREAM} {RUNNERS_CONSUMER}`)",
+            moira_protocol::time::short_duration(have),
+            moira_protocol::time::short_duration(ack_wait),
+            moira_protocol::time::short_duration(have),
+        );
+    }
+    tracing::info!(
+        from = %moira_protocol::time::short_duration(have),
+        to = %moira_protocol::time::short_duration(ack_wait),
+        "raising the shared job consumer's ack wait"
+    );
+    let consumer = stream.update_consumer(want).await?;
+    Ok((consumer, ack_wait))
 }
 
 fn hostname() -> String {
@@ -265,7 +301,11 @@ impl Runner {
             shutdown.clone(),
         ));
         let slots = Arc::new(Semaphore::new(self.concurrency));
-        let heartbeat = (self.ack_wait / 3).max(Duration::from_millis(200));
+        // Progress acks four times per ack wait; a runner that has not heard
+        // the server for half of it stops the job's steps, before the job
+        // can be delivered to another runner.
+        let heartbeat = (self.ack_wait / 4).max(Duration::from_millis(200));
+        let cut_off_after = self.ack_wait / 2;
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -314,19 +354,42 @@ impl Runner {
                 .unwrap_or((0, 1));
             let shared = self.shared.clone();
             tokio::spawn(async move {
+                let nats = shared.client.nats().clone();
                 let work = job::advance(shared, run_id.clone(), job_seq, delivered > 1);
                 tokio::pin!(work);
                 let mut beat = tokio::time::interval(heartbeat);
                 beat.tick().await;
+                let mut last_heard = tokio::time::Instant::now();
                 let result = loop {
                     tokio::select! {
-                        r = &mut work => break r,
+                        r = &mut work => break Some(r),
                         _ = beat.tick() => {
                             if let Err(e) = msg.ack_with(AckKind::Progress).await {
                                 tracing::warn!(run_id, "progress ack failed: {e}");
                             }
+                            // A flush is answered by the server: proof that
+                            // it got the progress ack.
+                            match tokio::time::timeout(heartbeat / 2, nats.flush()).await {
+                                Ok(Ok(())) => last_heard = tokio::time::Instant::now(),
+                                _ if last_heard.elapsed() >= cut_off_after => {
+                                    tracing::error!(
+                                        run_id,
+                                        silent = ?last_heard.elapsed(),
+                                        "cut off from the broker: stopping this run's steps before \
+                                         another runner may take the job"
+                                    );
+                                    break None;
+                                }
+                                _ => {}
+                            }
                         }
                     }
+                };
+                // Cut off: dropping the work killed its steps; the job is
+                // delivered again once its ack wait passes.
+                let Some(result) = result else {
+                    drop(permit);
+                    return;
                 };
                 match result {
                     Ok(()) => {
@@ -437,7 +500,7 @@ async fn opened_by_run(
     if !moira_protocol::ids::is_subject_token(run_id) {
         return Ok(false);
     }
-    Ok(client.read_run(run_id).await?.is_some_and(|rec| {
+    Ok(client.read_run_fresh(run_id).await?.is_some_and(|rec| {
         rec.state
             .steps
             .values()

@@ -61,8 +61,14 @@ fn moira_protocol_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("'{s}' is not a duration ({e}); use forms like 30s, 2m"))
 }
 
+fn main() -> std::process::ExitCode {
+    // A step's supervisor is this binary again (before any runtime starts).
+    moira_runner::supervise::run_if_asked();
+    serve()
+}
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn serve() -> std::process::ExitCode {
     let args = Args::parse();
     let config = moira_runner::Config {
         nats_url: args.nats_url,

@@ -410,6 +410,15 @@ impl Client {
         }
     }
 
+    /// [`Client::show`], at least as new as the stream leader: for a read
+    /// whose result drives an action (a runner checking a gate).
+    pub async fn show_fresh(&self, id: GateId) -> Result<GateView, ClientError> {
+        match self.read_gate_fresh(id).await? {
+            Some(rec) => Ok(GateView::from(&rec.state)),
+            None => Err(ClientError::NotFound(id)),
+        }
+    }
+
     /// Waits until the gate is decided (approved, denied, timed out or
     /// cancelled) and returns it. A push-back keeps waiting.
     pub async fn wait(

@@ -190,6 +190,17 @@ impl Client {
         Ok(fold_run(events).map(|state| RunRecord { state, last_seq }))
     }
 
+    /// [`Client::read_run`], at least as new as the stream leader: what a
+    /// runner reads before it acts on a run (a lagging replica could miss a
+    /// just-submitted run, or the event that makes the next step due).
+    pub async fn read_run_fresh(&self, run_id: &str) -> Result<Option<RunRecord>, ClientError> {
+        let (raw, last_seq) = self
+            .read_subject_fresh(RUNS_STREAM, &run_events(run_id))
+            .await?;
+        let events = raw.iter().filter_map(|m| RunEnvelope::decode(&m.payload));
+        Ok(fold_run(events).map(|state| RunRecord { state, last_seq }))
+    }
+
     /// Appends a run event; with `expected`, only if the run's last event is
     /// still that sequence.
     pub async fn append_run(

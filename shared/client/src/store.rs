@@ -57,6 +57,17 @@ pub struct StoredMessage {
     pub payload: bytes::Bytes,
 }
 
+/// Folds a gate's events; `None` if it was never opened.
+fn fold_gate((events, last_seq): (Vec<StoredEvent>, u64)) -> Option<GateRecord> {
+    let mut state = None;
+    for e in &events {
+        if let Decoded::Event(env) = &e.event {
+            apply(&mut state, env);
+        }
+    }
+    state.map(|state| GateRecord { state, last_seq })
+}
+
 /// The header a Direct Get reply carries the storing time in.
 const HDR_TIME_STAMP: &str = "Nats-Time-Stamp";
 
@@ -94,13 +105,34 @@ impl Client {
     /// Every event of one gate, in order, and the subject's last sequence
     /// (0 when the gate has no events). One Direct Get batch request.
     pub async fn read_events(&self, id: GateId) -> Result<(Vec<StoredEvent>, u64), ClientError> {
+        self.read_events_as(id, false).await
+    }
+
+    /// [`Client::read_events`], at least as new as the stream leader (see
+    /// [`Client::read_subject_fresh`]): for reads that drive an action.
+    pub async fn read_events_fresh(
+        &self,
+        id: GateId,
+    ) -> Result<(Vec<StoredEvent>, u64), ClientError> {
+        self.read_events_as(id, true).await
+    }
+
+    async fn read_events_as(
+        &self,
+        id: GateId,
+        fresh: bool,
+    ) -> Result<(Vec<StoredEvent>, u64), ClientError> {
         let subject = gate_events(&id);
-        let (raw, last_seq) = self.read_subject(GATES_STREAM, &subject).await?;
+        let (raw, last_seq) = if fresh {
+            self.read_subject_fresh(GATES_STREAM, &subject).await?
+        } else {
+            self.read_subject_timed(GATES_STREAM, &subject).await?
+        };
         let events = raw
             .iter()
-            .filter_map(|(seq, payload)| {
-                decode_stored(&subject, *seq, payload).map(|mut e| {
-                    e.digest = Some(moira_protocol::statement::sha256_hex(payload));
+            .filter_map(|m| {
+                decode_stored(&subject, m.seq, &m.payload).map(|mut e| {
+                    e.digest = Some(moira_protocol::statement::sha256_hex(&m.payload));
                     e
                 })
             })
@@ -121,6 +153,72 @@ impl Client {
             stored.into_iter().map(|m| (m.seq, m.payload)).collect(),
             last,
         ))
+    }
+
+    /// [`Client::read_subject_timed`], at least as new as the stream
+    /// leader: for reads whose result drives an action. On a replicated
+    /// stream any replica may answer a Direct Get, and one that lags can
+    /// miss the newest messages; the leader then names the subject's last
+    /// sequence (one request), and whatever the replica lacked is read from
+    /// the leader.
+    pub async fn read_subject_fresh(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<(Vec<StoredMessage>, u64), ClientError> {
+        let (mut out, last) = self.read_subject_timed(stream, subject).await?;
+        let leader = self.leader_tail(stream, subject, last, &mut out).await?;
+        Ok((out, last.max(leader)))
+    }
+
+    /// Asks the stream leader for the subject's last sequence and reads,
+    /// from the leader, every message on it after `after` into `out`.
+    /// Returns the leader's last sequence (0 for an empty subject).
+    async fn leader_tail(
+        &self,
+        stream: &str,
+        subject: &str,
+        after: u64,
+        out: &mut Vec<StoredMessage>,
+    ) -> Result<u64, ClientError> {
+        use async_nats::jetstream::stream::{LastRawMessageErrorKind, RawMessageErrorKind};
+        let s = self.js.get_stream_no_info(stream).await.map_err(nats_err)?;
+        let last = match s.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => m.sequence,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
+            Err(e) => return Err(nats_err(e)),
+        };
+        let mut at = after;
+        while at < last {
+            let m = match s
+                .raw_message_builder()
+                .sequence(at + 1)
+                .next_by_subject(subject.to_string())
+                .send()
+                .await
+            {
+                Ok(m) => m,
+                // Removed meanwhile (a purge): nothing more to read.
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
+                Err(e) => return Err(nats_err(e)),
+            };
+            if m.sequence <= at {
+                break;
+            }
+            tracing::debug!(
+                stream,
+                subject,
+                seq = m.sequence,
+                "read from the leader: the answering replica lagged"
+            );
+            at = m.sequence;
+            out.push(StoredMessage {
+                seq: m.sequence,
+                stored_at: u64::try_from(m.time.unix_timestamp_nanos() / 1_000_000).ok(),
+                payload: m.payload,
+            });
+        }
+        Ok(last)
     }
 
     /// [`Client::read_subject`], with the time the broker stored each
@@ -159,15 +257,30 @@ impl Client {
                     .ok_or_else(|| ClientError::Nats("the read subscription closed".into()))?;
                 if let Some(status) = msg.status {
                     match status.as_u16() {
-                        // End of batch: more may follow past it.
+                        // End of batch: more may follow past it, even when
+                        // the server ended the batch early.
                         204 => {
-                            more = header_u64(msg.headers.as_ref(), "Nats-Num-Pending")
-                                .is_some_and(|n| n > 0)
-                                && got == BATCH;
+                            let pending = header_u64(msg.headers.as_ref(), "Nats-Num-Pending")
+                                .unwrap_or(0);
+                            if pending > 0 && got == 0 {
+                                return Err(ClientError::Nats(format!(
+                                    "the stream ended a read of {subject} with {pending} messages left and none sent"
+                                )));
+                            }
+                            more = pending > 0;
                             break;
                         }
                         404 => break,
-                        503 => return Err(ClientError::NoStream),
+                        // No responders: no stream, or no replica of it
+                        // reachable from this server.
+                        503 => {
+                            return Err(match self.js.get_stream(stream).await {
+                                Ok(_) => ClientError::Nats(format!(
+                                    "no replica of {stream} answered; the server may be cut off from the rest of its cluster"
+                                )),
+                                Err(_) => ClientError::NoStream,
+                            })
+                        }
                         other => {
                             return Err(ClientError::Nats(format!(
                                 "direct get failed: {other} {}",
@@ -199,14 +312,12 @@ impl Client {
 
     /// One gate's folded state, or `None` if it was never opened.
     pub async fn read_gate(&self, id: GateId) -> Result<Option<GateRecord>, ClientError> {
-        let (events, last_seq) = self.read_events(id).await?;
-        let mut state = None;
-        for e in &events {
-            if let Decoded::Event(env) = &e.event {
-                apply(&mut state, env);
-            }
-        }
-        Ok(state.map(|state| GateRecord { state, last_seq }))
+        Ok(fold_gate(self.read_events(id).await?))
+    }
+
+    /// [`Client::read_gate`], at least as new as the stream leader.
+    pub async fn read_gate_fresh(&self, id: GateId) -> Result<Option<GateRecord>, ClientError> {
+        Ok(fold_gate(self.read_events_fresh(id).await?))
     }
 
     /// Every gate that matches the filter, oldest first. Reads all gate

@@ -99,7 +99,10 @@ pub async fn ensure_run_streams(js: &Context, replicas: usize) -> Result<(), Str
 /// cluster that is still forming, a leader being elected).
 const ENSURE_PATIENCE: Duration = Duration::from_secs(30);
 
-async fn ensure(js: &Context, want: Config) -> Result<(), StreamError> {
+/// Creates the stream `want` describes if it is missing; otherwise checks
+/// that the stored one is compatible. Every moira service creates and
+/// checks its streams through this one function.
+pub async fn ensure(js: &Context, want: Config) -> Result<(), StreamError> {
     let deadline = tokio::time::Instant::now() + ENSURE_PATIENCE;
     loop {
         match ensure_once(js, want.clone()).await {
@@ -188,7 +191,8 @@ fn verify(have: &Config, want: &Config) -> Result<(), StreamError> {
         tracing::warn!(
             have = have.num_replicas,
             want = want.num_replicas,
-            "{GATES_STREAM} has a different replica count; keeping it"
+            stream = have.name,
+            "the stream has a different replica count; keeping it"
         );
     }
     if problems.is_empty() {

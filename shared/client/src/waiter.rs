@@ -143,7 +143,7 @@ impl Hub {
         if !self.lock().contains_key(&id) {
             return Ok(());
         }
-        let record = self.reader.read_gate(id).await?;
+        let record = self.reader.read_gate_fresh(id).await?;
         let mut entries = self.lock();
         if let (Some(entry), Some(rec)) = (entries.get_mut(&id), record) {
             if rec.last_seq > entry.last_seq || entry.state.is_none() {

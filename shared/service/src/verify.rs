@@ -136,8 +136,9 @@ pub async fn verify_gate(
     registries: &Registries,
     rules: Rules,
 ) -> Result<Report, ClientError> {
+    // Fresh: a runner acts on what this finds.
     let (raw, _) = client
-        .read_subject_timed(GATES_STREAM, &gate_events(&gate_id))
+        .read_subject_fresh(GATES_STREAM, &gate_events(&gate_id))
         .await?;
     if raw.is_empty() {
         return Err(ClientError::NotFound(gate_id));
@@ -549,14 +550,15 @@ pub async fn verify_run(
     rules: Rules,
 ) -> Result<Vec<Finding>, ClientError> {
     let (raw, _) = client
-        .read_subject(RUNS_STREAM, &run_events(run_id))
+        .read_subject_fresh(RUNS_STREAM, &run_events(run_id))
         .await?;
     if raw.is_empty() {
         return Err(ClientError::RunNotFound(run_id.to_string()));
     }
     let mut state: Option<RunState> = None;
     let mut out = Vec::new();
-    for (seq, payload) in &raw {
+    for stored in &raw {
+        let (seq, payload) = (&stored.seq, &stored.payload);
         let Some(env) = RunEnvelope::decode(payload) else {
             out.push(Finding {
                 seq: *seq,
