@@ -791,6 +791,28 @@ async fn a_gate_the_gatekeeper_refuses_ends_its_step_with_the_reason() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_message_that_renders_too_long_ends_its_step_instead_of_retrying_for_ever() {
+    let s = Runs::start(1).await;
+    let big = "x".repeat(5_000);
+    let run = s
+        .submit(
+            "name: big\nvars: { BIG: small }\nsteps:\n  - name: g\n    use: moira.gate\n    with: { message: \"${{ vars.BIG }}\" }\n  - {name: after, run: 'true', depends_on: [g]}\n",
+            &[("BIG", &big)],
+        )
+        .await;
+    let done = s.finished(&run).await;
+    assert_ne!(done.status, RunStatus::Succeeded);
+    let g = step(&done, "g");
+    assert_eq!(g.status, StepStatus::Aborted, "{done:?}");
+    assert!(
+        g.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("longer than")),
+        "{g:?}"
+    );
+}
+
 #[test]
 fn hostile_workflows_are_refused_at_submit() {
     let server = NatsServer::start();

@@ -15,10 +15,9 @@ use tokio::task::JoinSet;
 
 use moira_client::append::AppendError;
 use moira_client::{Client, GateView, OpenGate};
-use moira_protocol::event::OnTimeout;
 use moira_protocol::run::{GateOutcome, RunEnvelope, RunEvent, RunSignature, RunState, StepStatus};
 use moira_protocol::statement::{run_statement, RunAbout, RunVerb};
-use moira_protocol::time::{now_ms, parse_duration};
+use moira_protocol::time::now_ms;
 use moira_protocol::{GateId, GateStatus};
 use moira_workflow::{Step, Template, Workflow, GATE_OUTPUTS};
 
@@ -74,8 +73,9 @@ async fn open_own_gate(
     review: bool,
     spec: OpenGate,
 ) -> Result<(GateId, GateView), ActError> {
+    // What the gate-keeper would refuse, it will refuse every time.
     let wanted = moira_protocol::gate::spec_from(&spec, &moira_protocol::gate::Policy::dev())
-        .map_err(|e| ActError::Other(anyhow::anyhow!("the gate of step {step}: {}", e.message)))?;
+        .map_err(|e| ActError::Refused(format!("{}: {}", e.code.as_str(), e.message)))?;
     for n in 1..=GATE_ID_TRIES {
         let g = gate_id(&run.id, step, review, n);
         let attempt = OpenGate {
@@ -112,6 +112,7 @@ async fn open_own_gate(
                     e.code,
                     moira_protocol::ErrorCode::NotAllowed
                         | moira_protocol::ErrorCode::BadRequest
+                        | moira_protocol::ErrorCode::TooLarge
                         | moira_protocol::ErrorCode::Unsigned
                         | moira_protocol::ErrorCode::BadSignature
                         | moira_protocol::ErrorCode::WrongKey
@@ -688,60 +689,11 @@ fn open_spec(wf: &Workflow, run: &RunState, def: &Step, review: bool) -> OpenGat
             .map(|t| t.render(&look))
             .unwrap_or_else(|_| t.to_string())
     };
-    // Validation bounds timeouts; a value that does not fit is sent as
-    // u64::MAX, which the gate-keeper refuses, rather than wrapping around.
-    let ms = |t: &Option<String>| {
-        t.as_deref()
-            .and_then(|t| parse_duration(t).ok())
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    };
-    let mut meta = BTreeMap::from([("workflow".to_string(), wf.name.clone())]);
-    let base = OpenGate {
+    OpenGate {
         gate_id: Some(gate_id(&run.id, &def.name, review, 1)),
         actor: run.submitted_by.clone(),
         run_id: Some(run.id.clone()),
-        step: Some(def.name.clone()),
-        ..Default::default()
-    };
-    if review {
-        let r = def.approval.clone().unwrap_or_default();
-        meta.insert("kind".into(), "review".into());
-        OpenGate {
-            message: render(&r.prompt),
-            title: Some(format!("{} / {}: review", wf.name, def.name)),
-            approvers: r.approvers.users,
-            roles: r.approvers.roles,
-            inputs: r.input,
-            timeout_ms: ms(&r.timeout),
-            metadata: meta,
-            ..base
-        }
-    } else {
-        let g = def.with.clone().unwrap_or_default();
-        if !g.notify.is_empty() {
-            meta.insert("notify".into(), g.notify.join(","));
-        }
-        OpenGate {
-            message: render(&g.message),
-            title: Some(
-                g.title
-                    .as_deref()
-                    .map(render)
-                    .unwrap_or_else(|| format!("{} / {}", wf.name, def.name)),
-            ),
-            approvers: g.approvers.users,
-            roles: g.approvers.roles,
-            approvals: g.approvals,
-            allow_self_approval: g.allow_self_approval,
-            inputs: g.inputs,
-            required: g.required,
-            timeout_ms: ms(&g.timeout),
-            on_timeout: g
-                .on_timeout
-                .filter(|o| *o != OnTimeout::Fail || g.timeout.is_some()),
-            metadata: meta,
-            ..base
-        }
+        ..wf.gate_request(def, review, render)
     }
 }
 

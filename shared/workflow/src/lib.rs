@@ -207,6 +207,69 @@ impl Workflow {
         }
     }
 
+    /// What a step's gate asks the gate-keeper for, with its texts put
+    /// through `render` (the runner fills in templates; validation passes
+    /// them as written). The caller adds the gate id, actor and run.
+    pub fn gate_request(
+        &self,
+        def: &Step,
+        review: bool,
+        render: impl Fn(&str) -> String,
+    ) -> moira_protocol::command::OpenGate {
+        use moira_protocol::command::OpenGate;
+        // Validation bounds timeouts; a value that does not fit is sent as
+        // u64::MAX, which the gate-keeper refuses, rather than wrapping.
+        let ms = |t: &Option<String>| {
+            t.as_deref()
+                .and_then(|t| parse_duration(t).ok())
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        let mut meta = BTreeMap::from([("workflow".to_string(), self.name.clone())]);
+        let base = OpenGate {
+            step: Some(def.name.clone()),
+            ..Default::default()
+        };
+        if review {
+            let r = def.approval.clone().unwrap_or_default();
+            meta.insert("kind".into(), "review".into());
+            return OpenGate {
+                message: render(&r.prompt),
+                title: Some(format!("{} / {}: review", self.name, def.name)),
+                approvers: r.approvers.users,
+                roles: r.approvers.roles,
+                inputs: r.input,
+                timeout_ms: ms(&r.timeout),
+                metadata: meta,
+                ..base
+            };
+        }
+        let g = def.with.clone().unwrap_or_default();
+        if !g.notify.is_empty() {
+            meta.insert("notify".into(), g.notify.join(","));
+        }
+        OpenGate {
+            message: render(&g.message),
+            title: Some(
+                g.title
+                    .as_deref()
+                    .map(&render)
+                    .unwrap_or_else(|| format!("{} / {}", self.name, def.name)),
+            ),
+            approvers: g.approvers.users,
+            roles: g.approvers.roles,
+            approvals: g.approvals,
+            allow_self_approval: g.allow_self_approval,
+            inputs: g.inputs,
+            required: g.required,
+            timeout_ms: ms(&g.timeout),
+            on_timeout: g
+                .on_timeout
+                .filter(|o| *o != OnTimeout::Fail || g.timeout.is_some()),
+            metadata: meta,
+            ..base
+        }
+    }
+
     pub fn step(&self, name: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.name == name)
     }
@@ -352,6 +415,27 @@ impl Workflow {
                 }
             }
             self.check_templates(&mut p, s);
+            // The gate-keeper's own rules, on the gate as written (a
+            // rendered text can still grow past a limit at run time; the
+            // step then ends with the gate-keeper's reason).
+            let gates = [(s.is_gate(), false), (s.approval.is_some(), true)];
+            for (_, review) in gates.into_iter().filter(|(has, _)| *has) {
+                let mut req = self.gate_request(s, review, str::to_string);
+                req.actor = "moira:runner".into();
+                if let Err(e) =
+                    moira_protocol::gate::spec_from(&req, &moira_protocol::gate::Policy::dev())
+                {
+                    let what = if review {
+                        "its review gate"
+                    } else {
+                        "its gate"
+                    };
+                    p.push(format!(
+                        "{at}: the gate-keeper would refuse {what}: {}",
+                        e.message
+                    ));
+                }
+            }
         }
         if let Some(cycle) = self.cycle() {
             p.push(format!(

@@ -163,3 +163,35 @@ fn hostile_sizes_are_refused() {
         "{p:?}"
     );
 }
+
+#[test]
+fn a_gate_the_gatekeeper_would_refuse_fails_validation_with_its_reason() {
+    let p = invalid("name: x\nsteps:\n  - name: g\n    use: moira.gate\n    with: {message: m, approvals: 3, approvers: {users: [bob]}}\n");
+    assert!(
+        p.iter()
+            .any(|m| m.contains("would refuse its gate") && m.contains("3 approvals")),
+        "{p:?}"
+    );
+    let p = invalid(
+        "name: x\nsteps:\n  - name: g\n    use: moira.gate\n    with: {message: m, inputs: ['NOTE WELL']}\n",
+    );
+    assert!(
+        p.iter().any(|m| m.contains("input name 'NOTE WELL'")),
+        "{p:?}"
+    );
+    let p = invalid(&format!(
+        "name: x\nsteps:\n  - {{name: a, run: 'true', approval: {{prompt: '{}'}}}}\n",
+        "p".repeat(5_000)
+    ));
+    assert!(
+        p.iter()
+            .any(|m| m.contains("review gate") && m.contains("longer than")),
+        "{p:?}"
+    );
+    // What the gate-keeper takes, validation takes.
+    Workflow::parse(
+        "name: x\nsteps:\n  - name: g\n    use: moira.gate\n    with: {message: m, approvals: 2, approvers: {users: [bob, carol]}, inputs: [NOTE]}\n",
+        &BTreeMap::new(),
+    )
+    .expect("valid");
+}
