@@ -114,6 +114,9 @@ pub(crate) struct Inner {
     /// Shared with the hub's reader handle: one reply inbox per connection.
     pub(crate) reads: Arc<OnceCell<Arc<reads::ReadMux>>>,
     /// Bumped on every (re)connect, so waiters re-check their gates.
+    /// Counts the times followed gates must be read again: each
+    /// (re)connect, and each time the client dropped messages for a slow
+    /// subscription (the live feed's messages are never redelivered).
     pub(crate) connects: watch::Receiver<u64>,
 }
 
@@ -199,7 +202,16 @@ impl Auth {
     }
 }
 
+/// Messages each subscription buffers (async-nats' default).
+const SUBSCRIPTION_CAPACITY: usize = 65_536;
+
 impl Client {
+    /// How many times this client has had to read its followed gates again
+    /// (reconnects and slow-consumer drops).
+    pub fn resyncs(&self) -> u64 {
+        *self.inner.connects.borrow()
+    }
+
     /// Connects and checks the server version.
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
         Self::connect_named(url, "moira").await
@@ -212,9 +224,22 @@ impl Client {
 
     /// Connects with credentials and TLS settings.
     pub async fn connect_with(url: &str, name: &str, auth: &Auth) -> Result<Client, ClientError> {
+        Self::connect_buffered(url, name, auth, SUBSCRIPTION_CAPACITY).await
+    }
+
+    /// [`Client::connect_with`], buffering at most `capacity` messages per
+    /// subscription before the client drops what the server sends (a slow
+    /// consumer, after which followed gates are read again).
+    pub async fn connect_buffered(
+        url: &str,
+        name: &str,
+        auth: &Auth,
+        capacity: usize,
+    ) -> Result<Client, ClientError> {
         let (tx, rx) = watch::channel(0u64);
         let opts = ConnectOptions::new()
             .name(name)
+            .subscription_capacity(capacity.max(1))
             .connection_timeout(Duration::from_secs(3))
             .max_reconnects(None)
             .event_callback(move |event| {
@@ -226,6 +251,12 @@ impl Client {
                         }
                         Event::Disconnected => {
                             tracing::warn!("disconnected from NATS; reconnecting")
+                        }
+                        // Messages were dropped: whatever was followed may
+                        // have missed its decision.
+                        Event::SlowConsumer(sid) => {
+                            tracing::warn!(sid, "a subscription fell behind and lost messages; re-reading every followed gate");
+                            tx.send_modify(|n| *n += 1);
                         }
                         other => tracing::debug!("nats: {other}"),
                     }

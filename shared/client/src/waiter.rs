@@ -76,7 +76,7 @@ impl Hub {
                     }
                     changed = connects.changed() => {
                         let (Ok(()), Some(hub)) = (changed, weak.upgrade()) else { break };
-                        tracing::info!("reconnected; re-reading every followed gate");
+                        tracing::info!("reconnected or fell behind; re-reading every followed gate");
                         let ids: Vec<GateId> = hub.lock().keys().copied().collect();
                         for id in ids {
                             hub.clone().spawn_reread(id);
