@@ -116,6 +116,18 @@ fn step<'a>(run: &'a RunView, name: &str) -> &'a moira_client::StepView {
         .unwrap_or_else(|| panic!("no step {name}"))
 }
 
+/// Asserts that the run did not succeed and `name` was aborted with a
+/// reason that says `why`.
+fn aborted_with(done: &RunView, name: &str, why: &str) {
+    assert_ne!(done.status, RunStatus::Succeeded);
+    let st = step(done, name);
+    assert_eq!(st.status, StepStatus::Aborted, "{done:?}");
+    assert!(
+        st.reason.as_deref().is_some_and(|r| r.contains(why)),
+        "{st:?}"
+    );
+}
+
 fn gate_of(run: &str, step: &str) -> GateId {
     GateId::for_step(run, step, 1)
 }
@@ -779,16 +791,7 @@ async fn a_gate_the_gatekeeper_refuses_ends_its_step_with_the_reason() {
             &[],
         )
         .await;
-    let done = s.finished(&run).await;
-    assert_ne!(done.status, RunStatus::Succeeded);
-    let g = step(&done, "g");
-    assert_eq!(g.status, StepStatus::Aborted, "{done:?}");
-    assert!(
-        g.reason
-            .as_deref()
-            .is_some_and(|r| r.contains("name its approvers")),
-        "{g:?}"
-    );
+    aborted_with(&s.finished(&run).await, "g", "name its approvers");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -801,16 +804,7 @@ async fn a_gate_message_that_renders_too_long_ends_its_step_instead_of_retrying_
             &[("BIG", &big)],
         )
         .await;
-    let done = s.finished(&run).await;
-    assert_ne!(done.status, RunStatus::Succeeded);
-    let g = step(&done, "g");
-    assert_eq!(g.status, StepStatus::Aborted, "{done:?}");
-    assert!(
-        g.reason
-            .as_deref()
-            .is_some_and(|r| r.contains("longer than")),
-        "{g:?}"
-    );
+    aborted_with(&s.finished(&run).await, "g", "longer than");
 }
 
 #[test]
