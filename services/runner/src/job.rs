@@ -177,6 +177,7 @@ pub async fn advance(
         })
     };
     let _stop_watching = AbortOnDrop(watcher);
+    let mut submission_checked = false;
     loop {
         let Some(rec) = client.read_run_fresh(&run_id).await? else {
             tracing::warn!(run_id, "a job for an unknown run; dropping it");
@@ -193,7 +194,9 @@ pub async fn advance(
         }
         // A run that did not come through a runner's checks (written
         // straight into the stream) is never acted on in require mode.
-        if let Some(registry) = &shared.verify {
+        // The submission never changes: check it once per job.
+        if let Some(registry) = shared.verify.as_ref().filter(|_| !submission_checked) {
+            submission_checked = true;
             if let Err(why) = moira_service::verify::check_submission(&run, &registry.current()) {
                 tracing::error!(
                     run_id,

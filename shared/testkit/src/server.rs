@@ -105,34 +105,6 @@ impl NatsServer {
         }
     }
 
-    /// Freezes the server (SIGSTOP to its pid): it holds its connections
-    /// and answers nothing, like a node stuck on a dead disk.
-    pub fn pause(&self) {
-        self.signal("-STOP");
-    }
-
-    /// Lets a paused server go on (SIGCONT).
-    pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, sig: &str) {
-        let Some(pid) = self.proc.as_ref().and_then(Proc::pid) else {
-            return;
-        };
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill {sig} {pid} failed");
-    }
-
-    /// The node's server name (as JetStream's cluster info names it).
-    pub fn server_name(&self) -> Option<&str> {
-        let i = self.args.iter().position(|a| a == "--server_name")?;
-        self.args.get(i + 1).map(String::as_str)
-    }
-
     pub fn is_running(&self) -> bool {
         self.proc.is_some()
     }
