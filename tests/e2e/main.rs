@@ -2,6 +2,7 @@
 
 mod auth;
 mod bad_input;
+mod bounds;
 mod cli;
 mod concurrency;
 mod faults;

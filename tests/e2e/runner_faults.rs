@@ -110,3 +110,67 @@ async fn a_runner_cut_off_from_the_broker_stops_its_step_before_another_runner_t
         "the two attempts overlapped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_finishes_while_the_cluster_has_no_quorum_is_recorded_once_and_never_runs_again(
+) {
+    let mut cluster = moira_tests::Cluster::start();
+    let dir = moira_testkit::TempDir::new("moira-quorum").expect("tmp");
+    let url = cluster.nodes[0].url();
+    // A long ack wait: the job stays with this runner through the outage,
+    // as it does through a leader election.
+    let runner = ProcBuilder::new(bin("moira-runner"), "moira-runner n1")
+        .args([
+            "--nats-url",
+            &url,
+            "--replicas",
+            "3",
+            "--ack-wait",
+            "120s",
+            "--work-dir",
+        ])
+        .arg(dir.path().join("work"))
+        .env("MOIRA_LOG", "info")
+        .spawn()
+        .expect("spawn runner");
+    runner.wait_for_line("moira-runner ready", Duration::from_secs(60));
+    let client = moira_client::Client::connect(&url).await.expect("connect");
+    let d = dir.path().display();
+    let yaml = format!("name: quorum\nsteps:\n  - name: once\n    retries: 1\n    run: |\n      echo started\n      while [ ! -f {d}/go ]; do sleep 0.05; done\n      echo ran >> {d}/ran\n");
+    let run = client
+        .submit_run(&yaml, &Default::default(), "alice")
+        .await
+        .expect("submit");
+    crate::runs::wait_printed(&client, &run, "once", "started").await;
+    // Two of three nodes down: the streams have no leader and no write can
+    // be stored, while the runner's own node still answers it.
+    cluster.nodes[1].kill();
+    cluster.nodes[2].kill();
+    std::fs::write(dir.path().join("go"), "").expect("write go");
+    runner.wait_for_line("recording a finished step failed", Duration::from_secs(30));
+    // Longer than the old runner kept trying (about 28 s): it then gave
+    // the job back and the step ran again as if it had been cut off.
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    cluster.nodes[1].restart();
+    cluster.nodes[2].restart();
+    // The cluster takes a moment to elect leaders again.
+    let done = tokio::time::timeout(Duration::from_secs(90), async {
+        loop {
+            match client.wait_run(&run).await {
+                Ok(done) => break done,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await
+    .expect("the run ends once the cluster is back");
+    assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
+    let ran = std::fs::read_to_string(dir.path().join("ran")).unwrap_or_default();
+    assert_eq!(ran.lines().count(), 1, "the finished step ran again");
+    let step = done
+        .steps
+        .iter()
+        .find(|st| st.name == "once")
+        .expect("step");
+    assert_eq!(step.attempt, 1, "{step:?}");
+}

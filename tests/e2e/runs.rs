@@ -86,27 +86,27 @@ impl Runs {
 
     /// Waits until a step has printed a line containing `needle`.
     pub(crate) async fn step_printed(&self, run: &str, step: &str, needle: &str) {
-        let mut lines = Box::pin(
-            self.client
-                .run_logs(run, Some(step), true)
-                .await
-                .expect("logs"),
-        );
-        let found = async {
-            while let Some(Ok(l)) = lines.next().await {
-                if l.line.contains(needle) {
-                    return;
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), found)
-            .await
-            .unwrap_or_else(|_| panic!("{step} never printed {needle:?}"));
+        wait_printed(&self.client, run, step, needle).await
     }
 
     pub(crate) fn file(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
     }
+}
+
+/// Waits until a step of `run` has printed a line containing `needle`.
+pub(crate) async fn wait_printed(client: &Client, run: &str, step: &str, needle: &str) {
+    let mut lines = Box::pin(client.run_logs(run, Some(step), true).await.expect("logs"));
+    let found = async {
+        while let Some(Ok(l)) = lines.next().await {
+            if l.line.contains(needle) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), found)
+        .await
+        .unwrap_or_else(|_| panic!("{step} never printed {needle:?}"));
 }
 
 fn step<'a>(run: &'a RunView, name: &str) -> &'a moira_client::StepView {

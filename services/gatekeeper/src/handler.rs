@@ -20,6 +20,8 @@ use moira_service::registry::Registry;
 /// How many times a command is decided again after losing a write race.
 /// 50 deciders on one gate settle well within this.
 const MAX_ATTEMPTS: usize = 200;
+/// Bytes of a message kept free for its subject and headers.
+const REPLY_HEADROOM: usize = 4096;
 
 pub use moira_service::verify::{Signatures, SIGNATURE_SKEW_MS};
 
@@ -51,7 +53,27 @@ impl Handler {
                 Reply::err(e)
             }
         };
-        format.encode(&reply)
+        let encoded = format.encode(&reply);
+        // A gate pushed back many times can outgrow a message: the event is
+        // stored either way, so the reply must still get through.
+        let limit = self.reply_limit();
+        match reply {
+            Reply {
+                ok: true,
+                gate: Some(mut gate),
+                ..
+            } if encoded.len() > limit => {
+                gate.trim_push_backs(|g| format.encode(&Reply::ok(g.clone())).len() <= limit);
+                format.encode(&Reply::ok(gate))
+            }
+            _ => encoded,
+        }
+    }
+
+    /// The largest reply body the broker takes, less room for headers.
+    fn reply_limit(&self) -> usize {
+        let max = self.client.nats().server_info().max_payload;
+        max.saturating_sub(REPLY_HEADROOM).max(REPLY_HEADROOM)
     }
 
     async fn run(

@@ -27,6 +27,8 @@ pub const BASE_ENV: [&str; 8] = [
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// A longer output line is split into pieces of this size.
 pub const MAX_LINE: usize = 16 * 1024;
+/// Output lines sent to the broker and not yet acknowledged, at most.
+const MAX_LOG_IN_FLIGHT: usize = 512;
 /// How much of `$MOIRA_OUTPUT` is read.
 pub const MAX_OUTPUTS: u64 = 64 * 1024;
 
@@ -222,14 +224,23 @@ pub async fn run(client: &Client, s: StepRun) -> StepResult {
         spawn_lines("stderr", err, tx.clone());
     }
     drop(tx);
+    // Acks are awaited as they come, at most MAX_LOG_IN_FLIGHT at a time,
+    // so a step that prints without end costs bounded memory.
+    let mut not_stored = 0u64;
     let forward = async {
-        let acks = FuturesUnordered::new();
+        let mut acks = FuturesUnordered::new();
         while let Some((stream, line)) = rx.recv().await {
-            if let Ok(ack) = client
+            while acks.len() >= MAX_LOG_IN_FLIGHT {
+                if let Some(Err(_)) = acks.next().await {
+                    not_stored += 1;
+                }
+            }
+            match client
                 .publish_log(&s.run_id, &s.step, stream, Bytes::from(line))
                 .await
             {
-                acks.push(std::future::IntoFuture::into_future(ack));
+                Ok(ack) => acks.push(std::future::IntoFuture::into_future(ack)),
+                Err(_) => not_stored += 1,
             }
         }
         acks
@@ -258,7 +269,19 @@ pub async fn run(client: &Client, s: StepRun) -> StepResult {
             return StepResult { cancelled: true, ..failed("cancelled with its run".to_string()) };
         }
     };
-    while acks.next().await.is_some() {}
+    while let Some(r) = acks.next().await {
+        if r.is_err() {
+            not_stored += 1;
+        }
+    }
+    if not_stored > 0 {
+        tracing::warn!(
+            run_id = s.run_id,
+            step = s.step,
+            "{not_stored} lines of the step's output were not stored (a step's log keeps its first {} lines)",
+            moira_client::streams::RUN_MESSAGES_PER_SUBJECT
+        );
+    }
     let status = match status {
         Ok(st) => st,
         Err(e) => return failed(format!("waiting for the step failed: {e}")),

@@ -631,11 +631,7 @@ async fn record_finish(
             RunEvent::StepCancelled { step: done.step },
             RUNNER_ACTOR,
         );
-        client
-            .append_run(&ev, None)
-            .await
-            .map_err(|e| anyhow::anyhow!("recording a cancelled step: {e}"))?;
-        return Ok(());
+        return keep_recording(client, ev, "a cancelled step").await;
     }
     let retry = !r.ok && done.attempt <= retries;
     tracing::info!(run_id, step = done.step, ok = r.ok, exit_code = ?r.exit_code, retry, "step finished");
@@ -648,23 +644,68 @@ async fn record_finish(
         reason: r.reason,
         retry,
     };
-    let envelope = env(run_id, ev, RUNNER_ACTOR);
-    // A lost ack may have stored it: appending again is then a no-op, as
-    // the fold ignores a finish for a step that is no longer running.
-    for attempt in 0..5 {
-        match client.append_run(&envelope, None).await {
-            Ok(_) => return Ok(()),
-            Err(e) if attempt < 4 => {
-                tracing::warn!(
-                    run_id,
-                    "recording a finished step failed ({e}); trying again"
-                );
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+    keep_recording(client, env(run_id, ev, RUNNER_ACTOR), "a finished step").await
+}
+
+/// How long a runner keeps trying to record a step's end before it gives
+/// up on it (and says so).
+const RECORD_FOR: Duration = Duration::from_secs(3600);
+
+/// Records the end of a step that ran here, trying again through a leader
+/// election, an outage or a lost connection. The step has run: giving up
+/// early would make it look cut off and run it again.
+///
+/// The appending is a task of its own, so it goes on when the job is
+/// dropped (a runner cut off from the broker stops holding its jobs): once
+/// the broker answers again, the finish lands, and either it comes first
+/// or another runner has already recorded the step as cut off, in which
+/// case the fold ignores it (its attempt is over). A lost ack may have
+/// stored it already: appending again is then a no-op for the same reason.
+async fn keep_recording(
+    client: &Client,
+    ev: RunEnvelope,
+    what: &'static str,
+) -> anyhow::Result<()> {
+    let client = client.clone();
+    let task = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut failures: u32 = 0;
+        loop {
+            match client.append_run(&ev, None).await {
+                Ok(_) => {
+                    if failures > 0 {
+                        tracing::info!(
+                            run_id = ev.run_id,
+                            "recorded {what} after {failures} failed tries"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) if started.elapsed() < RECORD_FOR => {
+                    if failures % 10 == 0 {
+                        tracing::warn!(
+                            run_id = ev.run_id,
+                            "recording {what} failed ({e}); trying again"
+                        );
+                    }
+                    failures += 1;
+                    let pause = Duration::from_millis(200u64 << failures.min(5))
+                        .min(Duration::from_secs(5));
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        run_id = ev.run_id,
+                        "gave up recording {what} after {:?}: {e}",
+                        started.elapsed()
+                    );
+                    return Err(anyhow::anyhow!("recording {what}: {e}"));
+                }
             }
-            Err(e) => return Err(anyhow::anyhow!("recording a finished step: {e}")),
         }
-    }
-    Ok(())
+    });
+    task.await
+        .map_err(|e| anyhow::anyhow!("recording {what}: the task failed: {e}"))?
 }
 
 /// Inputs of the gates a step depends on (directly or not), as env vars.

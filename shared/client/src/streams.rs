@@ -14,6 +14,22 @@ use async_nats::jetstream::Context;
 use moira_protocol::run::{JOBS_ALL, JOBS_STREAM, RUNS_STREAM, RUN_EVENTS_ALL, RUN_LOGS_ALL};
 use moira_protocol::subjects::{GATES_STREAM, GATE_EVENTS_ALL, GATE_SCHEDULES_ALL};
 
+/// The largest message the gate stream stores (an open is at most 64 KiB
+/// of command plus its signature). The stream has no per-subject or byte
+/// limit on purpose: message schedules need `discard: old`, so a limit
+/// would silently drop the start of old trails. How many events one gate
+/// holds is bounded by the gate rules instead (at most
+/// [`moira_protocol::gate::MAX_PUSH_BACKS`] push-backs, one approval per
+/// approver and iteration), and the store's size is the server's
+/// `max_file_store`, past which writes are refused.
+pub const GATE_MAX_MESSAGE: i32 = 256 * 1024;
+/// The most messages one run subject or one step's log subject may hold.
+/// A step that prints more keeps its first lines; a run's own events stay
+/// far below (workflow size, retries and push-backs are all bounded).
+pub const RUN_MESSAGES_PER_SUBJECT: i64 = 100_000;
+/// Jobs waiting for one run (they are deduplicated by their reason).
+pub const JOBS_PER_RUN: i64 = 1_000;
+
 /// Where the stream republishes each stored gate event.
 pub const REPUBLISH_DESTINATION: &str = "moira.live.gate.ev.{{wildcard(1)}}";
 
@@ -23,7 +39,10 @@ pub fn gate_stream_config(replicas: usize) -> Config {
         description: Some("moira gate lifecycle events and timeout schedules".to_string()),
         subjects: vec![GATE_EVENTS_ALL.to_string(), GATE_SCHEDULES_ALL.to_string()],
         retention: RetentionPolicy::Limits,
+        // Required by message schedules; nothing here is ever trimmed
+        // because the stream sets no limit that would trim it.
         discard: DiscardPolicy::Old,
+        max_message_size: GATE_MAX_MESSAGE,
         storage: StorageType::File,
         num_replicas: replicas,
         duplicate_window: Duration::from_secs(600),
@@ -45,6 +64,9 @@ pub fn runs_stream_config(replicas: usize) -> Config {
         name: RUNS_STREAM.to_string(),
         description: Some("moira workflow run events and step output".to_string()),
         subjects: vec![RUN_EVENTS_ALL.to_string(), RUN_LOGS_ALL.to_string()],
+        discard: DiscardPolicy::New,
+        max_messages_per_subject: RUN_MESSAGES_PER_SUBJECT,
+        discard_new_per_subject: true,
         storage: StorageType::File,
         num_replicas: replicas,
         duplicate_window: Duration::from_secs(600),
@@ -60,6 +82,9 @@ pub fn jobs_stream_config(replicas: usize) -> Config {
         description: Some("moira runner work queue: advance this run".to_string()),
         subjects: vec![JOBS_ALL.to_string()],
         retention: RetentionPolicy::WorkQueue,
+        discard: DiscardPolicy::New,
+        max_messages_per_subject: JOBS_PER_RUN,
+        discard_new_per_subject: true,
         storage: StorageType::File,
         num_replicas: replicas,
         duplicate_window: Duration::from_secs(600),
@@ -186,6 +211,14 @@ fn verify(have: &Config, want: &Config) -> Result<(), StreamError> {
             "retention is {:?}, expected {:?}",
             have.retention, want.retention
         ));
+    }
+    if have.max_messages_per_subject <= 0 && want.max_messages_per_subject > 0 {
+        tracing::warn!(
+            stream = have.name,
+            want = want.max_messages_per_subject,
+            "the stream has no per-subject limit (it was made by an older moira or by hand); \
+             set one with `nats stream edit` (see the README, stream limits)"
+        );
     }
     if have.num_replicas != want.num_replicas {
         tracing::warn!(

@@ -25,6 +25,10 @@ pub fn bad_name(what: &str, name: &str) -> String {
 /// Limits on user-supplied text, so one gate cannot bloat the stream.
 pub const MAX_TEXT: usize = 4096;
 pub const MAX_NAMES: usize = 64;
+/// The most push-backs one gate takes. Each may carry up to a command's
+/// size of text, so this keeps a gate's whole history (and a read of it)
+/// bounded; a gate that needs more is denied or cancelled and opened anew.
+pub const MAX_PUSH_BACKS: usize = 100;
 /// The longest timeout accepted (one year).
 pub const MAX_TIMEOUT_MS: u64 = 366 * 24 * 3600 * 1000;
 
@@ -110,6 +114,73 @@ pub struct GateState {
     /// has no second effect and a reused id for another command is refused.
     /// A gate sees a handful of commands, so a Vec beats a map here.
     pub applied: Vec<(CommandId, Did)>,
+}
+
+impl GateState {
+    /// About how many bytes this state takes in memory: the text it holds
+    /// plus a fixed cost per part. For bounding caches, not for accounting.
+    pub fn approx_bytes(&self) -> usize {
+        fn opt(s: &Option<String>) -> usize {
+            s.as_ref().map_or(0, String::len)
+        }
+        fn map(m: &BTreeMap<String, String>) -> usize {
+            m.iter().map(|(k, v)| k.len() + v.len() + 48).sum()
+        }
+        fn names(v: &[String]) -> usize {
+            v.iter().map(|s| s.len() + 24).sum()
+        }
+        let spec = &self.spec;
+        let spec_bytes = spec.message.len()
+            + opt(&spec.title)
+            + opt(&spec.summary)
+            + map(&spec.metadata)
+            + opt(&spec.run_id)
+            + opt(&spec.step)
+            + names(&spec.approvers.users)
+            + names(&spec.approvers.roles)
+            + names(&spec.inputs)
+            + names(&spec.required);
+        let approvals: usize = self
+            .approvals
+            .iter()
+            .map(|a| a.by.len() + opt(&a.comment) + opt(&a.key) + 64)
+            .sum();
+        let push_backs: usize = self
+            .push_backs
+            .iter()
+            .map(|p| p.by.len() + opt(&p.comment) + map(&p.inputs) + 64)
+            .sum();
+        let applied: usize = self
+            .applied
+            .iter()
+            .map(|(_, did)| {
+                64 + match did {
+                    Did::Approve {
+                        actor,
+                        comment,
+                        inputs,
+                    }
+                    | Did::PushBack {
+                        actor,
+                        comment,
+                        inputs,
+                    } => actor.len() + opt(comment) + map(inputs),
+                    Did::Deny { actor, reason } => actor.len() + reason.len(),
+                    Did::Cancel { actor, reason } => actor.len() + opt(reason),
+                    Did::Open | Did::TimedOut => 0,
+                }
+            })
+            .sum();
+        512 + spec_bytes
+            + self.requested_by.len()
+            + approvals
+            + map(&self.inputs)
+            + push_backs
+            + opt(&self.approved_by)
+            + opt(&self.decided_by)
+            + opt(&self.reason)
+            + applied
+    }
 }
 
 /// What a command did, as far as telling a retry from a different command
@@ -557,6 +628,16 @@ fn decide_push_back(
     ctx: &Context,
 ) -> Result<GateEvent, Rejection> {
     may_decide(state, &c.actor, &ctx.actor_roles)?;
+    if state.push_backs.len() >= MAX_PUSH_BACKS {
+        return Err(reject(
+            ErrorCode::TooLarge,
+            format!(
+                "gate {} has been pushed back {MAX_PUSH_BACKS} times, the most a gate takes; \
+                 approve, deny or cancel it",
+                state.id
+            ),
+        ));
+    }
     if let Some(comment) = &c.comment {
         check_text("the comment", comment)?;
     }

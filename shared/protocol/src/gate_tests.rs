@@ -582,3 +582,25 @@ fn only_services_open_gates_for_runs_and_cancel_them() {
         Err(ErrorCode::NotAllowed)
     );
 }
+
+#[test]
+fn a_gate_takes_a_bounded_number_of_push_backs_and_refusing_the_next_changes_nothing() {
+    let mut g = open(basic());
+    let pb = |g: &Given| {
+        Command::PushBack(PushBackGate {
+            gate_id: g.gate,
+            actor: "bob".into(),
+            comment: Some("again".into()),
+            ..Default::default()
+        })
+    };
+    for _ in 0..MAX_PUSH_BACKS {
+        g.when_ok(pb(&g), &[]);
+    }
+    let before = g.state().clone();
+    assert_eq!(g.refused(pb(&g), &[]), ErrorCode::TooLarge);
+    assert_eq!(g.state(), &before);
+    // It can still be decided.
+    g.when_ok(g.approve("bob"), &[]);
+    assert_eq!(g.state().status, GateStatus::Approved);
+}

@@ -59,6 +59,27 @@ pub struct GateView {
     pub timed_out: bool,
     pub inputs: Inputs,
     pub push_backs: Vec<PushBackView>,
+    /// How many of the oldest push-backs a command reply left out to fit
+    /// the broker's message size (`moira gate show` reads them all).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub push_backs_omitted: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl GateView {
+    /// Drops the oldest push-backs until `fits` holds, counting them in
+    /// `push_backs_omitted`. Everything else stays whole.
+    pub fn trim_push_backs(&mut self, mut fits: impl FnMut(&GateView) -> bool) {
+        while !fits(self) && !self.push_backs.is_empty() {
+            // Halve what is kept each time: a handful of encodings at most.
+            let drop = self.push_backs.len().div_ceil(2);
+            self.push_backs.drain(..drop);
+            self.push_backs_omitted += drop as u32;
+        }
+    }
 }
 
 impl From<&GateState> for GateView {
@@ -117,6 +138,7 @@ impl From<GateState> for GateView {
                     iteration: p.iteration,
                 })
                 .collect(),
+            push_backs_omitted: 0,
         }
     }
 }
