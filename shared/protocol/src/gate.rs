@@ -979,3 +979,7 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Envelope>) -> Option<GateSt
 #[cfg(test)]
 #[path = "gate_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "gate_props.rs"]
+mod props;

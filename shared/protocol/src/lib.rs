@@ -25,6 +25,9 @@ pub mod subjects;
 pub mod time;
 pub mod view;
 
+#[cfg(test)]
+mod decode_props;
+
 pub use command::{Command, CommandError, ErrorCode, Reply};
 pub use event::{Envelope, GateEvent};
 pub use gate::{apply, decide, fold, Context, Decision, GateState, GateStatus, Rejection};
