@@ -139,3 +139,54 @@ async fn a_waiter_survives_a_broker_restart() {
     let woken = wait.await.expect("join").expect("in time").expect("wait");
     assert_eq!(woken, GateStatus::Approved);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_live_feed_drops_the_decision_as_a_slow_consumer_still_sees_it() {
+    let s = Stack::start().await;
+    // A small buffer, so a burst on the live feed overflows it and the
+    // client drops messages (async-nats reports a slow consumer).
+    let slow = Client::connect_buffered(&s.url(), "slow", &moira_client::Auth::default(), 64)
+        .await
+        .expect("connect");
+    let gate = s.client.open(open("alice", "ship?")).await.expect("open");
+    let waiter = {
+        let slow = slow.clone();
+        tokio::spawn(async move { slow.wait(gate.id, Some(Duration::from_secs(60))).await })
+    };
+    // Wait until the waiter follows the gate (its read is done).
+    let follower = slow.follow(gate.id).await.expect("follow");
+    drop(follower);
+    let before = slow.resyncs();
+    let flood = Client::connect(&s.url()).await.expect("connect");
+    let noise = moira_client::protocol::subjects::live_gate_events(&moira_client::GateId::new());
+    // The decision lands in the middle of a burst of live messages.
+    for round in 0..40 {
+        for _ in 0..5_000 {
+            flood
+                .nats()
+                .publish(noise.clone(), bytes::Bytes::from_static(b"noise"))
+                .await
+                .expect("publish");
+        }
+        if round == 20 {
+            s.client
+                .approve(ApproveGate {
+                    gate_id: gate.id,
+                    actor: "bob".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("approve");
+        }
+    }
+    flood.nats().flush().await.expect("flush");
+    let seen = waiter
+        .await
+        .expect("join")
+        .expect("the waiter sees the decision");
+    assert_eq!(seen.status, GateStatus::Approved);
+    assert!(
+        slow.resyncs() > before,
+        "the burst never overflowed the buffer"
+    );
+}
