@@ -64,7 +64,6 @@ fn binaries_connect_with_credentials_and_wrong_ones_fail_clearly() {
                 "wrong",
             ])
             .env("MOIRA_WORK_DIR", dir.join("work"))
-            .env("MOIRA_NOTIFY_DATA", dir.join("notify"))
             .spawn()
             .expect("spawn");
         let status = p.wait(Duration::from_secs(20)).expect("exits by itself");

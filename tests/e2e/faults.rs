@@ -261,11 +261,9 @@ async fn a_fresh_read_on_a_cut_off_replica_never_returns_less_than_was_acknowled
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notifier_that_starts_first_on_a_cluster_creates_replicated_streams() {
     let cluster = moira_tests::Cluster::start();
-    let data = moira_testkit::TempDir::new("moira-notify-r3").expect("tmp");
     let notifier =
         moira_tests::ProcBuilder::new(moira_tests::bin("moira-notifier"), "moira-notifier")
-            .args(["--nats-url", &cluster.urls(), "--replicas", "3", "--data"])
-            .arg(data.path())
+            .args(["--nats-url", &cluster.urls(), "--replicas", "3"])
             .env("MOIRA_LOG", "info")
             .spawn()
             .expect("spawn notifier");

@@ -87,10 +87,8 @@ async fn store_raw(s: &Stack, gate: GateId, kind: &str, payload: Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_stored_events_are_reported_and_every_reader_goes_on() {
     let s = Stack::start().await;
-    let data = moira_testkit::TempDir::new("moira-hostile-notify").expect("tmp");
     let notifier = ProcBuilder::new(bin("moira-notifier"), "moira-notifier")
-        .args(["--nats-url", &s.url(), "--data"])
-        .arg(data.path())
+        .args(["--nats-url", &s.url()])
         .env("MOIRA_LOG", "info")
         .spawn()
         .expect("spawn notifier");

@@ -11,13 +11,13 @@ use moira_testkit::{find_nats_server, free_port, TempDir};
 use moira_tests::{bin, Proc, ProcBuilder};
 
 /// A CA and a server certificate for 127.0.0.1 and localhost, as PEM files.
-struct Tls {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
+pub(crate) struct Tls {
+    pub(crate) ca: PathBuf,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
-fn make_tls(dir: &Path) -> Tls {
+pub(crate) fn make_tls(dir: &Path) -> Tls {
     let ca_key = rcgen::KeyPair::generate().expect("ca key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -535,12 +535,7 @@ async fn the_locked_single_node_serves_each_role_and_refuses_the_rest() {
         &l.users.runner,
         &["--work-dir", &work.display().to_string()],
     );
-    let data = l.dir.path().join("notify");
-    let notifier = l.service(
-        "moira-notifier",
-        &l.users.notifier,
-        &["--data", &data.display().to_string()],
-    );
+    let notifier = l.service("moira-notifier", &l.users.notifier, &[]);
     a_run_is_approved_from_the_cli(&l);
     let refused = violations(&[&gk, &runner, &notifier]);
     assert!(

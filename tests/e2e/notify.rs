@@ -187,8 +187,6 @@ impl Stack {
         let mut b = ProcBuilder::new(bin("moira-notifier"), &format!("moira-notifier {data}"))
             .args(["--nats-url", &self.server.url(), "--config"])
             .arg(&file)
-            .arg("--data")
-            .arg(self.dir.path().join(data))
             .env("MOIRA_LOG", "info");
         for (k, v) in env {
             b = b.env(k, v);
@@ -394,6 +392,109 @@ async fn reminders_stop_once_decided_and_escalation_fires_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reminders_made_under_an_old_config_stop_once_the_config_drops_them() {
+    let s = Stack::start().await;
+    let (rx, port) = Receiver::start().await;
+    let hooks = format!(
+        "{}{}[[rules]]\nkinds = [\"reminder\"]\nchannels = [\"hook\"]\n",
+        webhook("hook", port, "/hook"),
+        webhook("oncall", port, "/oncall"),
+    );
+    let mut n1 = s.notifier(&format!("{hooks}[reminders]\nevery = \"1s\"\n"), "n1");
+    let g = s.open(gate("Remind me")).await;
+    rx.wait("a reminder", |r| r.about("/hook", "reminder", &g) >= 1)
+        .await;
+    n1.stop(Duration::from_secs(10));
+    // The same notifiers, restarted without [reminders]; an escalation
+    // after 3s serves as the clock.
+    let n2 = s.notifier(
+        &format!("{hooks}[escalation]\nafter = \"3s\"\nchannels = [\"oncall\"]\n"),
+        "n2",
+    );
+    n2.wait_for_line(
+        "ending a schedule the config no longer has",
+        Duration::from_secs(30),
+    );
+    let then = rx.about("/hook", "reminder", &g);
+    let clock = s.open(gate("The clock")).await;
+    rx.wait("the clock's escalation", |r| {
+        r.about("/oncall", "escalated", &clock) == 1
+    })
+    .await;
+    assert_eq!(
+        rx.about("/hook", "reminder", &g),
+        then,
+        "a reminder the config no longer has went on firing"
+    );
+}
+
+/// Writes a delivery record as another notifier would have.
+async fn record_delivery(s: &Stack, seq: u64, channel: &str, state: &str) {
+    let js = async_nats::jetstream::new(s.client.nats().clone());
+    let kv = js
+        .get_key_value("MOIRA_NOTIFY_DELIVERIES")
+        .await
+        .expect("the notifier made the bucket");
+    let key = format!("MOIRA_GATES=3a{seq}.{channel}");
+    let value = serde_json::json!({
+        "state": state,
+        "by": "notifier-elsewhere",
+        "at": moira_client::protocol::time::now_ms(),
+    });
+    kv.create(
+        key.as_str(),
+        serde_json::to_vec(&value).expect("json").into(),
+    )
+    .await
+    .expect("record");
+}
+
+async fn next_gate_seq(s: &Stack) -> u64 {
+    let js = async_nats::jetstream::new(s.client.nats().clone());
+    let mut stream = js
+        .get_stream(moira_client::protocol::subjects::GATES_STREAM)
+        .await
+        .expect("stream");
+    stream.info().await.expect("info").state.last_sequence + 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_claimed_elsewhere_waits_for_it_and_an_abandoned_claim_is_taken_over_once() {
+    let s = Stack::start().await;
+    let (rx, port) = Receiver::start().await;
+    // A one-second timeout makes a claim stale after 7s.
+    let config = format!(
+        "{}[[rules]]\nkinds = [\"opened\"]\nchannels = [\"hook\"]\n[delivery]\ntimeout = \"1s\"\n",
+        webhook("hook", port, "/hook")
+    );
+    let n = s.notifier(&config, "n1");
+    // Delivered by someone else already: never delivered here.
+    let seq = next_gate_seq(&s).await;
+    record_delivery(&s, seq, "hook", "delivered").await;
+    let done = s.open(gate("Told already")).await;
+    // Claimed just now by a notifier that then died.
+    let seq = next_gate_seq(&s).await;
+    record_delivery(&s, seq, "hook", "claimed").await;
+    let claimed = s.open(gate("Claimed elsewhere")).await;
+    let fresh = s.open(gate("Nobody's")).await;
+    rx.wait("the unclaimed gate", |r| {
+        r.about("/hook", "opened", &fresh) == 1
+    })
+    .await;
+    assert_eq!(
+        rx.about("/hook", "opened", &claimed),
+        0,
+        "delivered under another's claim"
+    );
+    n.wait_for_line("took over an abandoned delivery", Duration::from_secs(30));
+    rx.wait("the abandoned one", |r| {
+        r.about("/hook", "opened", &claimed) == 1
+    })
+    .await;
+    assert_eq!(rx.about("/hook", "opened", &done), 0, "delivered twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_notifiers_deliver_each_event_once() {
     let s = Stack::start().await;
     let (rx, port) = Receiver::start().await;
@@ -533,66 +634,263 @@ async fn retries_then_success_and_failures_are_listed() {
     .await;
 }
 
-/// A minimal SMTP server that keeps each message it receives.
-async fn smtp_server() -> (Arc<Mutex<Vec<String>>>, Arc<tokio::sync::Notify>, u16) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let mails = Arc::new(Mutex::new(Vec::new()));
-    let notify = Arc::new(tokio::sync::Notify::new());
-    let (m, nt) = (mails.clone(), notify.clone());
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            let (m, nt) = (m.clone(), nt.clone());
-            tokio::spawn(async move {
-                let (rd, mut wr) = sock.into_split();
-                let mut lines = BufReader::new(rd).lines();
-                let _ = wr.write_all(b"220 test ESMTP\r\n").await;
-                let mut data: Option<String> = None;
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(d) = data.as_mut() {
-                        if line == "." {
-                            m.lock()
-                                .expect("lock")
-                                .push(data.take().unwrap_or_default());
-                            nt.notify_waiters();
-                            let _ = wr.write_all(b"250 queued\r\n").await;
-                        } else {
-                            d.push_str(&line);
-                            d.push('\n');
+/// What the test SMTP server saw in one session.
+#[derive(Debug, Clone, Default)]
+struct Session {
+    /// Commands, in order, each with whether TLS was on when it came.
+    commands: Vec<(String, bool)>,
+    /// Each DATA section exactly as it came over the wire, with its end.
+    mails: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, Default)]
+struct SmtpServer {
+    sessions: Arc<Mutex<Vec<Session>>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl SmtpServer {
+    /// Listens on a free port; offers STARTTLS when given a TLS setup.
+    async fn start(tls: Option<tokio_rustls::TlsAcceptor>) -> (SmtpServer, u16) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = SmtpServer::default();
+        let srv = server.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (srv, tls) = (srv.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let mut seen = Session::default();
+                    let mut sock = sock;
+                    let _ = sock.write_all(b"220 test ESMTP\r\n").await;
+                    let upgrade = smtp_session(&mut sock, tls.is_some(), false, &mut seen).await;
+                    if let (true, Some(acceptor)) = (upgrade, tls) {
+                        if let Ok(mut t) = acceptor.accept(sock).await {
+                            smtp_session(&mut t, false, true, &mut seen).await;
                         }
-                        continue;
                     }
-                    let reply: &[u8] = match line
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("")
-                        .to_ascii_uppercase()
-                        .as_str()
-                    {
-                        "EHLO" => b"250-test\r\n250 OK\r\n",
-                        "MAIL" | "RCPT" => b"250 OK\r\n",
-                        "DATA" => {
-                            data = Some(String::new());
-                            b"354 go on\r\n"
-                        }
-                        "QUIT" => b"221 bye\r\n",
-                        _ => b"502 no\r\n",
-                    };
-                    let _ = wr.write_all(reply).await;
-                }
-            });
+                    srv.sessions.lock().expect("lock").push(seen);
+                    srv.changed.notify_waiters();
+                });
+            }
+        });
+        (server, port)
+    }
+
+    fn sessions(&self) -> Vec<Session> {
+        self.sessions.lock().expect("lock").clone()
+    }
+
+    fn mails(&self) -> Vec<String> {
+        self.sessions()
+            .iter()
+            .flat_map(|s| {
+                s.mails
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(m).into_owned())
+            })
+            .collect()
+    }
+
+    async fn wait_sessions(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let wait = self.changed.notified();
+            if self.sessions.lock().expect("lock").len() >= n {
+                return;
+            }
+            tokio::time::timeout_at(deadline, wait)
+                .await
+                .expect("an SMTP session ends in time");
         }
-    });
-    (mails, notify, port)
+    }
+}
+
+/// Serves SMTP commands until QUIT or the end; true when the client asked
+/// for STARTTLS (and it was offered).
+async fn smtp_session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    sock: &mut S,
+    offer_starttls: bool,
+    tls: bool,
+    seen: &mut Session,
+) -> bool {
+    let mut rd = BufReader::new(sock);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if rd.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+            return false;
+        }
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        let verb = text
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        seen.commands.push((verb.clone(), tls));
+        let reply: &[u8] = match verb.as_str() {
+            "EHLO" if offer_starttls => b"250-test\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n",
+            "EHLO" => b"250-test\r\n250 AUTH PLAIN LOGIN\r\n",
+            "STARTTLS" if offer_starttls => {
+                let _ = rd.get_mut().write_all(b"220 go ahead\r\n").await;
+                return true;
+            }
+            "AUTH" => b"235 ok\r\n",
+            "MAIL" | "RCPT" | "RSET" | "NOOP" => b"250 OK\r\n",
+            "DATA" => {
+                let _ = rd.get_mut().write_all(b"354 go on\r\n").await;
+                let mut raw = Vec::new();
+                loop {
+                    let mut l = Vec::new();
+                    if rd.read_until(b'\n', &mut l).await.unwrap_or(0) == 0 {
+                        return false;
+                    }
+                    raw.extend_from_slice(&l);
+                    if l == b".\r\n" {
+                        break;
+                    }
+                }
+                seen.mails.push(raw);
+                b"250 queued\r\n"
+            }
+            "QUIT" => {
+                let _ = rd.get_mut().write_all(b"221 bye\r\n").await;
+                return false;
+            }
+            _ => b"502 no\r\n",
+        };
+        let _ = rd.get_mut().write_all(reply).await;
+    }
+}
+
+/// A TLS acceptor for 127.0.0.1 and the CA file that trusts it.
+fn smtp_tls(dir: &std::path::Path) -> (tokio_rustls::TlsAcceptor, std::path::PathBuf) {
+    let t = crate::locked::make_tls(dir);
+    let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
+        rustls::pki_types::pem::PemObject::pem_file_iter(&t.cert)
+            .expect("read cert")
+            .map(|c| c.expect("cert"))
+            .collect();
+    let key = <rustls::pki_types::PrivateKeyDer<'static> as rustls::pki_types::pem::PemObject>::from_pem_file(&t.key)
+        .expect("read key");
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), t.ca)
+}
+
+fn mail_channel(port: u16, extra: &str) -> String {
+    format!(
+        "[channels.mail]\ntype = \"email\"\nsmtp = \"127.0.0.1:{port}\"\nfrom = \"moira@example.com\"\nto = [\"ops@example.com\"]\n{extra}\
+         [[rules]]\nkinds = [\"opened\"]\nchannels = [\"mail\"]\n[delivery]\nattempts = 2\nbackoff = \"50ms\"\ntimeout = \"5s\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_text_cannot_end_an_email_early_or_smuggle_a_second_one() {
+    let s = Stack::start().await;
+    let (smtp, port) = SmtpServer::start(None).await;
+    let _n = s.notifier(&mail_channel(port, "tls = \"none\"\n"), "n1");
+    // A bare CR before the dot: read by some servers as the end of DATA,
+    // after which the rest would be a second, forged mail.
+    let message = "deploy\r.\r\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\nforged\r\n.\r\nthe end";
+    s.open(gate(message)).await;
+    smtp.wait_sessions(1).await;
+    let sessions = smtp.sessions();
+    let mails: Vec<&Vec<u8>> = sessions.iter().flat_map(|s| &s.mails).collect();
+    assert_eq!(mails.len(), 1, "one mail");
+    let mail_commands = sessions
+        .iter()
+        .flat_map(|s| &s.commands)
+        .filter(|(c, _)| c == "MAIL")
+        .count();
+    assert_eq!(mail_commands, 1);
+    let raw = mails[0];
+    for (i, b) in raw.iter().enumerate() {
+        if *b == b'\r' {
+            assert_eq!(
+                raw.get(i + 1),
+                Some(&b'\n'),
+                "a bare CR went out at byte {i}"
+            );
+        }
+        if *b == b'\n' {
+            assert!(
+                i > 0 && raw[i - 1] == b'\r',
+                "a bare LF went out at byte {i}"
+            );
+        }
+    }
+    let text = String::from_utf8_lossy(raw);
+    assert!(text.contains("the end"), "{text}");
+    assert_eq!(
+        text.matches("\r\n.\r\n").count(),
+        1,
+        "only the real end of data: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_goes_over_starttls_and_credentials_never_travel_in_clear() {
+    let s = Stack::start().await;
+    let (acceptor, ca) = smtp_tls(s.dir.path());
+    let (smtp, port) = SmtpServer::start(Some(acceptor)).await;
+    let creds = "username = \"moira\"\npassword_env = \"MOIRA_SMTP_PASSWORD\"\n";
+    let ca = ca.display().to_string();
+    let env = [
+        ("MOIRA_SMTP_PASSWORD", "pw"),
+        ("SSL_CERT_FILE", ca.as_str()),
+    ];
+    let mut n1 = s.notifier_env(&mail_channel(port, creds), "n1", &env);
+    s.open(gate("Over TLS?")).await;
+    smtp.wait_sessions(1).await;
+    let session = &smtp.sessions()[0];
+    assert!(
+        session.commands.contains(&("STARTTLS".into(), false)),
+        "{session:?}"
+    );
+    for (c, tls) in &session.commands {
+        if ["AUTH", "MAIL", "RCPT", "DATA"].contains(&c.as_str()) {
+            assert!(tls, "{c} was sent before TLS: {session:?}");
+        }
+    }
+    assert!(
+        session.commands.iter().any(|(c, _)| c == "AUTH"),
+        "{session:?}"
+    );
+    assert!(smtp.mails()[0].contains("Over TLS?"));
+
+    // A server that does not offer STARTTLS gets neither the password nor
+    // the mail: there is no fallback to plain text.
+    n1.stop(Duration::from_secs(10));
+    let (plain, plain_port) = SmtpServer::start(None).await;
+    let n2 = s.notifier_env(&mail_channel(plain_port, creds), "n2", &env);
+    s.open(gate("Downgrade?")).await;
+    n2.wait_for_line("giving up", Duration::from_secs(30));
+    for session in plain.sessions() {
+        assert!(
+            !session
+                .commands
+                .iter()
+                .any(|(c, _)| ["AUTH", "MAIL", "DATA"].contains(&c.as_str())),
+            "{session:?}"
+        );
+        assert!(session.mails.is_empty());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_and_exec_channels_and_exec_gets_no_notifier_secrets() {
     let s = Stack::start().await;
-    let (mails, arrived, smtp_port) = smtp_server().await;
+    let (smtp, smtp_port) = SmtpServer::start(None).await;
     let out = s.dir.path().join("exec");
     let config = format!(
-        "[channels.mail]\ntype = \"email\"\nsmtp = \"127.0.0.1:{smtp_port}\"\nfrom = \"moira@example.com\"\nto = [\"ops@example.com\"]\n\
+        "[channels.mail]\ntype = \"email\"\nsmtp = \"127.0.0.1:{smtp_port}\"\ntls = \"none\"\nfrom = \"moira@example.com\"\nto = [\"ops@example.com\"]\n\
          [channels.script]\ntype = \"exec\"\ncommand = [\"sh\", \"-c\", \"cat > {out}.$MOIRA_EVENT.json; echo \\\"$MOIRA_GATE_ID $MOIRA_GATE_MESSAGE $MOIRA_WAITING_GATES ${{SMTP_SECRET:-none}}\\\" > {out}.$MOIRA_EVENT.env\"]\n\
          [[rules]]\nkinds = [\"opened\"]\nchannels = [\"mail\", \"script\"]\n",
         out = out.display()
@@ -600,13 +898,8 @@ async fn email_and_exec_channels_and_exec_gets_no_notifier_secrets() {
     let n = s.notifier_env(&config, "n1", &[("SMTP_SECRET", "hunter2")]);
     let g = s.open(gate("Mail me?")).await;
     n.wait_for_nth_line("delivered", 2, Duration::from_secs(30));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while mails.lock().expect("lock").is_empty() {
-        tokio::time::timeout_at(deadline, arrived.notified())
-            .await
-            .expect("a mail arrives");
-    }
-    let mail = mails.lock().expect("lock")[0].clone();
+    smtp.wait_sessions(1).await;
+    let mail = smtp.mails()[0].clone();
     assert!(
         mail.contains("Subject: [moira] waiting for approval: Mail me?"),
         "{mail}"
@@ -634,8 +927,6 @@ fn a_bad_config_is_refused_at_start() {
     let mut p = ProcBuilder::new(bin("moira-notifier"), "moira-notifier")
         .args(["--nats-url", &server.url(), "--config"])
         .arg(&file)
-        .arg("--data")
-        .arg(dir.path())
         .spawn()
         .expect("spawn");
     let line = p.wait_for_line("unknown channel 'ghost'", Duration::from_secs(20));

@@ -85,7 +85,6 @@ impl LocalStack {
         let settings = moira_notifier::Settings {
             nats_url: url.clone(),
             config: args.notify_config.clone(),
-            data_dir: args.data.join("notifier"),
             auth: Default::default(),
             replicas: 1,
         };

@@ -5,10 +5,128 @@ use std::process::Stdio;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::config::{ChannelConfig, Resolved};
-use crate::http::{self, Url};
-use crate::smtp;
+use lettre::message::header::ContentType;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use crate::config::{ChannelConfig, Resolved, SmtpTls};
 use crate::Notification;
+
+/// One HTTP client for every webhook and Slack post: connection reuse,
+/// proxies from `HTTPS_PROXY`/`NO_PROXY`, and no redirects (a receiver
+/// must not send moira's signed body somewhere else).
+fn http_client() -> Result<&'static reqwest::Client, String> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(c) = CLIENT.get() {
+        return Ok(c);
+    }
+    let c = reqwest::Client::builder()
+        .user_agent(concat!("moira-notifier/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("cannot set up HTTP: {e}"))?;
+    Ok(CLIENT.get_or_init(|| c))
+}
+
+async fn post(
+    url: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+    r: &Resolved,
+) -> Result<(), String> {
+    let mut req = http_client()?.post(url).timeout(r.timeout).body(body);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let resp = req.send().await.map_err(|e| {
+        if e.is_timeout() {
+            format!("no answer from {url} within {:?}", r.timeout)
+        } else {
+            format!("posting to {url}: {e}")
+        }
+    })?;
+    expect_2xx(resp.status().as_u16())
+}
+
+/// Text for a mail: every line break a CRLF, and no lone CR or LF left
+/// that a server could read as the end of the message.
+pub fn mail_text(s: &str) -> String {
+    s.replace("\r\n", "\n").replace('\r', "\n")
+}
+
+/// A header value on one line: control characters become spaces.
+pub fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+struct Mail<'a> {
+    server: &'a str,
+    tls: SmtpTls,
+    auth: Option<(&'a str, &'a str)>,
+    from: &'a str,
+    to: &'a [String],
+    subject: String,
+    body: String,
+}
+
+async fn send_mail(m: Mail<'_>, r: &Resolved) -> Result<(), String> {
+    let (host, port) = m
+        .server
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .ok_or_else(|| format!("'{}' is not host:port", m.server))?;
+    let mut message = Message::builder()
+        .from(
+            m.from
+                .parse::<Mailbox>()
+                .map_err(|e| format!("from {}: {e}", m.from))?,
+        )
+        .subject(one_line(&m.subject))
+        .header(ContentType::TEXT_PLAIN);
+    for to in m.to {
+        message = message.to(to.parse::<Mailbox>().map_err(|e| format!("to {to}: {e}"))?);
+    }
+    let message = message
+        .body(mail_text(&m.body))
+        .map_err(|e| format!("building the mail: {e}"))?;
+    let params =
+        || TlsParameters::new(host.to_string()).map_err(|e| format!("TLS with {host}: {e}"));
+    let tls = match m.tls {
+        SmtpTls::Starttls => Tls::Required(params()?),
+        SmtpTls::Implicit => Tls::Wrapper(params()?),
+        SmtpTls::None => Tls::None,
+    };
+    let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        .port(port)
+        .tls(tls)
+        .timeout(Some(r.timeout));
+    if let Some((user, pass)) = m.auth {
+        // The config refuses a username without TLS; this is the backstop.
+        if m.tls == SmtpTls::None {
+            return Err("refusing to send SMTP credentials without TLS".into());
+        }
+        transport = transport
+            .credentials(Credentials::new(user.to_string(), pass.to_string()))
+            .authentication(vec![Mechanism::Plain, Mechanism::Login]);
+    }
+    let transport = transport.build();
+    let send = transport.send(message);
+    tokio::time::timeout(r.timeout * 2, send)
+        .await
+        .map_err(|_| {
+            format!(
+                "the SMTP server {} did not finish within {:?}",
+                m.server,
+                r.timeout * 2
+            )
+        })?
+        .map(|_| ())
+        .map_err(|e| format!("SMTP {}: {e}", m.server))
+}
 
 /// The `X-Moira-Signature` value: `sha256=<hex HMAC-SHA256 of the body>`.
 pub fn signature(secret: &str, body: &[u8]) -> String {
@@ -106,27 +224,23 @@ pub async fn send(
                 ("X-Moira-Delivery", n.id.clone()),
                 ("X-Moira-Signature", signature(secret, &body)),
             ];
-            let url = Url::parse(url)?;
-            expect_2xx(http::post(&url, &headers, &body, r.timeout).await?)
+            post(url, &headers, body, r).await
         }
         ChannelConfig::Slack { url } => {
             let text = slack_text(n);
             let payload = serde_json::to_vec(&serde_json::json!({ "text": text }))
                 .map_err(|e| e.to_string())?;
-            let url = Url::parse(url)?;
-            expect_2xx(
-                http::post(
-                    &url,
-                    &[("Content-Type", "application/json".into())],
-                    &payload,
-                    r.timeout,
-                )
-                .await?,
+            post(
+                url,
+                &[("Content-Type", "application/json".into())],
+                payload,
+                r,
             )
+            .await
         }
         ChannelConfig::Email {
             smtp: server,
-            starttls,
+            tls,
             username,
             from,
             to,
@@ -135,18 +249,16 @@ pub async fn send(
             let auth = username
                 .as_deref()
                 .zip(r.smtp_passwords.get(name).map(String::as_str));
-            let subject = format!("[moira] {}", headline(n));
-            let text = body(n);
-            let mail = smtp::Mail {
+            let mail = Mail {
                 server,
-                starttls: *starttls,
+                tls: *tls,
                 auth,
                 from,
                 to,
-                subject: &subject,
-                body: &text,
+                subject: format!("[moira] {}", headline(n)),
+                body: body(n),
             };
-            smtp::send(&mail, r.timeout).await
+            send_mail(mail, r).await
         }
         ChannelConfig::Exec { command } => exec(command, n, r).await,
         ChannelConfig::Log {} => {
@@ -263,6 +375,12 @@ async fn exec(command: &[String], n: &Notification, r: &Resolved) -> Result<(), 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mail_text_leaves_no_bare_cr_or_lf_and_headers_stay_on_one_line() {
+        assert_eq!(super::mail_text("a\r.\r\nb\rc\n"), "a\n.\nb\nc\n");
+        assert_eq!(super::one_line("x\r\nBcc: y\u{1b}"), "x  Bcc: y ");
+    }
+
     #[test]
     fn mrkdwn_is_escaped() {
         assert_eq!(

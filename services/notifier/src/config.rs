@@ -51,8 +51,11 @@ pub enum ChannelConfig {
     Email {
         /// `host:port` of the SMTP server.
         smtp: String,
+        /// `starttls` (the default: the server must offer it), `implicit`
+        /// (TLS from the first byte, usually port 465) or `none` (a local
+        /// relay; no credentials are sent then).
         #[serde(default)]
-        starttls: bool,
+        tls: SmtpTls,
         #[serde(default)]
         username: Option<String>,
         #[serde(default)]
@@ -64,6 +67,16 @@ pub enum ChannelConfig {
         command: Vec<String>,
     },
     Log {},
+}
+
+/// How an e-mail channel secures its SMTP connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    #[default]
+    Starttls,
+    Implicit,
+    None,
 }
 
 /// Which notifications go to which channels.
@@ -205,7 +218,7 @@ impl Config {
                     secret,
                     secret_env,
                 } => {
-                    if !url_ok(url) || crate::http::Url::parse(url).is_err() {
+                    if !url_ok(url) || reqwest::Url::parse(url).is_err() {
                         p.push(format!(
                             "{at}: url '{url}' must be an http:// or https:// URL"
                         ));
@@ -225,7 +238,7 @@ impl Config {
                     }
                 }
                 ChannelConfig::Slack { url } => {
-                    if !url_ok(url) || crate::http::Url::parse(url).is_err() {
+                    if !url_ok(url) || reqwest::Url::parse(url).is_err() {
                         p.push(format!(
                             "{at}: url '{url}' must be an http:// or https:// URL"
                         ));
@@ -233,12 +246,23 @@ impl Config {
                 }
                 ChannelConfig::Email {
                     smtp,
+                    tls,
                     username,
                     password_env,
                     from,
                     to,
-                    ..
                 } => {
+                    if username.is_some() && *tls == SmtpTls::None {
+                        p.push(format!(
+                            "{at}: a username with tls = \"none\" would send the password in clear; \
+                             use tls = \"starttls\" or \"implicit\""
+                        ));
+                    }
+                    for addr in std::iter::once(from).chain(to.iter()) {
+                        if let Err(e) = addr.parse::<lettre::message::Mailbox>() {
+                            p.push(format!("{at}: '{addr}' is not an e-mail address: {e}"));
+                        }
+                    }
                     if smtp
                         .rsplit_once(':')
                         .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
@@ -419,6 +443,7 @@ every = "soon"
             "unknown kind 'openned'",
             "unknown channel 'ghost'",
             "reminders.every",
+            "'x' is not an e-mail address",
         ] {
             assert!(e.contains(needle), "missing {needle:?} in {e}");
         }
@@ -427,5 +452,25 @@ every = "soon"
             .unwrap_err()
             .to_string()
             .contains("MOIRA_SURELY_UNSET_VAR"));
+    }
+
+    #[test]
+    fn smtp_credentials_without_tls_are_refused() {
+        std::env::set_var("MOIRA_TEST_SMTP_PASSWORD", "pw");
+        let mail = |tls: &str| {
+            format!(
+                "[channels.mail]\ntype = \"email\"\nsmtp = \"127.0.0.1:25\"\ntls = \"{tls}\"\n\
+                 username = \"u\"\npassword_env = \"MOIRA_TEST_SMTP_PASSWORD\"\n\
+                 from = \"m@example.com\"\nto = [\"o@example.com\"]\n"
+            )
+        };
+        let e = Config::parse(&mail("none"))
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("password in clear"), "{e}");
+        for ok in ["starttls", "implicit"] {
+            Config::parse(&mail(ok)).expect("accepted");
+        }
+        assert!(Config::parse(&mail("sometimes")).is_err());
     }
 }

@@ -8,24 +8,24 @@
 //!   message schedules in `MOIRA_NOTIFY`, so they survive restarts and fire
 //!   once however many notifiers run.
 //!
-//! Each notification is routed ([`route`]) to channels; a delivery is tried
-//! with exponential backoff and jitter, recorded in a local redb store when
-//! it succeeds (so an event delivered again does not notify twice), and
-//! published to `moira.notify.failed.<channel>` when it keeps failing,
-//! where `moira notify failures` reads it.
+//! Each notification is routed ([`route`]) to channels. Before a channel
+//! is told, the (event, channel) pair is claimed in the shared
+//! `MOIRA_NOTIFY_DELIVERIES` bucket (see `store`), so an event handled by
+//! two notifiers, or delivered again after a crash, notifies once. A
+//! delivery is tried with exponential backoff and jitter, and published to
+//! `moira.notify.failed.<channel>` when it keeps failing, where `moira
+//! notify failures` reads it.
 //!
 //! # Layout
 //! - [`config`]: the TOML config and its checks;
 //! - [`channels`]: delivering to webhook, Slack, e-mail, exec, log;
-//! - `http`, `smtp`: small protocol clients; `store`: the delivery record;
+//! - `store`: the shared delivery record;
 //! - this file: consumers, routing, schedules, retries.
 
 #![forbid(unsafe_code)]
 
 pub mod channels;
 pub mod config;
-mod http;
-mod smtp;
 mod store;
 
 use std::path::PathBuf;
@@ -55,7 +55,14 @@ pub const NOTIFY_STREAM: &str = "MOIRA_NOTIFY";
 const SCHED_ALL: &str = "moira.notify.sched.*.*";
 const FIRE_ALL: &str = "moira.notify.fire.*.*";
 pub const FAILED_ALL: &str = "moira.notify.failed.*";
-const HANDLERS: usize = 16;
+/// Events each consumer handles at once. Each consumer has its own slots,
+/// so a burst of gate events never holds up reminders or run events.
+const HANDLERS: usize = 8;
+/// Progress acks for an event being handled or waiting for a slot.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// An event some channel of which another notifier is delivering now is
+/// handed back to the consumer and comes back after this.
+const BUSY_RETRY: Duration = Duration::from_secs(5);
 
 /// A notification, as every channel receives it (webhooks get this JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,8 +109,6 @@ pub struct Settings {
     pub nats_url: String,
     /// None: everything goes to the log channel.
     pub config: Option<PathBuf>,
-    /// Where the local delivery record lives.
-    pub data_dir: PathBuf,
     /// Broker credentials and TLS.
     pub auth: moira_client::Auth,
     /// Replicas for the streams this notifier creates when it starts
@@ -116,7 +121,7 @@ pub(crate) struct Shared {
     js: async_nats::jetstream::Context,
     config: config::Config,
     resolved: Resolved,
-    store: store::Store,
+    deliveries: store::Deliveries,
 }
 
 pub struct Notifier {
@@ -146,13 +151,19 @@ pub async fn start(settings: Settings) -> anyhow::Result<Notifier> {
         Some(path) => config::Config::load(path)?,
         None => config::Config::log_only(),
     };
-    let store = store::Store::open(&settings.data_dir.join("deliveries.redb"))
-        .map_err(anyhow::Error::msg)?;
     let client = Client::connect_with(&settings.nats_url, "moira-notifier", &settings.auth).await?;
     let js = async_nats::jetstream::new(client.nats().clone());
     moira_client::streams::ensure_gate_stream(&js, settings.replicas).await?;
     moira_client::streams::ensure_runs_stream(&js, settings.replicas).await?;
     moira_client::streams::ensure(&js, notify_stream_config(settings.replicas)).await?;
+    // A claim is renewed before each attempt and outlives one attempt (an
+    // e-mail may take two timeouts: connecting, then sending). A notifier
+    // that died mid-delivery leaves a claim that others take over after it.
+    let ttl = resolved.timeout * 2 + Duration::from_secs(5);
+    let me = format!("notifier-{}", uuid::Uuid::new_v4().simple());
+    let deliveries = store::Deliveries::open(&js, settings.replicas, me, ttl)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let mut consumers = Vec::new();
     for (name, stream, filter) in [
         ("moira-notifier-gates", GATES_STREAM, GATE_EVENTS_ALL),
@@ -184,7 +195,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Notifier> {
             js,
             config,
             resolved,
-            store,
+            deliveries,
         }),
         consumers,
     })
@@ -196,10 +207,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
 impl Notifier {
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let slots = Arc::new(Semaphore::new(HANDLERS));
         let mut loops = Vec::new();
+        let mut all_slots = Vec::new();
         for (name, consumer) in self.consumers {
-            let (shared, slots, shutdown) = (self.shared.clone(), slots.clone(), shutdown.clone());
+            let slots = Arc::new(Semaphore::new(HANDLERS));
+            all_slots.push(slots.clone());
+            let (shared, shutdown) = (self.shared.clone(), shutdown.clone());
             loops.push(tokio::spawn(consume(
                 name, consumer, shared, slots, shutdown,
             )));
@@ -209,11 +222,24 @@ impl Notifier {
             let _ = l.await;
         }
         // Let handlers in flight finish (bounded): they ack what they did.
-        let _ = tokio::time::timeout(Duration::from_secs(10), slots.acquire_many(HANDLERS as u32))
-            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            for slots in &all_slots {
+                let _ = slots.acquire_many(HANDLERS as u32).await;
+            }
+        })
+        .await;
         tracing::info!("moira-notifier stopped");
         Ok(())
     }
+}
+
+/// What became of an event.
+#[derive(Debug, PartialEq, Eq)]
+enum Handled {
+    /// Every channel was told, given up on, or had been told before.
+    Done,
+    /// Some channel is being told by another notifier: hand it back.
+    Later,
 }
 
 async fn consume(
@@ -225,22 +251,40 @@ async fn consume(
 ) {
     let mut feed = DurableFeed::new(name, consumer);
     while let Some(msg) = feed.next(&shutdown).await {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
+        // Waiting for a slot counts as progress: without it, a burst while
+        // a channel is slow would be delivered again to someone else.
+        let permit = {
+            let acquire = slots.clone().acquire_owned();
+            tokio::pin!(acquire);
+            let mut beat = tokio::time::interval(PROGRESS_EVERY);
+            beat.tick().await;
+            loop {
+                tokio::select! {
+                    p = &mut acquire => break p,
+                    _ = beat.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
+                }
+            }
+        };
+        let Ok(permit) = permit else {
             return;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
             let work = handle(&shared, &msg);
             tokio::pin!(work);
-            let mut beat = tokio::time::interval(Duration::from_secs(10));
+            let mut beat = tokio::time::interval(PROGRESS_EVERY);
             beat.tick().await;
-            loop {
+            let handled = loop {
                 tokio::select! {
-                    _ = &mut work => break,
+                    h = &mut work => break h,
                     _ = beat.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
                 }
-            }
-            if let Err(e) = msg.double_ack().await {
+            };
+            let acked = match handled {
+                Handled::Done => msg.double_ack().await,
+                Handled::Later => msg.ack_with(AckKind::Nak(Some(BUSY_RETRY))).await,
+            };
+            if let Err(e) = acked {
                 tracing::warn!("acking an event failed: {e}");
             }
             drop(permit);
@@ -249,13 +293,16 @@ async fn consume(
 }
 
 /// Handles one event of any of the three consumers. Never fails: problems
-/// are logged or recorded as failed deliveries, and the event is acked.
-async fn handle(shared: &Shared, msg: &async_nats::jetstream::Message) {
-    let Ok(info) = msg.info() else { return };
+/// are logged or recorded as failed deliveries, and the event is acked
+/// (unless another notifier is delivering part of it right now).
+async fn handle(shared: &Shared, msg: &async_nats::jetstream::Message) -> Handled {
+    let Ok(info) = msg.info() else {
+        return Handled::Done;
+    };
     let id = format!("{}:{}", info.stream, info.stream_sequence);
     let subject = msg.subject.to_string();
     if let Some(rest) = subject.strip_prefix("moira.notify.fire.") {
-        fired(shared, &id, rest, msg.headers.as_ref()).await;
+        return fired(shared, &id, rest, msg.headers.as_ref()).await;
     } else if subject.starts_with("moira.run.ev.") {
         if let Some(env) = RunEnvelope::decode(&msg.payload) {
             if let RunEvent::RunFinished { status } = env.event {
@@ -266,22 +313,25 @@ async fn handle(shared: &Shared, msg: &async_nats::jetstream::Message) {
                 };
                 if let Ok(run) = shared.client.show_run(&env.run_id).await {
                     let n = notification(shared, id, kind, None, Some(&run));
-                    deliver_all(shared, &n, &[]).await;
+                    return deliver_all(shared, &n, &[]).await;
                 }
             }
         }
     } else {
         match Envelope::decode(&msg.payload) {
-            Ok(Decoded::Event(env)) => gate_event(shared, id, info.stream_sequence, env).await,
+            Ok(Decoded::Event(env)) => {
+                return gate_event(shared, id, info.stream_sequence, env).await
+            }
             Ok(Decoded::Unknown { kind, .. }) => {
                 tracing::debug!(kind, "skipping an event kind this build does not know")
             }
             Err(e) => tracing::warn!(subject, "skipping an undecodable event: {e}"),
         }
     }
+    Handled::Done
 }
 
-async fn gate_event(shared: &Shared, id: String, seq: u64, env: Envelope) {
+async fn gate_event(shared: &Shared, id: String, seq: u64, env: Envelope) -> Handled {
     let kind = match &env.event {
         GateEvent::GateOpened { .. } => "opened",
         GateEvent::GateApproved { .. } => "approved",
@@ -289,7 +339,7 @@ async fn gate_event(shared: &Shared, id: String, seq: u64, env: Envelope) {
         GateEvent::GateTimedOut { .. } => "timed_out",
         GateEvent::GateCancelled { .. } => "cancelled",
         GateEvent::GatePushedBack { .. } => "pushed_back",
-        GateEvent::ApprovalRecorded { .. } => return,
+        GateEvent::ApprovalRecorded { .. } => return Handled::Done,
     };
     if kind == "opened" {
         schedule(shared, env.gate_id, env.at).await;
@@ -300,7 +350,7 @@ async fn gate_event(shared: &Shared, id: String, seq: u64, env: Envelope) {
         Ok(g) => g,
         Err(e) => {
             tracing::warn!(gate = %env.gate_id, "cannot read the gate to notify about it: {e}");
-            return;
+            return Handled::Done;
         }
     };
     let run = match &gate.run_id {
@@ -308,7 +358,7 @@ async fn gate_event(shared: &Shared, id: String, seq: u64, env: Envelope) {
         None => None,
     };
     let n = notification(shared, id, kind, Some(gate), run.as_ref());
-    deliver_all(shared, &n, &[]).await;
+    deliver_all(shared, &n, &[]).await
 }
 
 /// The gate as it was right after the event at `seq`: an "opened" message
@@ -373,15 +423,11 @@ async fn schedule(shared: &Shared, gate: GateId, opened_at: u64) {
     }
 }
 
-/// Removes a gate's reminder and escalation schedules.
+/// Removes a gate's reminder and escalation schedules, both of them
+/// whatever the config says now: one made under an older config must not
+/// go on firing.
 async fn unschedule(shared: &Shared, gate: GateId) {
-    for (what, on) in [
-        ("remind", shared.resolved.remind_every.is_some()),
-        ("escalate", shared.resolved.escalate_after.is_some()),
-    ] {
-        if !on {
-            continue;
-        }
+    for what in ["remind", "escalate"] {
         let mut h = HeaderMap::new();
         h.insert("Nats-Scheduler", sched_subject(gate, what).as_str());
         h.insert("Nats-Schedule-Next", "purge");
@@ -397,23 +443,35 @@ async fn unschedule(shared: &Shared, gate: GateId) {
 }
 
 /// A reminder or escalation fired: notify if the gate still waits.
-async fn fired(shared: &Shared, id: &str, rest: &str, headers: Option<&HeaderMap>) {
+async fn fired(shared: &Shared, id: &str, rest: &str, headers: Option<&HeaderMap>) -> Handled {
     if headers.is_some_and(|h| h.get("Moira-Stop").is_some()) {
-        return;
+        return Handled::Done;
     }
     let Some((gate, what)) = rest.split_once('.') else {
-        return;
+        return Handled::Done;
     };
     let Ok(gate) = gate.parse::<GateId>() else {
-        return;
+        return Handled::Done;
     };
+    // A schedule the config no longer asks for (it was made before a
+    // reload or restart without `[reminders]` or `[escalation]`) is ended.
+    let configured = match what {
+        "remind" => shared.resolved.remind_every.is_some(),
+        "escalate" => shared.resolved.escalate_after.is_some(),
+        _ => false,
+    };
+    if !configured {
+        tracing::info!(%gate, what, "ending a schedule the config no longer has");
+        unschedule(shared, gate).await;
+        return Handled::Done;
+    }
     let Ok(view) = shared.client.show(gate).await else {
-        return;
+        return Handled::Done;
     };
     if view.status.is_terminal() {
         // Decided: make sure nothing fires again.
         unschedule(shared, gate).await;
-        return;
+        return Handled::Done;
     }
     let (kind, extra) = match what {
         "remind" => ("reminder", Vec::new()),
@@ -426,14 +484,14 @@ async fn fired(shared: &Shared, id: &str, rest: &str, headers: Option<&HeaderMap
                 .map(|e| e.channels.clone())
                 .unwrap_or_default(),
         ),
-        _ => return,
+        _ => return Handled::Done,
     };
     let run = match &view.run_id {
         Some(r) => shared.client.show_run(r).await.ok(),
         None => None,
     };
     let n = notification(shared, id.to_string(), kind, Some(view), run.as_ref());
-    deliver_all(shared, &n, &extra).await;
+    deliver_all(shared, &n, &extra).await
 }
 
 fn notification(
@@ -526,14 +584,31 @@ pub fn route(config: &config::Config, n: &Notification, extra: &[String]) -> Vec
     out
 }
 
-async fn deliver_all(shared: &Shared, n: &Notification, extra: &[String]) {
+async fn deliver_all(shared: &Shared, n: &Notification, extra: &[String]) -> Handled {
+    let mut handled = Handled::Done;
     for channel in route(&shared.config, n, extra) {
-        if shared.store.delivered(&n.id, &channel) {
-            tracing::debug!(notification = n.id, channel, "already delivered");
-            continue;
+        let key = store::key(&n.id, &channel);
+        match shared.deliveries.claim(&key).await {
+            Ok(store::Claim::Mine(rev)) => deliver(shared, n, &channel, &key, rev).await,
+            Ok(store::Claim::Done) => {
+                tracing::debug!(notification = n.id, channel, "already delivered")
+            }
+            Ok(store::Claim::Busy) => {
+                tracing::debug!(
+                    notification = n.id,
+                    channel,
+                    "another notifier is delivering it"
+                );
+                handled = Handled::Later;
+            }
+            Err(e) => {
+                // The record cannot be read: deliver later rather than twice.
+                tracing::warn!(notification = n.id, channel, "{e}; trying again later");
+                handled = Handled::Later;
+            }
         }
-        deliver(shared, n, &channel).await;
     }
+    handled
 }
 
 /// A pseudo-random fraction in [0, 1) for backoff jitter.
@@ -545,18 +620,36 @@ fn jitter() -> f64 {
     (nanos % 1000) as f64 / 1000.0
 }
 
-async fn deliver(shared: &Shared, n: &Notification, channel: &str) {
+async fn deliver(shared: &Shared, n: &Notification, channel: &str, key: &str, mut rev: u64) {
     let Some(cfg) = shared.config.channels.get(channel) else {
         return;
     };
     let r = &shared.resolved;
     let mut last = String::new();
     for attempt in 1..=r.attempts {
+        if attempt > 1 {
+            match shared.deliveries.renew(key, rev).await {
+                Ok(new) => rev = new,
+                Err(e) => {
+                    // Someone took the claim over (we were too slow): leave it to them.
+                    tracing::warn!(
+                        notification = n.id,
+                        channel,
+                        "{e}; leaving it to its new owner"
+                    );
+                    return;
+                }
+            }
+        }
         match channels::send(cfg, channel, n, r).await {
             Ok(()) => {
                 // Recorded first, then reported: "delivered" in the log
                 // means a redelivered event will not notify this channel again.
-                match shared.store.mark(&n.id, channel, now_ms()) {
+                match shared
+                    .deliveries
+                    .finish(key, rev, store::State::Delivered)
+                    .await
+                {
                     Ok(()) => tracing::info!(
                         notification = n.id,
                         kind = n.kind,
@@ -602,6 +695,13 @@ async fn deliver(shared: &Shared, n: &Notification, channel: &str) {
         error: last,
         at: rfc3339(now_ms()),
     };
+    if let Err(e) = shared
+        .deliveries
+        .finish(key, rev, store::State::Failed)
+        .await
+    {
+        tracing::warn!(notification = n.id, channel, "{e}");
+    }
     tracing::error!(
         notification = n.id,
         channel,

@@ -14,9 +14,6 @@ struct Args {
     /// Channels and routing (TOML); without it everything goes to the log.
     #[arg(long, env = "MOIRA_NOTIFY_CONFIG")]
     config: Option<PathBuf>,
-    /// Folder for this notifier's delivery record.
-    #[arg(long, env = "MOIRA_NOTIFY_DATA", default_value = ".moira/notifier")]
-    data: PathBuf,
     /// Replicas for the streams when this notifier creates them.
     #[arg(long, env = "MOIRA_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     replicas: u8,
@@ -30,7 +27,6 @@ async fn main() -> std::process::ExitCode {
     let settings = moira_notifier::Settings {
         nats_url: args.nats_url,
         config: args.config,
-        data_dir: args.data,
         auth: args.connect.auth(),
         replicas: args.replicas as usize,
     };
