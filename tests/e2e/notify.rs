@@ -16,14 +16,14 @@ const SECRET: &str = "s3cret";
 
 /// One request the HTTP receiver got.
 #[derive(Debug, Clone)]
-struct Hit {
+pub(crate) struct Hit {
     path: String,
     signature_ok: bool,
     body: Value,
 }
 
 #[derive(Clone, Default)]
-struct Receiver {
+pub(crate) struct Receiver {
     hits: Arc<Mutex<Vec<Hit>>>,
     changed: Arc<tokio::sync::Notify>,
     /// Requests to fail per path (500) before answering 200.
@@ -42,7 +42,7 @@ fn expected_signature(body: &[u8]) -> String {
 
 impl Receiver {
     /// Paths: `/garbage` answers bytes that are not HTTP; `/down` answers 500.
-    async fn start() -> (Receiver, u16) {
+    pub(crate) async fn start() -> (Receiver, u16) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let r = Receiver::default();
@@ -121,7 +121,7 @@ impl Receiver {
         Ok(())
     }
 
-    fn hits(&self, path: &str) -> Vec<Hit> {
+    pub(crate) fn hits(&self, path: &str) -> Vec<Hit> {
         self.hits
             .lock()
             .expect("lock")
@@ -132,7 +132,7 @@ impl Receiver {
     }
 
     /// Hits on `path` of notification `kind` about `gate`.
-    fn about(&self, path: &str, kind: &str, gate: &str) -> usize {
+    pub(crate) fn about(&self, path: &str, kind: &str, gate: &str) -> usize {
         self.hits(path)
             .iter()
             .filter(|h| h.body["kind"] == kind && h.body["gate"]["id"] == gate)
@@ -140,7 +140,7 @@ impl Receiver {
     }
 
     /// Waits until `pred` holds over the hits.
-    async fn wait(&self, what: &str, pred: impl Fn(&Receiver) -> bool) {
+    pub(crate) async fn wait(&self, what: &str, pred: impl Fn(&Receiver) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let notified = self.changed.notified();
@@ -221,7 +221,7 @@ fn gate(msg: &str) -> OpenGate {
     }
 }
 
-fn webhook(name: &str, port: u16, path: &str) -> String {
+pub(crate) fn webhook(name: &str, port: u16, path: &str) -> String {
     format!("[channels.{name}]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{port}{path}\"\nsecret = \"{SECRET}\"\n")
 }
 

@@ -239,6 +239,16 @@ impl Proc {
         status
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, name: &str) {
+        if let Some(child) = self.child.as_ref() {
+            let _ = Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

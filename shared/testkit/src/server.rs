@@ -105,6 +105,21 @@ impl NatsServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): its connections stay open and silent,
+    /// as a machine that hangs.
+    pub fn pause(&self) {
+        if let Some(p) = &self.proc {
+            p.signal("STOP");
+        }
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(p) = &self.proc {
+            p.signal("CONT");
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.proc.is_some()
     }
