@@ -132,14 +132,15 @@ async fn decide(
             Err(e)
                 if e.code() == Some(ErrorCode::NotFound)
                     || matches!(e, ClientError::NotFound(_)) => {}
-            Err(e) if transient(&e) => {}
+            Err(e) if transient(&e) => {
+                RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             Err(e) => return Err(e.code().unwrap_or(ErrorCode::Internal)),
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "a decision on {gate} never got an answer"
         );
-        RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -92,21 +92,35 @@ impl Deliveries {
         me: String,
         ttl: Duration,
     ) -> Result<Deliveries, String> {
-        let kv = match js.get_key_value(BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.to_string(),
-                    description: "moira notifier deliveries: who delivered what".to_string(),
-                    history: 1,
-                    max_age: RECORD_FOR,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("cannot create the delivery record {BUCKET}: {e}"))?,
-        };
-        Ok(Deliveries { kv, me, ttl })
+        let deadline = tokio::time::Instant::now() + moira_client::streams::ENSURE_PATIENCE;
+        loop {
+            let made = match js.get_key_value(BUCKET).await {
+                Ok(kv) => Ok(kv),
+                Err(_) => js
+                    .create_key_value(kv::Config {
+                        bucket: BUCKET.to_string(),
+                        description: "moira notifier deliveries: who delivered what".to_string(),
+                        history: 1,
+                        max_age: RECORD_FOR,
+                        num_replicas: replicas,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            match made {
+                Ok(kv) => return Ok(Deliveries { kv, me, ttl }),
+                // A cluster still forming: not yet, rather than no.
+                Err(e)
+                    if moira_client::streams::is_transient(&e)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::warn!("JetStream is not answering yet ({e}); trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(format!("cannot create the delivery record {BUCKET}: {e}")),
+            }
+        }
     }
 
     fn record(&self, state: State) -> bytes::Bytes {

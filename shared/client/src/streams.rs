@@ -122,7 +122,7 @@ pub async fn ensure_run_streams(js: &Context, replicas: usize) -> Result<(), Str
 
 /// How long start-up keeps trying while JetStream is not answering yet (a
 /// cluster that is still forming, a leader being elected).
-const ENSURE_PATIENCE: Duration = Duration::from_secs(30);
+pub const ENSURE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Creates the stream `want` describes if it is missing; otherwise checks
 /// that the stored one is compatible. Every moira service creates and
@@ -148,9 +148,14 @@ pub async fn ensure(js: &Context, want: Config) -> Result<(), StreamError> {
 /// Errors that mean "not yet" rather than "no": no answer, or JetStream
 /// (or its leader) temporarily unavailable. A create that timed out may
 /// have been stored; the next try finds the stream and checks it.
-fn is_transient(e: &str) -> bool {
+/// A cluster that is still forming, or has a node just restarting, also
+/// answers a replicated create with "no suitable peers" until every peer is
+/// known to be online.
+pub fn is_transient(e: &str) -> bool {
     let e = e.to_lowercase();
-    e.contains("timed out") || e.contains("temporarily unavailable")
+    e.contains("timed out")
+        || e.contains("temporarily unavailable")
+        || e.contains("no suitable peers")
 }
 
 async fn ensure_once(js: &Context, want: Config) -> Result<(), StreamError> {
