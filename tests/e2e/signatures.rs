@@ -16,6 +16,23 @@ use crate::Stack;
 
 /// Makes an SSH key with the real ssh-keygen; returns the private key path.
 pub(crate) fn ssh_keygen(dir: &Path, name: &str, kind: &str) -> PathBuf {
+    // About 1 in 256 ECDSA keys cannot be read by this build's ssh-key
+    // library (see SignError::Unreadable): make another.
+    for _ in 0..20 {
+        let path = keygen_once(dir, name, kind);
+        if !matches!(
+            moira_client::signing::Signer::from_file(&path),
+            Err(moira_client::signing::SignError::Unreadable(..))
+        ) {
+            return path;
+        }
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(format!("{}.pub", path.display()));
+    }
+    panic!("ssh-keygen kept making keys that cannot be read");
+}
+
+fn keygen_once(dir: &Path, name: &str, kind: &str) -> PathBuf {
     let path = dir.join(name);
     let mut args = vec!["-q", "-t", kind, "-N", "", "-C", name, "-f"];
     if kind == "ecdsa" {

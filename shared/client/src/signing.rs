@@ -20,6 +20,13 @@ pub enum SignError {
     #[error("{0} is neither an OpenSSH private key nor a public key")]
     NotAKey(PathBuf),
     #[error(
+        "{0} is an OpenSSH private key that cannot be read ({1}). About 1 in 256 ECDSA keys made by \
+         ssh-keygen (a secret that starts with a zero byte) hits a limit of the ssh-key library in \
+         this build: add the key to ssh-agent (`ssh-add {0}`) and pass its public key \
+         (`--key {0}.pub`), or use an Ed25519 key"
+    )]
+    Unreadable(PathBuf, String),
+    #[error(
         "no ssh-agent: SSH_AUTH_SOCK is not set (start one with `eval $(ssh-agent)` and `ssh-add`)"
     )]
     NoAgent,
@@ -71,14 +78,24 @@ impl Signer {
     pub fn from_file(path: &Path) -> Result<Signer, SignError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| SignError::Read(path.to_path_buf(), e.to_string()))?;
-        if let Ok(key) = PrivateKey::from_openssh(&text) {
-            if key.is_encrypted() {
-                return Err(SignError::Encrypted(path.to_path_buf()));
+        match PrivateKey::from_openssh(&text) {
+            Ok(key) => {
+                if key.is_encrypted() {
+                    return Err(SignError::Encrypted(path.to_path_buf()));
+                }
+                if !accepted(&key.algorithm()) {
+                    return Err(SignError::Algorithm(key.algorithm().to_string()));
+                }
+                return Ok(Signer::Key(Box::new(key)));
             }
-            if !accepted(&key.algorithm()) {
-                return Err(SignError::Algorithm(key.algorithm().to_string()));
+            Err(e)
+                if text
+                    .trim_start()
+                    .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----") =>
+            {
+                return Err(SignError::Unreadable(path.to_path_buf(), e.to_string()));
             }
-            return Ok(Signer::Key(Box::new(key)));
+            Err(_) => {}
         }
         match PublicKey::from_openssh(text.trim()) {
             Ok(public) => {
@@ -219,5 +236,34 @@ mod tests {
             verify(b"statement", &other),
             Err(VerifyError::Namespace(_))
         ));
+    }
+
+    #[test]
+    fn an_ecdsa_key_the_library_cannot_read_gets_an_error_that_says_what_to_do() {
+        let dir = std::env::temp_dir().join(format!("moira-ecdsa-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        // About 1 in 256 keys: try until one turns up (bounded).
+        let mut found = None;
+        for i in 0..4000 {
+            let path = dir.join(format!("k{i}"));
+            let made = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ecdsa", "-b", "256", "-N", "", "-f"])
+                .arg(&path)
+                .status()
+                .expect("ssh-keygen is installed (./just tools installs openssh-client)");
+            assert!(made.success());
+            match Signer::from_file(&path) {
+                Ok(_) => {}
+                Err(e) => {
+                    found = Some(e);
+                    break;
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let e = found.expect("an unreadable key within 4000");
+        assert!(matches!(e, SignError::Unreadable(..)), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("ssh-add") && text.contains(".pub"), "{text}");
     }
 }
