@@ -37,11 +37,12 @@ wait_for() {
 }
 
 say "1. Start the one-machine stack: a nats-server child and a gate-keeper"
-printf '$ moira dev --port %s --data %s\n' "$port" "$work/dev"
-"$moira" dev --port "$port" --data "$work/dev" >"$work/dev.out" 2>"$work/dev.err" &
+printf '$ moira dev --port %s --web-port 0 --data %s\n' "$port" "$work/dev"
+"$moira" dev --port "$port" --web-port 0 --data "$work/dev" >"$work/dev.out" 2>"$work/dev.err" &
 dev_pid=$!
 wait_for "$work/dev.err" "Press Ctrl-C" 60 "$dev_pid"
-sed -n '/moira dev is running/,/data:/p' "$work/dev.err"
+sed -n '/moira dev is running/,/HTTP API:/p' "$work/dev.err"
+api=$(sed -n 's|^  HTTP API: *\(http[^ ]*\)/gates.*|\1|p' "$work/dev.err")
 
 say "2. alice opens a gate that bob must approve, with a required input, and waits"
 printf '$ moira --as alice gate open --message "Deploy v1.0.0 to production?" --approver bob --input WINDOW --required WINDOW --no-self-approval --timeout 10m --wait\n'
@@ -85,8 +86,20 @@ say "9. The run is parked at its gate: no runner is held while bob decides"
 run moira run show "$run_id"
 gate=$("$moira" --json gate list --run "$run_id" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
 
-say "10. bob approves; a runner picks the run up again and deploys"
-run moira --as bob gate approve "$gate" --input WINDOW=sat-02:00
+say "10. bob approves through the HTTP API; a runner picks the run up again and deploys"
+echo "(moira dev serves it with --auth dev: the X-Moira-User header says who decides)"
+printf '$ curl -X POST -H "X-Moira-User: bob" -d %s %s\n' "'{\"inputs\":{\"WINDOW\":\"sat-02:00\"}}'" "$api/gates/$gate/approve"
+python3 - "$api/gates/$gate/approve" <<'PY'
+import json, sys, urllib.request
+req = urllib.request.Request(
+    sys.argv[1],
+    data=json.dumps({"inputs": {"WINDOW": "sat-02:00"}}).encode(),
+    headers={"X-Moira-User": "bob", "Content-Type": "application/json"},
+    method="POST",
+)
+gate = json.load(urllib.request.urlopen(req))["gate"]
+print(f"{gate['status']} by {gate['approved_by']}")
+PY
 deadline=$((SECONDS + 30))
 until "$moira" --json run show "$run_id" | grep -q '"status":"succeeded"'; do
   [ $SECONDS -lt $deadline ] || { echo "demo: the run did not finish" >&2; "$moira" run show "$run_id"; exit 1; }

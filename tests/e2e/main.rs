@@ -16,6 +16,7 @@ mod runs;
 mod signatures;
 mod signed_runs;
 mod waiting;
+mod web;
 
 use moira_client::{Client, OpenGate};
 use moira_tests::{gatekeeper, NatsServer, Proc};

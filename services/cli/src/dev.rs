@@ -31,6 +31,17 @@ pub struct DevArgs {
     pub notify_config: Option<PathBuf>,
 }
 
+/// `moira dev`: the stack, and the HTTP API beside it.
+#[derive(Args, Debug)]
+pub struct DevCmd {
+    #[command(flatten)]
+    pub stack: DevArgs,
+    /// Port of the HTTP API (moira-web, `--auth dev`) on 127.0.0.1; 0
+    /// picks a free one
+    #[arg(long, default_value_t = 8080)]
+    pub web_port: u16,
+}
+
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running one-machine stack: the broker child (unless an external
@@ -117,7 +128,8 @@ impl LocalStack {
     }
 }
 
-pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
+pub async fn run(cli: &Cli, cmd: &DevCmd) -> anyhow::Result<u8> {
+    let args = &cmd.stack;
     // Only an explicit --nats-url means "use that server"; an exported
     // MOIRA_NATS_URL (as the banner suggests) must not stop dev from
     // starting its own broker.
@@ -126,6 +138,26 @@ pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
         .clone()
         .filter(|_| cli.nats_url_on_command_line);
     let stack = LocalStack::start(args, external).await?;
+    let web = moira_web::start(moira_web::Settings {
+        nats_url: stack.url.clone(),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], cmd.web_port)),
+        auth: moira_web::AuthMode::Dev,
+        user_header: String::new(),
+        trusted_proxies: Vec::new(),
+        connect: Default::default(),
+    })
+    .await;
+    let web = match web {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = stack.stop().await;
+            return Err(
+                e.context("the HTTP API could not start (pick another port with --web-port)")
+            );
+        }
+    };
+    let web_url = format!("http://{}/api/v1", web.addr());
+    let web_task = tokio::spawn(web.serve(stack.shutdown.clone()));
     moira_service::signals::cancel_on_signals(
         stack.shutdown.clone(),
         "stopping moira dev (Ctrl-C again to exit at once)",
@@ -155,6 +187,7 @@ pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
         "  notifier:     in-process ({})",
         notify.unwrap_or_else(|| "everything to the log".into())
     );
+    errln!("  HTTP API:     {web_url}/gates (decide as anyone: header X-Moira-User)");
     errln!();
     errln!("In another terminal:");
     errln!("  export MOIRA_NATS_URL={url}");
@@ -164,6 +197,7 @@ pub async fn run(cli: &Cli, args: &DevArgs) -> anyhow::Result<u8> {
     errln!("Press Ctrl-C to stop.");
     outln!("{url}");
     stack.shutdown.cancelled().await;
+    let _ = web_task.await;
     let result = stack.stop().await;
     errln!("moira dev stopped");
     result

@@ -81,7 +81,7 @@ pub enum Top {
     #[command(subcommand)]
     Notify(notify::NotifyCmd),
     /// Run a one-machine stack: a nats-server child, a gate-keeper, a runner and a notifier
-    Dev(dev::DevArgs),
+    Dev(dev::DevCmd),
     /// The approvers registry shared by every gate-keeper and runner
     #[command(subcommand)]
     Approvers(approvers::ApproversCmd),

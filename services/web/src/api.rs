@@ -1,0 +1,317 @@
+//! `/api/v1`: the same JSON shapes and error codes as the NATS contract.
+//!
+//! A reply is `{"ok": true, "gate": {…}}` (or `"gates"`, `"run"`), or
+//! `{"ok": false, "error": {"code", "message"}}` with the HTTP status that
+//! fits the code: `bad_request` 400, `unauthenticated` 401, `not_allowed`
+//! 403, `not_found` 404, `already_decided` and `conflict` 409,
+//! `too_large` 413, `missing_input` 422, `unavailable` 503, `internal`
+//! 500.
+
+// Handlers answer early with a whole `Response` as their error; boxing it
+// would only add noise to every `?`.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State as AxState};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use moira_client::{
+    ApproveGate, CancelGate, ClientError, DenyGate, GateId, ListFilter, PushBackGate,
+};
+use moira_protocol::command::MAX_COMMAND_BYTES;
+use moira_protocol::ids::CommandId;
+use moira_protocol::{ErrorCode, GateStatus};
+
+use crate::{State, Unauthenticated};
+
+type Shared = Arc<State>;
+
+pub(crate) fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/api/v1/gates", get(list_gates))
+        .route("/api/v1/gates/{id}", get(show_gate))
+        .route("/api/v1/gates/{id}/{verb}", post(decide))
+        .route("/api/v1/runs/{id}", get(show_run))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such API path; see /api/v1/gates",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_COMMAND_BYTES))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+/// Headers every answer carries: nothing here is cached, sniffed or framed.
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    for (k, v) in [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    r
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = json!({"ok": false, "error": {"code": code, "message": message.into()}});
+    (status, axum::Json(body)).into_response()
+}
+
+fn ok(key: &str, value: impl serde::Serialize) -> Response {
+    let mut body = serde_json::Map::new();
+    body.insert("ok".into(), Value::Bool(true));
+    body.insert(
+        key.into(),
+        serde_json::to_value(value).unwrap_or(Value::Null),
+    );
+    (StatusCode::OK, axum::Json(Value::Object(body))).into_response()
+}
+
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::NotAllowed => StatusCode::FORBIDDEN,
+        ErrorCode::AlreadyDecided | ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::MissingInput => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn client_error(e: ClientError) -> Response {
+    match &e {
+        ClientError::Rejected(c) => error(status_of(c.code), c.code.as_str(), c.message.clone()),
+        ClientError::NotFound(_) | ClientError::RunNotFound(_) => {
+            error(StatusCode::NOT_FOUND, "not_found", e.to_string())
+        }
+        ClientError::Invalid(_) => error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        ),
+    }
+}
+
+fn unauthenticated(why: Unauthenticated) -> Response {
+    let message = match why {
+        Unauthenticated::NoAuth => "moira-web was started without --auth, so it serves reads only. \
+             Decide with the moira CLI, or run moira-web behind an authenticating proxy with --auth proxy"
+            .to_string(),
+        Unauthenticated::UntrustedPeer(ip) => format!(
+            "this request came from {ip}, which is not a trusted proxy (--trusted-proxy); \
+             its user header is not believed"
+        ),
+        Unauthenticated::NoUser(h) => format!("the request has no {h} header naming the user"),
+    };
+    error(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+}
+
+fn gate_id(id: &str) -> Result<GateId, Response> {
+    id.parse::<GateId>().map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "'{}' is not a gate id",
+                id.chars().take(64).collect::<String>()
+            ),
+        )
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// waiting (the default), approved, denied, timed_out, cancelled or all.
+    status: Option<String>,
+    run: Option<String>,
+}
+
+async fn list_gates(
+    AxState(s): AxState<Shared>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "query parameters are status and run",
+        );
+    };
+    let status = match q.status.as_deref().unwrap_or("waiting") {
+        "all" => None,
+        other => match GateStatus::parse(other) {
+            Some(st) => Some(st),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "status is one of waiting, approved, denied, timed_out, cancelled, all",
+                )
+            }
+        },
+    };
+    let filter = ListFilter {
+        status,
+        run_id: q.run,
+    };
+    match s.client.list(&filter).await {
+        Ok(gates) => ok("gates", gates),
+        Err(e) => client_error(e),
+    }
+}
+
+async fn show_gate(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Response {
+    let id = match gate_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match s.client.show(id).await {
+        Ok(g) => ok("gate", g),
+        Err(e) => client_error(e),
+    }
+}
+
+async fn show_run(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Response {
+    if !moira_protocol::ids::is_subject_token(&id) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "not a run id");
+    }
+    match s.client.show_run(&id).await {
+        Ok(r) => ok("run", r),
+        Err(e) => client_error(e),
+    }
+}
+
+/// What a decision's body may hold. The actor is never one of them: it
+/// comes from the authentication.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    /// The command id; send the same one again to retry safely.
+    id: Option<CommandId>,
+    comment: Option<String>,
+    reason: Option<String>,
+    #[serde(default)]
+    inputs: BTreeMap<String, String>,
+}
+
+fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Response> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the body is not a valid decision: {e}"),
+        )
+    })
+}
+
+async fn decide(
+    AxState(s): AxState<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((id, verb)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let gate = match gate_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let actor = match s.user(&headers, peer) {
+        Ok(u) => u,
+        Err(why) => return unauthenticated(why),
+    };
+    let b: DecisionBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let id = Some(b.id.unwrap_or_default());
+    let result = match verb.as_str() {
+        "approve" => {
+            s.client
+                .approve(ApproveGate {
+                    id,
+                    gate_id: gate,
+                    actor,
+                    comment: b.comment,
+                    inputs: b.inputs,
+                    ..Default::default()
+                })
+                .await
+        }
+        "deny" => {
+            let Some(reason) = b.reason else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "a denial needs a reason",
+                );
+            };
+            s.client
+                .deny(DenyGate {
+                    id,
+                    gate_id: gate,
+                    actor,
+                    reason,
+                    ..Default::default()
+                })
+                .await
+        }
+        "push-back" => {
+            s.client
+                .push_back(PushBackGate {
+                    id,
+                    gate_id: gate,
+                    actor,
+                    comment: b.comment,
+                    inputs: b.inputs,
+                    ..Default::default()
+                })
+                .await
+        }
+        "cancel" => {
+            s.client
+                .cancel(CancelGate {
+                    id,
+                    gate_id: gate,
+                    actor,
+                    reason: b.reason,
+                    ..Default::default()
+                })
+                .await
+        }
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "a gate's actions are approve, deny, push-back and cancel",
+            )
+        }
+    };
+    tracing::info!(%gate, verb, ok = result.is_ok(), "decision through the web");
+    match result {
+        Ok(g) => ok("gate", g),
+        Err(e) => client_error(e),
+    }
+}

@@ -1,0 +1,163 @@
+//! moira-web: moira's HTTP API.
+//!
+//! It keeps no state of its own: reads come from the streams the way the
+//! CLI reads them, and decisions go to the gate-keepers' command subjects
+//! like any client's, so every policy (approvers, roles, N of M,
+//! self-approval, required inputs, signatures) is the gate-keeper's. Any
+//! number of copies can run behind a load balancer.
+//!
+//! Who decides is never taken from the request body. [`AuthMode`] says
+//! where it comes from: nowhere (`none`, reads only), a header set by an
+//! authenticating reverse proxy whose address is trusted (`proxy`), or a
+//! name the caller picks, on loopback only (`dev`).
+//!
+//! # Layout
+//! - this file: settings, start-up, the router, identity;
+//! - [`api`]: the handlers and the mapping of errors to HTTP.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::http::HeaderMap;
+use tokio_util::sync::CancellationToken;
+
+use moira_client::Client;
+
+/// Where the deciding user comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Nobody: reads are served, every decision is refused with 401.
+    #[default]
+    None,
+    /// A header set by an authenticating reverse proxy, believed only from
+    /// the trusted proxy addresses.
+    Proxy,
+    /// The `X-Moira-User` header, whatever it says: for `moira dev` and
+    /// tests, and only on a loopback address.
+    Dev,
+}
+
+/// The header `--auth dev` reads the user from.
+pub const DEV_USER_HEADER: &str = "x-moira-user";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub nats_url: String,
+    pub listen: SocketAddr,
+    pub auth: AuthMode,
+    /// With [`AuthMode::Proxy`]: the header naming the user.
+    pub user_header: String,
+    /// With [`AuthMode::Proxy`]: peers whose header is believed.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Broker credentials and TLS.
+    pub connect: moira_client::Auth,
+}
+
+pub(crate) struct State {
+    client: Client,
+    auth: AuthMode,
+    user_header: String,
+    trusted_proxies: Vec<IpAddr>,
+}
+
+/// Why a request may not decide.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Unauthenticated {
+    NoAuth,
+    UntrustedPeer(IpAddr),
+    NoUser(String),
+}
+
+impl State {
+    /// The user a decision is made as, from where the mode says.
+    pub(crate) fn user(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Result<String, Unauthenticated> {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        match self.auth {
+            AuthMode::None => Err(Unauthenticated::NoAuth),
+            AuthMode::Dev => {
+                header(DEV_USER_HEADER).ok_or(Unauthenticated::NoUser(DEV_USER_HEADER.into()))
+            }
+            AuthMode::Proxy => {
+                // A header from anyone else could name anyone.
+                if !self.trusted_proxies.contains(&peer.ip()) {
+                    return Err(Unauthenticated::UntrustedPeer(peer.ip()));
+                }
+                header(&self.user_header)
+                    .ok_or_else(|| Unauthenticated::NoUser(self.user_header.clone()))
+            }
+        }
+    }
+}
+
+/// A started moira-web: connected and listening, not yet serving.
+pub struct Web {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    app: axum::Router,
+}
+
+/// Connects to the broker and binds the listen address.
+pub async fn start(settings: Settings) -> anyhow::Result<Web> {
+    if settings.auth == AuthMode::Dev && !settings.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--auth dev lets a caller pick any name, so it listens only on loopback; \
+             use --listen 127.0.0.1:PORT, or --auth proxy behind an authenticating proxy"
+        );
+    }
+    let client = Client::connect_with(&settings.nats_url, "moira-web", &settings.connect).await?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let state = State {
+        client,
+        auth: settings.auth,
+        user_header: settings.user_header.to_ascii_lowercase(),
+        trusted_proxies: settings.trusted_proxies,
+    };
+    let app = api::router(std::sync::Arc::new(state));
+    tracing::info!(url = %settings.nats_url, auth = ?settings.auth, "moira-web ready on http://{addr}");
+    Ok(Web {
+        listener,
+        addr,
+        app,
+    })
+}
+
+impl Web {
+    /// Where it listens (the port is known even when 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown`; requests in flight are finished.
+    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        axum::serve(
+            self.listener,
+            self.app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+        tracing::info!("moira-web stopped");
+        Ok(())
+    }
+}
+
+/// Connects, listens and serves until `shutdown`.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start(settings).await?.serve(shutdown).await
+}

@@ -1,0 +1,344 @@
+//! moira-web's API through a real process: reads, decisions on the
+//! gate-keeper's path, who is deciding, and every error code.
+
+use std::time::Duration;
+
+use moira_client::{GateStatus, OpenGate};
+use moira_tests::{bin, Proc, ProcBuilder};
+use serde_json::{json, Value};
+
+use crate::{open, Stack};
+
+/// A moira-web process and where it listens.
+struct Web {
+    _proc: Proc,
+    base: String,
+}
+
+fn web(url: &str, args: &[&str]) -> Web {
+    let port = moira_testkit::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let p = ProcBuilder::new(bin("moira-web"), "moira-web")
+        .args(["--nats-url", url, "--listen", &listen])
+        .args(args)
+        .env("MOIRA_LOG", "info")
+        .spawn()
+        .expect("spawn moira-web");
+    p.wait_for_line("moira-web ready", Duration::from_secs(20));
+    Web {
+        _proc: p,
+        base: format!("http://{listen}/api/v1"),
+    }
+}
+
+async fn call(
+    method: reqwest::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let resp = req.send().await.expect("moira-web answers");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn post(w: &Web, path: &str, user: Option<(&str, &str)>, body: &str) -> (u16, Value) {
+    let headers: Vec<(&str, &str)> = user.into_iter().collect();
+    call(
+        reqwest::Method::POST,
+        &format!("{}{path}", w.base),
+        &headers,
+        Some(body),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_auth_the_api_serves_reads_and_refuses_every_decision() {
+    let s = Stack::start().await;
+    let w = web(&s.url(), &[]);
+    let g = s
+        .client
+        .open(open("alice", "Ship it?"))
+        .await
+        .expect("open");
+    let (code, list) = call(
+        reqwest::Method::GET,
+        &format!("{}/gates", w.base),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["gates"][0]["id"], g.id.to_string());
+    let (code, one) = call(
+        reqwest::Method::GET,
+        &format!("{}/gates/{}", w.base, g.id),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (code, one["gate"]["message"].clone()),
+        (200, json!("Ship it?"))
+    );
+    for verb in ["approve", "deny", "push-back", "cancel"] {
+        // Even a header naming someone is not believed without --auth.
+        let (code, r) = post(
+            &w,
+            &format!("/gates/{}/{verb}", g.id),
+            Some(("x-forwarded-user", "bob")),
+            r#"{"reason":"r"}"#,
+        )
+        .await;
+        assert_eq!(code, 401, "{verb}: {r}");
+        assert_eq!(r["error"]["code"], "unauthenticated");
+    }
+    assert_eq!(
+        s.client.show(g.id).await.expect("show").status,
+        GateStatus::Waiting
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_decisions_are_made_as_its_user_and_the_gatekeeper_policy_holds() {
+    let s = Stack::with_gatekeeper_args(&["--strict"]).await;
+    let w = web(
+        &s.url(),
+        &["--auth", "proxy", "--trusted-proxy", "127.0.0.1"],
+    );
+    let g = s
+        .client
+        .open(OpenGate {
+            approvers: vec!["bob".into()],
+            inputs: vec!["TICKET".into()],
+            required: vec!["TICKET".into()],
+            ..open("alice", "Ship it?")
+        })
+        .await
+        .expect("open");
+    let path = format!("/gates/{}/approve", g.id);
+    // The body may not name the actor.
+    let (code, r) = post(
+        &w,
+        &path,
+        Some(("x-forwarded-user", "mallory")),
+        r#"{"actor":"bob"}"#,
+    )
+    .await;
+    assert_eq!(
+        (code, r["error"]["code"].clone()),
+        (400, json!("bad_request")),
+        "{r}"
+    );
+    // The gate-keeper's rules apply: alice opened it and is not an approver.
+    let (code, r) = post(&w, &path, Some(("x-forwarded-user", "alice")), "{}").await;
+    assert_eq!(
+        (code, r["error"]["code"].clone()),
+        (403, json!("not_allowed")),
+        "{r}"
+    );
+    let (code, r) = post(&w, &path, Some(("x-forwarded-user", "bob")), "{}").await;
+    assert_eq!(
+        (code, r["error"]["code"].clone()),
+        (422, json!("missing_input")),
+        "{r}"
+    );
+    // No user header at all.
+    let (code, _) = post(&w, &path, None, "{}").await;
+    assert_eq!(code, 401);
+    assert_eq!(
+        s.client.show(g.id).await.expect("show").status,
+        GateStatus::Waiting
+    );
+    let (code, r) = post(
+        &w,
+        &path,
+        Some(("x-forwarded-user", "bob")),
+        r#"{"inputs":{"TICKET":"T-1"},"comment":"ok"}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["gate"]["status"], "approved");
+    assert_eq!(r["gate"]["approved_by"], "bob");
+    let (code, r) = post(
+        &w,
+        &format!("/gates/{}/deny", g.id),
+        Some(("x-forwarded-user", "bob")),
+        r#"{"reason":"late"}"#,
+    )
+    .await;
+    assert_eq!(
+        (code, r["error"]["code"].clone()),
+        (409, json!("already_decided")),
+        "{r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_header_from_an_untrusted_address_is_not_believed() {
+    let s = Stack::start().await;
+    // Only 10.0.0.1 is a proxy; the test connects from 127.0.0.1.
+    let w = web(
+        &s.url(),
+        &["--auth", "proxy", "--trusted-proxy", "10.0.0.1"],
+    );
+    let g = s
+        .client
+        .open(open("alice", "Ship it?"))
+        .await
+        .expect("open");
+    let (code, r) = post(
+        &w,
+        &format!("/gates/{}/approve", g.id),
+        Some(("x-forwarded-user", "bob")),
+        "{}",
+    )
+    .await;
+    assert_eq!(code, 401, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not a trusted proxy"),
+        "{r}"
+    );
+    assert_eq!(
+        s.client.show(g.id).await.expect("show").status,
+        GateStatus::Waiting
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_their_codes_and_change_nothing() {
+    let s = Stack::start().await;
+    let w = web(&s.url(), &["--auth", "dev"]);
+    let g = s
+        .client
+        .open(open("alice", "Ship it?"))
+        .await
+        .expect("open");
+    let bob = Some(("x-moira-user", "bob"));
+    let unknown = moira_client::GateId::new();
+    let cases: Vec<(String, &str, u16, &str)> = vec![
+        (format!("/gates/{unknown}/approve"), "{}", 404, "not_found"),
+        ("/gates/not-a-gate/approve".into(), "{}", 400, "bad_request"),
+        (
+            format!("/gates/{}/approve", g.id),
+            "{not json",
+            400,
+            "bad_request",
+        ),
+        (
+            format!("/gates/{}/approve", g.id),
+            r#"{"surprise":1}"#,
+            400,
+            "bad_request",
+        ),
+        (format!("/gates/{}/deny", g.id), "{}", 400, "bad_request"),
+        (format!("/gates/{}/teleport", g.id), "{}", 404, "not_found"),
+    ];
+    for (path, body, want, code) in &cases {
+        let (got, r) = post(&w, path, bob, body).await;
+        assert_eq!(
+            (got, r["error"]["code"].as_str()),
+            (*want, Some(*code)),
+            "{path} {body}: {r}"
+        );
+    }
+    let huge = format!(r#"{{"comment":"{}"}}"#, "x".repeat(70_000));
+    let (got, _) = post(&w, &format!("/gates/{}/approve", g.id), bob, &huge).await;
+    assert_eq!(got, 413);
+    let (got, r) = call(
+        reqwest::Method::GET,
+        &format!("{}/gates?status=sideways", w.base),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(got, 400, "{r}");
+    assert_eq!(
+        s.client.show(g.id).await.expect("show").status,
+        GateStatus::Waiting
+    );
+    // A retry with the same command id is answered, not applied twice.
+    let id = moira_client::protocol::CommandId::new();
+    let once = format!(r#"{{"id":"{id}","comment":"go"}}"#);
+    let (a, _) = post(&w, &format!("/gates/{}/approve", g.id), bob, &once).await;
+    let (b, r) = post(&w, &format!("/gates/{}/approve", g.id), bob, &once).await;
+    assert_eq!((a, b), (200, 200), "{r}");
+    assert_eq!(crate::terminal_events(&s.client, g.id).await, 1);
+}
+
+#[test]
+fn dev_auth_refuses_to_listen_beyond_loopback() {
+    let mut p = ProcBuilder::new(bin("moira-web"), "moira-web")
+        .args([
+            "--nats-url",
+            "nats://127.0.0.1:1",
+            "--auth",
+            "dev",
+            "--listen",
+            "0.0.0.0:0",
+        ])
+        .spawn()
+        .expect("spawn");
+    p.wait_for_line("only on loopback", Duration::from_secs(20));
+    let status = p.wait(Duration::from_secs(20)).expect("exits");
+    assert_eq!(status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moira_dev_serves_the_api_and_prints_where() {
+    let dir = moira_testkit::TempDir::new("moira-dev-web").expect("tmp");
+    let port = moira_testkit::free_port();
+    let mut dev = ProcBuilder::new(bin("moira"), "moira dev")
+        .args([
+            "dev",
+            "--port",
+            &port.to_string(),
+            "--web-port",
+            "0",
+            "--data",
+        ])
+        .arg(dir.path().join("dev"))
+        .spawn()
+        .expect("spawn moira dev");
+    let line = dev.wait_for_line("HTTP API:", Duration::from_secs(60));
+    let api = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("a URL")
+        .trim_end_matches("/gates")
+        .to_string();
+    let client = moira_client::Client::connect(&format!("nats://127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    let g = client.open(open("alice", "From dev?")).await.expect("open");
+    let (code, r) = call(
+        reqwest::Method::POST,
+        &format!("{api}/gates/{}/approve", g.id),
+        &[("x-moira-user", "bob")],
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(
+        (code, r["gate"]["approved_by"].clone()),
+        (200, json!("bob")),
+        "{r}"
+    );
+    dev.stop(Duration::from_secs(20));
+}
