@@ -342,3 +342,62 @@ async fn moira_dev_serves_the_api_and_prints_where() {
     );
     dev.stop(Duration::from_secs(20));
 }
+
+/// Reads a Server-Sent Events response until `done` holds over what came.
+async fn read_events(resp: &mut reqwest::Response, done: impl Fn(&str) -> bool) -> String {
+    let mut text = String::new();
+    let read = async {
+        while !done(&text) {
+            match resp.chunk().await.expect("the stream goes on") {
+                Some(c) => text.push_str(&String::from_utf8_lossy(&c)),
+                None => break,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .unwrap_or_else(|_| panic!("the events never came; got {text}"));
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_shows_decisions_live_and_resumes_after_the_last_event_id() {
+    let s = Stack::start().await;
+    let w = web(&s.url(), &[]);
+    let mut live = reqwest::Client::new()
+        .get(format!("{}/events", w.base))
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(live.status().as_u16(), 200);
+    let g = s.client.open(open("alice", "Live?")).await.expect("open");
+    s.client
+        .approve(moira_client::ApproveGate {
+            gate_id: g.id,
+            actor: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("approve");
+    let id = g.id.to_string();
+    let text = read_events(&mut live, |t| t.contains("GateApproved")).await;
+    assert!(text.contains("event: gate") && text.contains(&id), "{text}");
+    // The id of the GateOpened event, then a reconnect after it.
+    let opened_seq = text
+        .split("\n\n")
+        .find(|e| e.contains("GateOpened"))
+        .and_then(|e| e.lines().find_map(|l| l.strip_prefix("id: ")))
+        .expect("the opened event has an id")
+        .to_string();
+    let mut again = reqwest::Client::new()
+        .get(format!("{}/events", w.base))
+        .header("last-event-id", &opened_seq)
+        .send()
+        .await
+        .expect("events");
+    let text = read_events(&mut again, |t| t.contains("GateApproved")).await;
+    assert!(
+        !text.contains("GateOpened"),
+        "an event before Last-Event-ID came again: {text}"
+    );
+}

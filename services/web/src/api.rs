@@ -34,6 +34,10 @@ use moira_protocol::{ErrorCode, GateStatus};
 
 use crate::{State, Unauthenticated};
 
+/// Event streams one moira-web serves at once; each holds a consumer on
+/// the broker. More get 503.
+pub const MAX_EVENT_STREAMS: usize = 256;
+
 type Shared = Arc<State>;
 
 pub(crate) fn router(state: Shared) -> Router {
@@ -42,6 +46,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/v1/gates/{id}", get(show_gate))
         .route("/api/v1/gates/{id}/{verb}", post(decide))
         .route("/api/v1/runs/{id}", get(show_run))
+        .route("/api/v1/events", get(events))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -314,4 +319,63 @@ async fn decide(
         Ok(g) => ok("gate", g),
         Err(e) => client_error(e),
     }
+}
+
+/// `GET /api/v1/events`: Server-Sent Events, one `gate` event per stored
+/// gate event, with the stream sequence as its id, so a reconnecting
+/// `EventSource` (which sends `Last-Event-ID`) misses nothing. The data is
+/// the JSON of `moira gate watch --json`.
+async fn events(AxState(s): AxState<Shared>, headers: HeaderMap) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    let Ok(permit) = s.streams.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("this moira-web already serves {MAX_EVENT_STREAMS} event streams"),
+        );
+    };
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let feed = match last {
+        Some(seq) => s.client.watch_after(seq).await.map(|f| f.boxed()),
+        None => s.client.watch(false).await.map(|f| f.boxed()),
+    };
+    let feed = match feed {
+        Ok(f) => f,
+        Err(e) => return client_error(e),
+    };
+    let stream = feed.filter_map(move |ev| {
+        // Held while the stream lives.
+        let _held = &permit;
+        let out = match ev {
+            Ok(ev) => match &ev.event {
+                moira_protocol::event::Decoded::Event(env) => {
+                    let data = json!({
+                        "seq": ev.seq,
+                        "gate_id": env.gate_id,
+                        "kind": env.event.kind(),
+                        "actor": env.actor,
+                        "at": moira_protocol::time::rfc3339(env.at),
+                        "event": env.event,
+                    });
+                    Some(Ok::<_, std::convert::Infallible>(
+                        Event::default()
+                            .event("gate")
+                            .id(ev.seq.to_string())
+                            .data(data.to_string()),
+                    ))
+                }
+                // A kind this build does not know, or bytes that do not decode.
+                _ => None,
+            },
+            Err(e) => Some(Ok(Event::default().event("error").data(e.to_string()))),
+        };
+        std::future::ready(out)
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response()
 }

@@ -61,6 +61,8 @@ pub(crate) struct State {
     auth: AuthMode,
     user_header: String,
     trusted_proxies: Vec<IpAddr>,
+    /// Permits for event streams ([`api::MAX_EVENT_STREAMS`]).
+    streams: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Why a request may not decide.
@@ -128,6 +130,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Web> {
         auth: settings.auth,
         user_header: settings.user_header.to_ascii_lowercase(),
         trusted_proxies: settings.trusted_proxies,
+        streams: std::sync::Arc::new(tokio::sync::Semaphore::new(api::MAX_EVENT_STREAMS)),
     };
     let app = api::router(std::sync::Arc::new(state));
     tracing::info!(url = %settings.nats_url, auth = ?settings.auth, "moira-web ready on http://{addr}");

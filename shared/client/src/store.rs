@@ -390,6 +390,27 @@ impl Client {
         } else {
             DeliverPolicy::New
         };
+        self.watch_with(policy).await
+    }
+
+    /// Gate events stored after sequence `seq` (a reconnecting follower's
+    /// last one), then new ones as they come.
+    pub async fn watch_after(
+        &self,
+        seq: u64,
+    ) -> Result<impl futures_util::Stream<Item = Result<StoredEvent, ClientError>>, ClientError>
+    {
+        self.watch_with(DeliverPolicy::ByStartSequence {
+            start_sequence: seq.saturating_add(1),
+        })
+        .await
+    }
+
+    async fn watch_with(
+        &self,
+        policy: DeliverPolicy,
+    ) -> Result<impl futures_util::Stream<Item = Result<StoredEvent, ClientError>>, ClientError>
+    {
         let consumer = self.gate_events_consumer(policy).await?;
         let messages = consumer.messages().await.map_err(nats_err)?;
         Ok(messages.filter_map(|msg| async move {
