@@ -42,9 +42,13 @@ async fn call(
         req = req.header(*k, *v);
     }
     if let Some(b) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(b.to_string());
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            req = req.header("content-type", "application/json");
+        }
+        req = req.body(b.to_string());
     }
     let resp = req.send().await.expect("moira-web answers");
     let status = resp.status().as_u16();
@@ -259,6 +263,15 @@ async fn bad_requests_get_their_codes_and_change_nothing() {
             "{path} {body}: {r}"
         );
     }
+    // A cross-site form can only send form or text types: refused.
+    let (got, r) = call(
+        reqwest::Method::POST,
+        &format!("{}/gates/{}/approve", w.base, g.id),
+        &[("x-moira-user", "bob"), ("content-type", "text/plain")],
+        Some(r#"{"comment":"forged"}"#),
+    )
+    .await;
+    assert_eq!(got, 415, "{r}");
     let huge = format!(r#"{{"comment":"{}"}}"#, "x".repeat(70_000));
     let (got, _) = post(&w, &format!("/gates/{}/approve", g.id), bob, &huge).await;
     assert_eq!(got, 413);

@@ -243,6 +243,22 @@ async fn decide(
         Ok(id) => id,
         Err(r) => return r,
     };
+    // A page on another site can make a browser POST a form (its cookies
+    // and a proxy's user header along) but not with this content type
+    // without a CORS preflight, which is never granted: no cross-site
+    // request forgery.
+    let json_body = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json_body {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_request",
+            "a decision's body must be sent as Content-Type: application/json",
+        );
+    }
     let actor = match s.user(&headers, peer) {
         Ok(u) => u,
         Err(why) => return unauthenticated(why),
