@@ -414,3 +414,59 @@ async fn the_event_stream_shows_decisions_live_and_resumes_after_the_last_event_
         "an event before Last-Event-ID came again: {text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gates_page_and_filter_and_runs_show_their_steps_and_logs() {
+    let s = crate::runs::Runs::start(1).await;
+    let w = web(&s.server.url(), &[]);
+    for i in 0..5 {
+        let who = if i % 2 == 0 { "alice" } else { "carol" };
+        s.client
+            .open(open(who, &format!("gate {i}")))
+            .await
+            .expect("open");
+    }
+    let get = |path: String| async move { call(reqwest::Method::GET, &path, &[], None).await };
+    let (code, r) = get(format!(
+        "{}/gates?requested_by=alice&limit=2&offset=1",
+        w.base
+    ))
+    .await;
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["total"], 3);
+    let msgs: Vec<&str> = r["gates"]
+        .as_array()
+        .expect("gates")
+        .iter()
+        .filter_map(|g| g["message"].as_str())
+        .collect();
+    assert_eq!(msgs, ["gate 2", "gate 4"]);
+    let (code, _) = get(format!("{}/gates?colour=red", w.base)).await;
+    assert_eq!(code, 400);
+
+    let run = s
+        .submit(
+            "name: talk\nsteps:\n  - name: say\n    run: echo hello from the step\n",
+            &[],
+        )
+        .await;
+    s.finished(&run).await;
+    let (code, r) = get(format!("{}/runs/{run}", w.base)).await;
+    assert_eq!(
+        (code, r["run"]["status"].clone()),
+        (200, json!("succeeded")),
+        "{r}"
+    );
+    let (code, r) = get(format!("{}/runs/{run}/logs?step=say", w.base)).await;
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["lines"][0]["line"], "hello from the step");
+    assert_eq!(r["truncated"], false);
+    let (code, r) = get(format!("{}/runs?status=succeeded", w.base)).await;
+    assert_eq!((code, r["total"].clone()), (200, json!(1)), "{r}");
+    let (code, r) = get(format!("{}/runs/no-such-run/logs", w.base)).await;
+    assert_eq!(
+        (code, r["error"]["code"].clone()),
+        (404, json!("not_found")),
+        "{r}"
+    );
+}

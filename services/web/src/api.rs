@@ -45,7 +45,9 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/v1/gates", get(list_gates))
         .route("/api/v1/gates/{id}", get(show_gate))
         .route("/api/v1/gates/{id}/{verb}", post(decide))
+        .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{id}", get(show_run))
+        .route("/api/v1/runs/{id}/logs", get(run_logs))
         .route("/api/v1/events", get(events))
         .fallback(|| async {
             error(
@@ -143,12 +145,46 @@ fn gate_id(id: &str) -> Result<GateId, Response> {
     })
 }
 
+/// The most items one list answer holds; `offset` pages on.
+pub const MAX_PAGE: usize = 1_000;
+/// The most log lines one answer holds.
+pub const MAX_LOG_LINES: usize = 10_000;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     /// waiting (the default), approved, denied, timed_out, cancelled or all.
     status: Option<String>,
     run: Option<String>,
+    step: Option<String>,
+    requested_by: Option<String>,
+    /// At most [`MAX_PAGE`] (the default).
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+/// One page of `items`, with the total before paging.
+fn page<T: serde::Serialize>(
+    key: &str,
+    items: Vec<T>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+) -> Response {
+    let total = items.len();
+    let limit = limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+    let items: Vec<T> = items
+        .into_iter()
+        .skip(offset.unwrap_or(0))
+        .take(limit)
+        .collect();
+    let mut body = serde_json::Map::new();
+    body.insert("ok".into(), Value::Bool(true));
+    body.insert("total".into(), json!(total));
+    body.insert(
+        key.into(),
+        serde_json::to_value(items).unwrap_or(Value::Null),
+    );
+    (StatusCode::OK, axum::Json(Value::Object(body))).into_response()
 }
 
 async fn list_gates(
@@ -180,7 +216,13 @@ async fn list_gates(
         run_id: q.run,
     };
     match s.client.list(&filter).await {
-        Ok(gates) => ok("gates", gates),
+        Ok(mut gates) => {
+            gates.retain(|g| {
+                q.step.as_ref().is_none_or(|st| g.step.as_ref() == Some(st))
+                    && q.requested_by.as_ref().is_none_or(|r| &g.requested_by == r)
+            });
+            page("gates", gates, q.limit, q.offset)
+        }
         Err(e) => client_error(e),
     }
 }
@@ -194,6 +236,106 @@ async fn show_gate(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Respo
         Ok(g) => ok("gate", g),
         Err(e) => client_error(e),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    /// queued, running, waiting, succeeded, failed, cancelled; all when absent.
+    status: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+async fn list_runs(
+    AxState(s): AxState<Shared>,
+    q: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "query parameters are status, limit and offset",
+        );
+    };
+    let status = match q.status.as_deref() {
+        None | Some("all") => None,
+        Some(st) => match moira_protocol::run::RunStatus::parse(st) {
+            Some(st) => Some(st),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!(
+                        "'{}' is not a run status",
+                        st.chars().take(32).collect::<String>()
+                    ),
+                )
+            }
+        },
+    };
+    match s.client.list_runs(status).await {
+        Ok(runs) => page("runs", runs, q.limit, q.offset),
+        Err(e) => client_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    step: Option<String>,
+}
+
+/// The lines stored so far, at most [`MAX_LOG_LINES`] (`truncated` says so).
+async fn run_logs(
+    AxState(s): AxState<Shared>,
+    Path(id): Path<String>,
+    q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    use futures_util::StreamExt;
+    let Ok(Query(q)) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the query parameter is step",
+        );
+    };
+    let tokens_ok = moira_protocol::ids::is_subject_token(&id)
+        && q.step
+            .as_deref()
+            .is_none_or(moira_protocol::ids::is_subject_token);
+    if !tokens_ok {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "not a run id or step name",
+        );
+    }
+    if let Err(e) = s.client.show_run(&id).await {
+        return client_error(e);
+    }
+    let lines = match s.client.run_logs(&id, q.step.as_deref(), false).await {
+        Ok(l) => l,
+        Err(e) => return client_error(e),
+    };
+    let mut lines = Box::pin(lines);
+    let mut out = Vec::new();
+    let mut truncated = false;
+    while let Some(l) = lines.next().await {
+        match l {
+            Ok(l) if out.len() < MAX_LOG_LINES => out.push(l),
+            Ok(_) => {
+                truncated = true;
+                break;
+            }
+            Err(e) => return client_error(e),
+        }
+    }
+    (
+        StatusCode::OK,
+        axum::Json(json!({"ok": true, "lines": out, "truncated": truncated})),
+    )
+        .into_response()
 }
 
 async fn show_run(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Response {
