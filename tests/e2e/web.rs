@@ -253,6 +253,18 @@ async fn bad_requests_get_their_codes_and_change_nothing() {
             "bad_request",
         ),
         (format!("/gates/{}/deny", g.id), "{}", 400, "bad_request"),
+        (
+            format!("/gates/{}/deny", g.id),
+            r#"{"reason":"r","comment":"c"}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            format!("/gates/{}/approve", g.id),
+            r#"{"reason":"r"}"#,
+            400,
+            "bad_request",
+        ),
         (format!("/gates/{}/teleport", g.id), "{}", 404, "not_found"),
     ];
     for (path, body, want, code) in &cases {

@@ -409,6 +409,21 @@ async fn decide(
         Ok(b) => b,
         Err(r) => return r,
     };
+    // A field the action does not use is a mistake to report, not drop.
+    let stray = match verb.as_str() {
+        "approve" | "push-back" => b.reason.is_some().then_some("reason"),
+        "deny" | "cancel" => {
+            (b.comment.is_some() || !b.inputs.is_empty()).then_some("comment or inputs")
+        }
+        _ => None,
+    };
+    if let Some(field) = stray {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{verb} takes no {field}"),
+        );
+    }
     let id = Some(b.id.unwrap_or_default());
     let result = match verb.as_str() {
         "approve" => {
