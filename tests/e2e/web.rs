@@ -407,7 +407,8 @@ async fn the_event_stream_shows_decisions_live_and_resumes_after_the_last_event_
     let id = g.id.to_string();
     let text = read_events(&mut live, |t| t.contains("GateApproved")).await;
     assert!(text.contains("event: gate") && text.contains(&id), "{text}");
-    // The id of the GateOpened event, then a reconnect after it.
+    // The id of the GateOpened event (`<gate seq>-<run seq>`), then a
+    // reconnect after it.
     let opened_seq = text
         .split("\n\n")
         .find(|e| e.contains("GateOpened"))
@@ -481,4 +482,23 @@ async fn gates_page_and_filter_and_runs_show_their_steps_and_logs() {
         (404, json!("not_found")),
         "{r}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_carries_run_events_too() {
+    let s = crate::runs::Runs::start(1).await;
+    let w = web(&s.server.url(), &[]);
+    let mut live = reqwest::Client::new()
+        .get(format!("{}/events", w.base))
+        .send()
+        .await
+        .expect("events");
+    let run = s
+        .submit(
+            "name: quick\nsteps:\n  - name: one\n    run: \"true\"\n",
+            &[],
+        )
+        .await;
+    let text = read_events(&mut live, |t| t.contains("RunFinished")).await;
+    assert!(text.contains("event: run") && text.contains(&run), "{text}");
 }

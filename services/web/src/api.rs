@@ -494,10 +494,29 @@ async fn decide(
     }
 }
 
-/// `GET /api/v1/events`: Server-Sent Events, one `gate` event per stored
-/// gate event, with the stream sequence as its id, so a reconnecting
-/// `EventSource` (which sends `Last-Event-ID`) misses nothing. The data is
-/// the JSON of `moira gate watch --json`.
+/// The last sequence a stream holds now (0 when it is empty or missing).
+async fn last_sequence(s: &State, stream: &str) -> u64 {
+    let js = async_nats::jetstream::new(s.client.nats().clone());
+    match js.get_stream(stream).await {
+        Ok(mut st) => st.info().await.map(|i| i.state.last_sequence).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Where a reader of `/api/v1/events` is: the last gate and run event
+/// sequences it got, written as the event id `<gate seq>-<run seq>`.
+fn positions(last_event_id: Option<&str>) -> (Option<u64>, Option<u64>) {
+    let Some((g, r)) = last_event_id.and_then(|v| v.trim().split_once('-')) else {
+        return (None, None);
+    };
+    (g.parse().ok(), r.parse().ok())
+}
+
+/// `GET /api/v1/events`: Server-Sent Events, a `gate` event per stored gate
+/// event (data as `moira gate watch --json`) and a `run` event per stored
+/// run event. Each id is `<gate seq>-<run seq>`, the newest of both so far,
+/// so a reconnecting `EventSource` (which sends `Last-Event-ID`) resumes
+/// both feeds where it left off.
 async fn events(AxState(s): AxState<Shared>, headers: HeaderMap) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures_util::StreamExt;
@@ -508,24 +527,42 @@ async fn events(AxState(s): AxState<Shared>, headers: HeaderMap) -> Response {
             format!("this moira-web already serves {MAX_EVENT_STREAMS} event streams"),
         );
     };
-    let last = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let feed = match last {
-        Some(seq) => s.client.watch_after(seq).await.map(|f| f.boxed()),
-        None => s.client.watch(false).await.map(|f| f.boxed()),
+    let (gate_after, run_after) =
+        positions(headers.get("last-event-id").and_then(|v| v.to_str().ok()));
+    // A new reader starts at the streams' ends as they are now, so the ids
+    // it gets name real positions in both feeds and a reconnect after any
+    // of them resumes both exactly.
+    let gate_after = match gate_after {
+        Some(seq) => seq,
+        None => last_sequence(&s, moira_protocol::subjects::GATES_STREAM).await,
     };
-    let feed = match feed {
-        Ok(f) => f,
+    let run_after = match run_after {
+        Some(seq) => seq,
+        None => last_sequence(&s, moira_protocol::run::RUNS_STREAM).await,
+    };
+    let gates = match s.client.watch_after(gate_after).await {
+        Ok(f) => f.boxed(),
         Err(e) => return client_error(e),
     };
-    let stream = feed.filter_map(move |ev| {
+    let runs = match s.client.watch_runs(Some(run_after)).await {
+        Ok(f) => f.boxed(),
+        // No runner has made the run streams yet: gate events only.
+        Err(ClientError::NoRunStreams) => futures_util::stream::pending().boxed(),
+        Err(e) => return client_error(e),
+    };
+    enum Item {
+        Gate(Result<moira_client::StoredEvent, ClientError>),
+        Run(Result<(u64, moira_protocol::run::RunEnvelope), ClientError>),
+    }
+    let merged = futures_util::stream::select(gates.map(Item::Gate), runs.map(Item::Run));
+    let mut at = (gate_after, run_after);
+    let stream = merged.filter_map(move |item| {
         // Held while the stream lives.
         let _held = &permit;
-        let out = match ev {
-            Ok(ev) => match &ev.event {
+        let out = match item {
+            Item::Gate(Ok(ev)) => match &ev.event {
                 moira_protocol::event::Decoded::Event(env) => {
+                    at.0 = at.0.max(ev.seq);
                     let data = json!({
                         "seq": ev.seq,
                         "gate_id": env.gate_id,
@@ -534,18 +571,35 @@ async fn events(AxState(s): AxState<Shared>, headers: HeaderMap) -> Response {
                         "at": moira_protocol::time::rfc3339(env.at),
                         "event": env.event,
                     });
-                    Some(Ok::<_, std::convert::Infallible>(
-                        Event::default()
-                            .event("gate")
-                            .id(ev.seq.to_string())
-                            .data(data.to_string()),
-                    ))
+                    Some(("gate", data))
                 }
                 // A kind this build does not know, or bytes that do not decode.
                 _ => None,
             },
-            Err(e) => Some(Ok(Event::default().event("error").data(e.to_string()))),
+            Item::Run(Ok((seq, env))) => {
+                at.1 = at.1.max(seq);
+                let data = json!({
+                    "seq": seq,
+                    "run_id": env.run_id,
+                    "kind": env.kind(),
+                    "actor": env.actor,
+                    "at": moira_protocol::time::rfc3339(env.at),
+                    "event": env.event,
+                });
+                Some(("run", data))
+            }
+            Item::Gate(Err(e)) | Item::Run(Err(e)) => {
+                Some(("error", json!({"message": e.to_string()})))
+            }
         };
+        let out = out.map(|(kind, data)| {
+            Ok::<_, std::convert::Infallible>(
+                Event::default()
+                    .event(kind)
+                    .id(format!("{}-{}", at.0, at.1))
+                    .data(data.to_string()),
+            )
+        });
         std::future::ready(out)
     });
     Sse::new(stream)

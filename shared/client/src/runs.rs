@@ -477,6 +477,33 @@ impl Client {
 
     /// An ordered consumer over `subject` in the runs stream; `None` when
     /// nothing matches yet.
+    /// Run events stored after sequence `after` (new ones only when
+    /// `None`), as they come: each with its stream sequence.
+    pub async fn watch_runs(
+        &self,
+        after: Option<u64>,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<(u64, RunEnvelope), ClientError>>,
+        ClientError,
+    > {
+        let policy = match after {
+            Some(seq) => DeliverPolicy::ByStartSequence {
+                start_sequence: seq.saturating_add(1),
+            },
+            None => DeliverPolicy::New,
+        };
+        let consumer = self.runs_consumer(RUN_EVENTS_ALL, policy).await?;
+        let messages = consumer.messages().await.map_err(nats_err)?;
+        Ok(messages.filter_map(|msg| async move {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => return Some(Err(nats_err(e))),
+            };
+            let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+            RunEnvelope::decode(&msg.payload).map(|env| Ok((seq, env)))
+        }))
+    }
+
     async fn ordered(
         &self,
         subject: &str,
