@@ -397,6 +397,50 @@ fn a_run_is_approved_from_the_cli(l: &Locked) {
     logs.wait_for_line("shipped by bob", Duration::from_secs(60));
 }
 
+/// alice opens a gate for bob; bob approves it through moira-web, which
+/// runs with a person's role behind a (here simulated) proxy on loopback.
+async fn a_gate_is_approved_through_the_web(l: &Locked, listen: &str) {
+    let (code, out, err) = l.moira(
+        "alice",
+        &[
+            "gate",
+            "open",
+            "--message",
+            "Via the web?",
+            "--approver",
+            "bob",
+        ],
+    );
+    assert_eq!(code, 0, "alice opens: {err}");
+    let gate = out.lines().next().expect("the gate id").trim().to_string();
+    let http = reqwest::Client::new();
+    let base = format!("http://{listen}/api/v1");
+    let events = http
+        .get(format!("{base}/events"))
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(events.status().as_u16(), 200);
+    let list = http
+        .get(format!("{base}/gates"))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(list.status().as_u16(), 200);
+    let r = http
+        .post(format!("{base}/gates/{gate}/approve"))
+        .header("x-forwarded-user", "bob")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .expect("approve");
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"approved_by\":\"bob\""), "{body}");
+}
+
 /// What a person may not do, each refused by the server itself.
 async fn a_person_is_refused_what_is_not_theirs(l: &Locked) {
     let mut p = l.person().await;
@@ -537,7 +581,15 @@ async fn the_locked_single_node_serves_each_role_and_refuses_the_rest() {
     );
     let notifier = l.service("moira-notifier", &l.users.notifier, &[]);
     a_run_is_approved_from_the_cli(&l);
-    let refused = violations(&[&gk, &runner, &notifier]);
+    // moira-web needs nothing beyond a person's role.
+    let listen = format!("127.0.0.1:{}", moira_testkit::free_port());
+    let web = l.service(
+        "moira-web",
+        &l.users.bob,
+        &["--listen", &listen, "--auth", "proxy"],
+    );
+    a_gate_is_approved_through_the_web(&l, &listen).await;
+    let refused = violations(&[&gk, &runner, &notifier, &web]);
     assert!(
         refused.is_empty(),
         "the roles can do their jobs without a refusal: {refused:?}"
