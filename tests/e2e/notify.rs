@@ -17,9 +17,9 @@ const SECRET: &str = "s3cret";
 /// One request the HTTP receiver got.
 #[derive(Debug, Clone)]
 pub(crate) struct Hit {
-    path: String,
-    signature_ok: bool,
-    body: Value,
+    pub(crate) path: String,
+    pub(crate) signature_ok: bool,
+    pub(crate) body: Value,
 }
 
 #[derive(Clone, Default)]

@@ -502,3 +502,157 @@ async fn the_event_stream_carries_run_events_too() {
     let text = read_events(&mut live, |t| t.contains("RunFinished")).await;
     assert!(text.contains("event: run") && text.contains(&run), "{text}");
 }
+
+/// A Slack interactivity request as Slack signs it.
+fn slack_request(
+    secret: &str,
+    ts: u64,
+    slack_user: &str,
+    action: &str,
+    gate: &str,
+    response_url: &str,
+) -> (String, String) {
+    let payload = json!({
+        "type": "block_actions",
+        "user": {"id": slack_user},
+        "actions": [{"action_id": action, "value": gate}],
+        "response_url": response_url,
+    })
+    .to_string();
+    let body: String = url_encode(&payload);
+    let body = format!("payload={body}");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = ring::hmac::sign(&key, format!("v0:{ts}:{body}").as_bytes());
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    (body, format!("v0={hex}"))
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_buttons_decide_only_when_signed_by_slack_for_a_linked_user() {
+    let s = Stack::start().await;
+    let (rx, port) = crate::notify::Receiver::start().await;
+    let dir = moira_testkit::TempDir::new("moira-slack").expect("tmp");
+    let secret = "slack-signing-secret";
+    std::fs::write(dir.path().join("secret"), secret).expect("write");
+    std::fs::write(
+        dir.path().join("approvers.toml"),
+        "[users.bob]\nroles = [\"owner\"]\nslack = \"U0BOB\"\n",
+    )
+    .expect("write");
+    let api = format!("http://127.0.0.1:{port}/");
+    let w = web(
+        &s.url(),
+        &[
+            "--approvers",
+            &dir.path().join("approvers.toml").display().to_string(),
+            "--slack-signing-secret-file",
+            &dir.path().join("secret").display().to_string(),
+            "--slack-api",
+            &api,
+        ],
+    );
+    let url = w.base.replace("/api/v1", "/slack/interactivity");
+    let g = s
+        .client
+        .open(OpenGate {
+            approvers: vec!["bob".into()],
+            ..open("alice", "Ship from Slack?")
+        })
+        .await
+        .expect("open");
+    let id = g.id.to_string();
+    let now = moira_client::protocol::time::now_ms() / 1000;
+    let resp = format!("{api}resp");
+    let send = |body: String, ts: u64, sig: String| {
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("x-slack-request-timestamp", ts.to_string())
+                .header("x-slack-signature", sig)
+                .body(body)
+                .send()
+                .await
+                .expect("answer")
+                .status()
+                .as_u16()
+        }
+    };
+    // A bad signature, and a good one that is too old: refused.
+    let (body, _) = slack_request(secret, now, "U0BOB", "moira_approve", &id, &resp);
+    assert_eq!(send(body, now, "v0=00".into()).await, 401);
+    let (body, sig) = slack_request(secret, now - 600, "U0BOB", "moira_approve", &id, &resp);
+    assert_eq!(send(body, now - 600, sig).await, 401);
+    // A Slack user no moira user is linked to: nothing decided.
+    let (body, sig) = slack_request(secret, now, "U0MALLORY", "moira_approve", &id, &resp);
+    assert_eq!(send(body, now, sig).await, 200);
+    rx.wait("the not-linked answer", |r| r.hits("/resp").len() == 1)
+        .await;
+    assert!(rx.hits("/resp")[0].body["text"]
+        .as_str()
+        .unwrap_or("")
+        .contains("not linked"));
+    assert_eq!(
+        s.client.show(g.id).await.expect("show").status,
+        GateStatus::Waiting
+    );
+    // bob's button decides, as bob, and the message says so.
+    let (body, sig) = slack_request(secret, now, "U0BOB", "moira_approve", &id, &resp);
+    assert_eq!(send(body, now, sig).await, 200);
+    let shown = s.client.show(g.id).await.expect("show");
+    assert_eq!(
+        (shown.status, shown.approved_by.as_deref()),
+        (GateStatus::Approved, Some("bob"))
+    );
+    rx.wait("the outcome", |r| r.hits("/resp").len() == 2).await;
+    let text = rx.hits("/resp")[1].body["text"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(text.contains("approved") && text.contains("bob"), "{text}");
+    // A second press after the decision only says what happened.
+    let (body, sig) = slack_request(secret, now, "U0BOB", "moira_deny", &id, &resp);
+    assert_eq!(send(body, now, sig).await, 200);
+    rx.wait("the already-decided answer", |r| r.hits("/resp").len() == 3)
+        .await;
+    assert!(rx.hits("/resp")[2].body["text"]
+        .as_str()
+        .unwrap_or("")
+        .contains("Already decided"));
+    assert_eq!(crate::terminal_events(&s.client, g.id).await, 1);
+    // A response_url elsewhere gets nothing.
+    let g2 = s
+        .client
+        .open(OpenGate {
+            approvers: vec!["bob".into()],
+            ..open("alice", "Two?")
+        })
+        .await
+        .expect("open");
+    let (body, sig) = slack_request(
+        secret,
+        now,
+        "U0BOB",
+        "moira_approve",
+        &g2.id.to_string(),
+        "http://evil.example/x",
+    );
+    assert_eq!(send(body, now, sig).await, 200);
+    assert_eq!(
+        s.client.show(g2.id).await.expect("show").status,
+        GateStatus::Approved
+    );
+    assert_eq!(rx.hits("/resp").len(), 3);
+}

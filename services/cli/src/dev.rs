@@ -145,6 +145,9 @@ pub async fn run(cli: &Cli, cmd: &DevCmd) -> anyhow::Result<u8> {
         user_header: String::new(),
         trusted_proxies: Vec::new(),
         connect: Default::default(),
+        approvers: args.approvers.clone(),
+        approvers_kv: false,
+        slack: None,
     })
     .await;
     let web = match web {

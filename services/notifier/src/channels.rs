@@ -268,15 +268,7 @@ pub async fn send(
     }
 }
 
-/// Escapes text for Slack mrkdwn: `&`, `<` and `>` are the only
-/// characters Slack reads as control syntax (links, `<!channel>`
-/// mentions), so after this a gate's text can neither mention anyone nor
-/// disguise a link.
-pub fn mrkdwn_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
+pub use moira_service::slack::mrkdwn_escape;
 
 /// The Slack message: gate text escaped, then moira's own link.
 pub fn slack_text(n: &Notification) -> String {
@@ -379,14 +371,6 @@ mod tests {
     fn mail_text_leaves_no_bare_cr_or_lf_and_headers_stay_on_one_line() {
         assert_eq!(super::mail_text("a\r.\r\nb\rc\n"), "a\n.\nb\nc\n");
         assert_eq!(super::one_line("x\r\nBcc: y\u{1b}"), "x  Bcc: y ");
-    }
-
-    #[test]
-    fn mrkdwn_is_escaped() {
-        assert_eq!(
-            super::mrkdwn_escape("<!channel> <https://evil.example/login|open in moira> & co"),
-            "&lt;!channel&gt; &lt;https://evil.example/login|open in moira&gt; &amp; co"
-        );
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/v1/runs/{id}", get(show_run))
         .route("/api/v1/runs/{id}/logs", get(run_logs))
         .route("/api/v1/events", get(events))
+        .route("/slack/interactivity", post(crate::slack::interactivity))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,

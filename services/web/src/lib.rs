@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod slack;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -54,6 +55,12 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpAddr>,
     /// Broker credentials and TLS.
     pub connect: moira_client::Auth,
+    /// The approvers registry file (maps Slack users to moira users).
+    pub approvers: Option<std::path::PathBuf>,
+    /// Follow the registry in the `MOIRA_REGISTRY` bucket instead.
+    pub approvers_kv: bool,
+    /// Slack's interactivity endpoint, when set up.
+    pub slack: Option<slack::SlackSettings>,
 }
 
 pub(crate) struct State {
@@ -63,6 +70,8 @@ pub(crate) struct State {
     trusted_proxies: Vec<IpAddr>,
     /// Permits for event streams ([`api::MAX_EVENT_STREAMS`]).
     streams: std::sync::Arc<tokio::sync::Semaphore>,
+    registry: moira_service::live::LiveRegistry,
+    slack: Option<slack::SlackSettings>,
 }
 
 /// Why a request may not decide.
@@ -121,6 +130,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Web> {
         );
     }
     let client = Client::connect_with(&settings.nats_url, "moira-web", &settings.connect).await?;
+    let registry = moira_service::live::LiveRegistry::open(
+        &client,
+        settings.approvers.as_deref(),
+        settings.approvers_kv,
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
@@ -131,6 +146,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Web> {
         user_header: settings.user_header.to_ascii_lowercase(),
         trusted_proxies: settings.trusted_proxies,
         streams: std::sync::Arc::new(tokio::sync::Semaphore::new(api::MAX_EVENT_STREAMS)),
+        registry,
+        slack: settings.slack,
     };
     let app = api::router(std::sync::Arc::new(state));
     tracing::info!(url = %settings.nats_url, auth = ?settings.auth, "moira-web ready on http://{addr}");

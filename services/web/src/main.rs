@@ -1,6 +1,7 @@
 //! `moira-web`: see the crate docs of `moira_web`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use clap::Parser;
 
@@ -35,6 +36,24 @@ struct Args {
         default_value = "127.0.0.1,::1"
     )]
     trusted_proxies: Vec<IpAddr>,
+    /// Approvers registry (TOML); `slack = "U…"` on a user links their
+    /// Slack account, for the Slack buttons.
+    #[arg(long, env = "MOIRA_APPROVERS")]
+    approvers: Option<PathBuf>,
+    /// Follow the registry in the MOIRA_REGISTRY KV bucket instead.
+    #[arg(long, env = "MOIRA_APPROVERS_KV", conflicts_with = "approvers")]
+    approvers_kv: bool,
+    /// A file holding the Slack app's signing secret: turns on
+    /// POST /slack/interactivity.
+    #[arg(long, env = "MOIRA_SLACK_SIGNING_SECRET_FILE")]
+    slack_signing_secret_file: Option<PathBuf>,
+    /// Where Slack's response_urls may point; message updates go nowhere else.
+    #[arg(
+        long,
+        env = "MOIRA_SLACK_API",
+        default_value = "https://hooks.slack.com/"
+    )]
+    slack_api: String,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
 }
@@ -42,6 +61,23 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    let slack = match &args.slack_signing_secret_file {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(secret) if !secret.trim().is_empty() => Some(moira_web::slack::SlackSettings {
+                signing_secret: secret.trim().to_string(),
+                api: args.slack_api.clone(),
+            }),
+            Ok(_) => {
+                eprintln!("moira-web: {} is empty", path.display());
+                return std::process::ExitCode::from(1);
+            }
+            Err(e) => {
+                eprintln!("moira-web: cannot read {}: {e}", path.display());
+                return std::process::ExitCode::from(1);
+            }
+        },
+    };
     let settings = moira_web::Settings {
         nats_url: args.nats_url,
         listen: args.listen,
@@ -49,6 +85,9 @@ async fn main() -> std::process::ExitCode {
         user_header: args.user_header,
         trusted_proxies: args.trusted_proxies,
         connect: args.connect.auth(),
+        approvers: args.approvers,
+        approvers_kv: args.approvers_kv,
+        slack,
     };
     moira_service::signals::serve("moira-web", |shutdown| moira_web::run(settings, shutdown)).await
 }

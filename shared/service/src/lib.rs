@@ -19,6 +19,7 @@ pub mod locate;
 pub mod registry;
 pub mod requests;
 pub mod signals;
+pub mod slack;
 pub mod verify;
 
 pub use connect::ConnectArgs;

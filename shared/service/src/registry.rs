@@ -8,6 +8,7 @@
 //!
 //! [users.bob]
 //! roles = ["owner"]
+//! slack = "U024BE7LH"      # the Slack user id whose buttons decide as bob
 //! ```
 //!
 //! A file without keys is valid; it only cannot back `--signatures require`.
@@ -31,6 +32,7 @@ pub struct Registry {
 struct User {
     roles: Vec<String>,
     keys: Vec<ssh_key::PublicKey>,
+    slack: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -56,6 +58,9 @@ struct UserFile {
     roles: Vec<String>,
     #[serde(default)]
     keys: Vec<String>,
+    /// The user's Slack user id (`U…` or `W…`).
+    #[serde(default)]
+    slack: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,13 +98,27 @@ impl Registry {
                 .collect::<Result<Vec<_>, String>>()
         };
         let mut users = BTreeMap::new();
+        let mut slack_ids = std::collections::BTreeSet::new();
         for (name, u) in file.users {
             let keys = parse_keys("user", &name, &u.keys)?;
+            if let Some(id) = &u.slack {
+                if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_alphanumeric())
+                {
+                    return Err(format!("users.{name}.slack: '{id}' is not a Slack user id"));
+                }
+                // One Slack account decides as one moira user.
+                if !slack_ids.insert(id.clone()) {
+                    return Err(format!(
+                        "users.{name}.slack: {id} is already another user's"
+                    ));
+                }
+            }
             users.insert(
                 name,
                 User {
                     roles: u.roles,
                     keys,
+                    slack: u.slack,
                 },
             );
         }
@@ -167,6 +186,14 @@ impl Registry {
             .filter(|(_, u)| u.keys.iter().any(|k| k.key_data() == key.key_data()))
             .map(|(n, _)| n.as_str())
             .collect()
+    }
+
+    /// The moira user a Slack user id belongs to.
+    pub fn user_for_slack(&self, slack_id: &str) -> Option<&str> {
+        self.users
+            .iter()
+            .find(|(_, u)| u.slack.as_deref() == Some(slack_id))
+            .map(|(name, _)| name.as_str())
     }
 
     pub fn roles_of(&self, user: &str) -> Vec<String> {
