@@ -230,4 +230,16 @@ mod tests {
         assert!(Registry::parse("[users.alice]\nrole = [\"owner\"]\n").is_err());
         assert!(Registry::parse("[user.alice]\n").is_err());
     }
+
+    #[test]
+    fn a_slack_id_links_one_user_and_must_look_like_one() {
+        let r = Registry::parse("[users.bob]\nslack = \"U0BOB\"\n[users.carol]\n").expect("valid");
+        assert_eq!(r.user_for_slack("U0BOB"), Some("bob"));
+        assert_eq!(r.user_for_slack("U0CAROL"), None);
+        let twice = "[users.bob]\nslack = \"U1\"\n[users.eve]\nslack = \"U1\"\n";
+        assert!(Registry::parse(twice)
+            .expect_err("refused")
+            .contains("already another user's"));
+        assert!(Registry::parse("[users.bob]\nslack = \"<!channel>\"\n").is_err());
+    }
 }
