@@ -656,3 +656,98 @@ async fn slack_buttons_decide_only_when_signed_by_slack_for_a_linked_user() {
     );
     assert_eq!(rx.hits("/resp").len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_button_on_the_notifiers_slack_message_decides_the_gate_through_moira_web() {
+    let s = Stack::start().await;
+    let (rx, port) = crate::notify::Receiver::start().await;
+    let dir = moira_testkit::TempDir::new("moira-slack-loop").expect("tmp");
+    let secret = "loop-secret";
+    std::fs::write(dir.path().join("secret"), secret).expect("write");
+    let registry = dir.path().join("approvers.toml");
+    std::fs::write(&registry, "[users.bob]\nslack = \"U0BOB\"\n").expect("write");
+    let config = dir.path().join("notify.toml");
+    std::fs::write(
+        &config,
+        format!("[channels.team]\ntype = \"slack\"\nurl = \"http://127.0.0.1:{port}/slack\"\nbuttons = true\n[[rules]]\nkinds = [\"opened\", \"approved\"]\nchannels = [\"team\"]\n"),
+    )
+    .expect("write");
+    let notifier = ProcBuilder::new(bin("moira-notifier"), "moira-notifier")
+        .args(["--nats-url", &s.url(), "--config"])
+        .arg(&config)
+        .env("MOIRA_LOG", "info")
+        .spawn()
+        .expect("spawn notifier");
+    notifier.wait_for_line("moira-notifier ready", Duration::from_secs(20));
+    let api = format!("http://127.0.0.1:{port}/");
+    let w = web(
+        &s.url(),
+        &[
+            "--approvers",
+            &registry.display().to_string(),
+            "--slack-signing-secret-file",
+            &dir.path().join("secret").display().to_string(),
+            "--slack-api",
+            &api,
+        ],
+    );
+    let g = s
+        .client
+        .open(OpenGate {
+            approvers: vec!["bob".into()],
+            ..open("alice", "Ship <it> & see?")
+        })
+        .await
+        .expect("open");
+    rx.wait("the Slack message", |r| !r.hits("/slack").is_empty())
+        .await;
+    let message = rx.hits("/slack")[0].body.clone();
+    let buttons = message["blocks"][1]["elements"]
+        .as_array()
+        .expect("buttons")
+        .clone();
+    assert_eq!(buttons.len(), 2, "{message}");
+    assert!(
+        message["blocks"][0]["text"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Ship &lt;it&gt; &amp; see?"),
+        "{message}"
+    );
+    let approve = buttons
+        .iter()
+        .find(|b| b["action_id"] == "moira_approve")
+        .expect("an approve button");
+    assert_eq!(approve["value"], g.id.to_string());
+    // bob presses it: Slack sends the action, signed, to moira-web.
+    let now = moira_client::protocol::time::now_ms() / 1000;
+    let (body, sig) = slack_request(
+        secret,
+        now,
+        "U0BOB",
+        approve["action_id"].as_str().expect("id"),
+        approve["value"].as_str().expect("value"),
+        &format!("{api}resp"),
+    );
+    let status = reqwest::Client::new()
+        .post(w.base.replace("/api/v1", "/slack/interactivity"))
+        .header("x-slack-request-timestamp", now.to_string())
+        .header("x-slack-signature", sig)
+        .body(body)
+        .send()
+        .await
+        .expect("answer")
+        .status()
+        .as_u16();
+    assert_eq!(status, 200);
+    let shown = s.client.show(g.id).await.expect("show");
+    assert_eq!(
+        (shown.status, shown.approved_by.as_deref()),
+        (GateStatus::Approved, Some("bob"))
+    );
+    // The decided gate's message has no buttons.
+    rx.wait("the approved message", |r| r.hits("/slack").len() >= 2)
+        .await;
+    let decided = rx.hits("/slack").last().expect("message").body.clone();
+    assert!(decided.get("blocks").is_none(), "{decided}");
+}

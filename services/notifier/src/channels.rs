@@ -226,10 +226,9 @@ pub async fn send(
             ];
             post(url, &headers, body, r).await
         }
-        ChannelConfig::Slack { url } => {
-            let text = slack_text(n);
-            let payload = serde_json::to_vec(&serde_json::json!({ "text": text }))
-                .map_err(|e| e.to_string())?;
+        ChannelConfig::Slack { url, buttons } => {
+            let payload =
+                serde_json::to_vec(&slack_message(n, *buttons)).map_err(|e| e.to_string())?;
             post(
                 url,
                 &[("Content-Type", "application/json".into())],
@@ -291,6 +290,32 @@ pub fn slack_text(n: &Notification) -> String {
         text.push_str(&format!("\n<{}|open in moira>", mrkdwn_escape(link)));
     }
     text
+}
+
+/// The Slack message body. With `buttons`, a message about a waiting gate
+/// also carries Approve and Deny buttons (Block Kit), which Slack sends to
+/// moira-web's `/slack/interactivity`; the gate id is their value.
+pub fn slack_message(n: &Notification, buttons: bool) -> serde_json::Value {
+    let text = slack_text(n);
+    let waiting = n.gate.as_ref().filter(|g| !g.status.is_terminal());
+    match waiting.filter(|_| buttons) {
+        None => serde_json::json!({ "text": text }),
+        Some(g) => {
+            let id = g.id.to_string();
+            serde_json::json!({
+                "text": text,
+                "blocks": [
+                    {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+                    {"type": "actions", "elements": [
+                        {"type": "button", "action_id": "moira_approve", "style": "primary",
+                         "text": {"type": "plain_text", "text": "Approve"}, "value": id},
+                        {"type": "button", "action_id": "moira_deny", "style": "danger",
+                         "text": {"type": "plain_text", "text": "Deny"}, "value": id},
+                    ]},
+                ],
+            })
+        }
+    }
 }
 
 fn expect_2xx(code: u16) -> Result<(), String> {

@@ -47,6 +47,11 @@ pub enum ChannelConfig {
     },
     Slack {
         url: String,
+        /// Approve and Deny buttons on messages about waiting gates, for a
+        /// Slack app whose interactivity URL is moira-web's
+        /// `/slack/interactivity`.
+        #[serde(default)]
+        buttons: bool,
     },
     Email {
         /// `host:port` of the SMTP server.
@@ -237,7 +242,7 @@ impl Config {
                         _ => p.push(format!("{at}: a webhook needs a secret (secret or secret_env) to sign its requests")),
                     }
                 }
-                ChannelConfig::Slack { url } => {
+                ChannelConfig::Slack { url, .. } => {
                     if !url_ok(url) || reqwest::Url::parse(url).is_err() {
                         p.push(format!(
                             "{at}: url '{url}' must be an http:// or https:// URL"
