@@ -751,3 +751,111 @@ async fn a_button_on_the_notifiers_slack_message_decides_the_gate_through_moira_
     let decided = rx.hits("/slack").last().expect("message").body.clone();
     assert!(decided.get("blocks").is_none(), "{decided}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_click_link_confirms_on_get_decides_once_on_post_and_refuses_forgery_and_age() {
+    use moira_service::links::Link;
+    let s = Stack::start().await;
+    let dir = moira_testkit::TempDir::new("moira-links").expect("tmp");
+    let secret = "link-secret";
+    std::fs::write(dir.path().join("secret"), secret).expect("write");
+    let w = web(
+        &s.url(),
+        &[
+            "--link-secret-file",
+            &dir.path().join("secret").display().to_string(),
+        ],
+    );
+    let root = w.base.replace("/api/v1", "");
+    let g = s
+        .client
+        .open(OpenGate {
+            approvers: vec!["bob".into()],
+            ..open("alice", "<script>alert(1)</script> ship?")
+        })
+        .await
+        .expect("open");
+    let now = moira_client::protocol::time::now_ms() / 1000;
+    let token = Link::new(g.id, "bob", "approve", now, 3600).token(secret);
+    let url = format!("{root}/links/{token}");
+    let http = reqwest::Client::new();
+    // A GET (a mail scanner, a preview) only shows the question.
+    let r = http.get(&url).send().await.expect("get");
+    assert_eq!(r.status().as_u16(), 200);
+    let csp = r
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let html = r.text().await.expect("page");
+    assert!(html.contains("Approve this gate as bob?"), "{html}");
+    assert!(
+        !html.contains("<script>") && html.contains("&lt;script&gt;"),
+        "{html}"
+    );
+    assert_eq!(
+        s.client.show(g.id).await.expect("show").status,
+        GateStatus::Waiting
+    );
+    // The POST from that page decides, as the link's user.
+    let r = http.post(&url).send().await.expect("post");
+    assert_eq!(r.status().as_u16(), 200);
+    let shown = s.client.show(g.id).await.expect("show");
+    assert_eq!(
+        (shown.status, shown.approved_by.as_deref()),
+        (GateStatus::Approved, Some("bob"))
+    );
+    // A second use is refused.
+    let r = http.post(&url).send().await.expect("post");
+    assert_eq!(r.status().as_u16(), 409);
+    // Another gate: an expired link, one signed elsewhere, one changed.
+    let g2 = s
+        .client
+        .open(OpenGate {
+            approvers: vec!["bob".into()],
+            ..open("alice", "Two?")
+        })
+        .await
+        .expect("open");
+    let old = Link::new(g2.id, "bob", "approve", now - 7200, 3600).token(secret);
+    let elsewhere = Link::new(g2.id, "bob", "approve", now, 3600).token("guess");
+    let good = Link::new(g2.id, "bob", "deny", now, 3600).token(secret);
+    let (_, tag) = good.split_once('.').expect("token");
+    let mallory = Link {
+        user: "mallory".into(),
+        ..Link::new(g2.id, "bob", "deny", now, 3600)
+    }
+    .token("x");
+    let changed = format!("{}.{tag}", mallory.split_once('.').expect("token").0);
+    let too_long = Link::new(g2.id, "bob", "approve", now, 30 * 24 * 3600).token(secret);
+    for (t, want) in [
+        (old, 410),
+        (elsewhere, 403),
+        (changed, 403),
+        (too_long, 403),
+    ] {
+        let r = http
+            .post(format!("{root}/links/{t}"))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status().as_u16(), want, "{t}");
+    }
+    assert_eq!(
+        s.client.show(g2.id).await.expect("show").status,
+        GateStatus::Waiting
+    );
+    // The good one still works: a deny, with its reason.
+    let r = http
+        .post(format!("{root}/links/{good}"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        s.client.show(g2.id).await.expect("show").status,
+        GateStatus::Denied
+    );
+}

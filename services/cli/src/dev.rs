@@ -148,6 +148,7 @@ pub async fn run(cli: &Cli, cmd: &DevCmd) -> anyhow::Result<u8> {
         approvers: args.approvers.clone(),
         approvers_kv: false,
         slack: None,
+        link_secret: None,
     })
     .await;
     let web = match web {

@@ -50,6 +50,10 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/v1/runs/{id}/logs", get(run_logs))
         .route("/api/v1/events", get(events))
         .route("/slack/interactivity", post(crate::slack::interactivity))
+        .route(
+            "/links/{token}",
+            get(crate::links::show).post(crate::links::decide),
+        )
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -70,6 +74,11 @@ async fn security_headers(mut r: Response) -> Response {
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::REFERRER_POLICY, "no-referrer"),
+        // Pages carry no script, load nothing, and post only to themselves.
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
     ] {
         h.insert(k, HeaderValue::from_static(v));
     }
@@ -91,7 +100,7 @@ fn ok(key: &str, value: impl serde::Serialize) -> Response {
     (StatusCode::OK, axum::Json(Value::Object(body))).into_response()
 }
 
-fn status_of(code: ErrorCode) -> StatusCode {
+pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,

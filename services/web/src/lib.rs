@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod links;
 pub mod slack;
 
 use std::net::{IpAddr, SocketAddr};
@@ -61,6 +62,8 @@ pub struct Settings {
     pub approvers_kv: bool,
     /// Slack's interactivity endpoint, when set up.
     pub slack: Option<slack::SlackSettings>,
+    /// The secret one-click links are signed with (shared with the notifier).
+    pub link_secret: Option<String>,
 }
 
 pub(crate) struct State {
@@ -72,6 +75,7 @@ pub(crate) struct State {
     streams: std::sync::Arc<tokio::sync::Semaphore>,
     registry: moira_service::live::LiveRegistry,
     slack: Option<slack::SlackSettings>,
+    link_secret: Option<String>,
 }
 
 /// Why a request may not decide.
@@ -148,6 +152,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Web> {
         streams: std::sync::Arc::new(tokio::sync::Semaphore::new(api::MAX_EVENT_STREAMS)),
         registry,
         slack: settings.slack,
+        link_secret: settings.link_secret,
     };
     let app = api::router(std::sync::Arc::new(state));
     tracing::info!(url = %settings.nats_url, auth = ?settings.auth, "moira-web ready on http://{addr}");

@@ -54,30 +54,41 @@ struct Args {
         default_value = "https://hooks.slack.com/"
     )]
     slack_api: String,
+    /// A file holding the secret one-click links are signed with (the
+    /// notifier's `[links]` uses the same): turns on /links/….
+    #[arg(long, env = "MOIRA_LINK_SECRET_FILE")]
+    link_secret_file: Option<PathBuf>,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
+}
+
+/// A secret from a file: trimmed, and not empty.
+fn secret(path: &std::path::Path) -> Result<String, String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        Ok(_) => Err(format!("{} is empty", path.display())),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let slack = match &args.slack_signing_secret_file {
-        None => None,
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(secret) if !secret.trim().is_empty() => Some(moira_web::slack::SlackSettings {
-                signing_secret: secret.trim().to_string(),
-                api: args.slack_api.clone(),
-            }),
-            Ok(_) => {
-                eprintln!("moira-web: {} is empty", path.display());
-                return std::process::ExitCode::from(1);
-            }
-            Err(e) => {
-                eprintln!("moira-web: cannot read {}: {e}", path.display());
-                return std::process::ExitCode::from(1);
-            }
-        },
+    let read = |p: &Option<PathBuf>| p.as_deref().map(secret).transpose();
+    let (slack_secret, link_secret) = match (
+        read(&args.slack_signing_secret_file),
+        read(&args.link_secret_file),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("moira-web: {e}");
+            return std::process::ExitCode::from(1);
+        }
     };
+    let slack = slack_secret.map(|signing_secret| moira_web::slack::SlackSettings {
+        signing_secret,
+        api: args.slack_api.clone(),
+    });
     let settings = moira_web::Settings {
         nats_url: args.nats_url,
         listen: args.listen,
@@ -88,6 +99,7 @@ async fn main() -> std::process::ExitCode {
         approvers: args.approvers,
         approvers_kv: args.approvers_kv,
         slack,
+        link_secret,
     };
     moira_service::signals::serve("moira-web", |shutdown| moira_web::run(settings, shutdown)).await
 }

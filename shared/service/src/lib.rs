@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod connect;
+pub mod links;
 pub mod live;
 pub mod locate;
 pub mod registry;
