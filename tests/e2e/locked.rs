@@ -439,6 +439,38 @@ async fn a_gate_is_approved_through_the_web(l: &Locked, listen: &str) {
     let body = r.text().await.unwrap_or_default();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"approved_by\":\"bob\""), "{body}");
+    // A one-click link works once here too (its nonce goes to a bucket).
+    let (code, out, err) = l.moira(
+        "alice",
+        &["gate", "open", "--message", "By link?", "--approver", "bob"],
+    );
+    assert_eq!(code, 0, "alice opens: {err}");
+    let gate: moira_client::GateId = out
+        .lines()
+        .next()
+        .expect("id")
+        .trim()
+        .parse()
+        .expect("a gate id");
+    let now = moira_client::protocol::time::now_ms() / 1000;
+    let token = moira_service::links::Link::new(gate, "bob", "approve", now, 600)
+        .token("locked-link-secret");
+    let url = format!("http://{listen}/links/{token}");
+    let first = http
+        .post(&url)
+        .send()
+        .await
+        .expect("post")
+        .status()
+        .as_u16();
+    let again = http
+        .post(&url)
+        .send()
+        .await
+        .expect("post")
+        .status()
+        .as_u16();
+    assert_eq!((first, again), (200, 409));
 }
 
 /// What a person may not do, each refused by the server itself.
@@ -583,10 +615,19 @@ async fn the_locked_single_node_serves_each_role_and_refuses_the_rest() {
     a_run_is_approved_from_the_cli(&l);
     // moira-web needs nothing beyond a person's role.
     let listen = format!("127.0.0.1:{}", moira_testkit::free_port());
+    let link_secret = l.dir.path().join("link-secret");
+    std::fs::write(&link_secret, "locked-link-secret").expect("write");
     let web = l.service(
         "moira-web",
         &l.users.bob,
-        &["--listen", &listen, "--auth", "proxy"],
+        &[
+            "--listen",
+            &listen,
+            "--auth",
+            "proxy",
+            "--link-secret-file",
+            &link_secret.display().to_string(),
+        ],
     );
     a_gate_is_approved_through_the_web(&l, &listen).await;
     let refused = violations(&[&gk, &runner, &notifier, &web]);
