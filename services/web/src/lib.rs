@@ -6,14 +6,18 @@
 //! self-approval, required inputs, signatures) is the gate-keeper's. Any
 //! number of copies can run behind a load balancer.
 //!
-//! Who decides is never taken from the request body. [`AuthMode`] says
-//! where it comes from: nowhere (`none`, reads only), a header set by an
-//! authenticating reverse proxy whose address is trusted (`proxy`), or a
-//! name the caller picks, on loopback only (`dev`).
+//! Who decides is never taken from the request body. For the API,
+//! [`AuthMode`] says where it comes from: nowhere (`none`, reads only), a
+//! header set by an authenticating reverse proxy whose address is trusted
+//! (`proxy`), or a name the caller picks, on loopback only (`dev`). Slack
+//! buttons and one-click links carry their own proof (Slack's request
+//! signature, the link's HMAC) and work only when their secret is given.
 //!
 //! # Layout
-//! - this file: settings, start-up, the router, identity;
-//! - [`api`]: the handlers and the mapping of errors to HTTP.
+//! - this file: settings, start-up, identity;
+//! - [`api`]: the router, the `/api/v1` handlers, errors as HTTP;
+//! - [`slack`]: Slack's interactivity endpoint;
+//! - [`links`]: one-click links and their confirmation page.
 
 #![forbid(unsafe_code)]
 
