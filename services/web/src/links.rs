@@ -141,11 +141,8 @@ pub(crate) async fn decide(AxState(s): AxState<Arc<State>>, Path(token): Path<St
         Err(r) => return r,
     };
     // Once only, across every moira-web.
-    let used = match used_links(&s).await {
-        Ok(kv) => {
-            kv.create(link.nonce.as_str(), now_ms().to_string().into())
-                .await
-        }
+    let kv = match used_links(&s).await {
+        Ok(kv) => kv,
         Err(e) => {
             return page(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -154,6 +151,9 @@ pub(crate) async fn decide(AxState(s): AxState<Arc<State>>, Path(token): Path<St
             )
         }
     };
+    let used = kv
+        .create(link.nonce.as_str(), now_ms().to_string().into())
+        .await;
     match used {
         Ok(_) => {}
         Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
@@ -171,9 +171,16 @@ pub(crate) async fn decide(AxState(s): AxState<Arc<State>>, Path(token): Path<St
             )
         }
     }
+    // The command id comes from the nonce: if a lost reply made the link
+    // come back and it is pressed again, the gate-keeper sees a repeat.
+    let id = Some(moira_protocol::ids::CommandId(uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("moira-link:{}", link.nonce).as_bytes(),
+    )));
     let result = if link.action == "deny" {
         s.client
             .deny(DenyGate {
+                id,
                 gate_id: link.gate,
                 actor: link.user.clone(),
                 reason: "denied through a one-click link".into(),
@@ -183,6 +190,7 @@ pub(crate) async fn decide(AxState(s): AxState<Arc<State>>, Path(token): Path<St
     } else {
         s.client
             .approve(ApproveGate {
+                id,
                 gate_id: link.gate,
                 actor: link.user.clone(),
                 comment: Some("approved through a one-click link".into()),
@@ -202,11 +210,18 @@ pub(crate) async fn decide(AxState(s): AxState<Arc<State>>, Path(token): Path<St
             "moira: not decided",
             &format!("<h1>Not decided</h1><p>{}</p>", html(&e.message)),
         ),
-        Err(e) => page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "moira",
-            &format!("<h1>Not decided</h1><p>{}</p>", html(&e.to_string())),
-        ),
+        Err(e) => {
+            // Nothing was decided (no gate-keeper answered): give the link
+            // back, so pressing again later works.
+            if let Err(d) = kv.delete(link.nonce.as_str()).await {
+                tracing::warn!(gate = %link.gate, "could not give a link back: {d}");
+            }
+            page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "moira",
+                &format!("<h1>Not decided</h1><p>{}</p>", html(&e.to_string())),
+            )
+        }
     }
 }
 
