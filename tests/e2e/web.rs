@@ -523,8 +523,10 @@ fn slack_request(
     let body = format!("payload={body}");
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
     let tag = ring::hmac::sign(&key, format!("v0:{ts}:{body}").as_bytes());
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    (body, format!("v0={hex}"))
+    (
+        body,
+        format!("v0={}", moira_client::protocol::hex::encode(tag.as_ref())),
+    )
 }
 
 fn url_encode(s: &str) -> String {

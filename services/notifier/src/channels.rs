@@ -132,8 +132,7 @@ async fn send_mail(m: Mail<'_>, r: &Resolved) -> Result<(), String> {
 pub fn signature(secret: &str, body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
     let tag = ring::hmac::sign(&key, body);
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    format!("sha256={}", moira_protocol::hex::encode(tag.as_ref()))
 }
 
 /// One line a person reads (Slack text, e-mail subject, log line).

@@ -253,33 +253,12 @@ async fn consume(
     while let Some(msg) = feed.next(&shutdown).await {
         // Waiting for a slot counts as progress: without it, a burst while
         // a channel is slow would be delivered again to someone else.
-        let permit = {
-            let acquire = slots.clone().acquire_owned();
-            tokio::pin!(acquire);
-            let mut beat = tokio::time::interval(PROGRESS_EVERY);
-            beat.tick().await;
-            loop {
-                tokio::select! {
-                    p = &mut acquire => break p,
-                    _ = beat.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
-                }
-            }
-        };
-        let Ok(permit) = permit else {
+        let Ok(permit) = with_progress(&msg, slots.clone().acquire_owned()).await else {
             return;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let work = handle(&shared, &msg);
-            tokio::pin!(work);
-            let mut beat = tokio::time::interval(PROGRESS_EVERY);
-            beat.tick().await;
-            let handled = loop {
-                tokio::select! {
-                    h = &mut work => break h,
-                    _ = beat.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
-                }
-            };
+            let handled = with_progress(&msg, handle(&shared, &msg)).await;
             let acked = match handled {
                 Handled::Done => msg.double_ack().await,
                 Handled::Later => msg.ack_with(AckKind::Nak(Some(BUSY_RETRY))).await,
@@ -289,6 +268,23 @@ async fn consume(
             }
             drop(permit);
         });
+    }
+}
+
+/// Runs `work`, sending progress acks for `msg` every [`PROGRESS_EVERY`]
+/// meanwhile, so the event stays with this notifier.
+async fn with_progress<T>(
+    msg: &async_nats::jetstream::Message,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let mut beat = tokio::time::interval(PROGRESS_EVERY);
+    beat.tick().await;
+    loop {
+        tokio::select! {
+            r = &mut work => return r,
+            _ = beat.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
+        }
     }
 }
 

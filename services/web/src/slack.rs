@@ -85,22 +85,15 @@ pub fn signed(
     let sig = header("x-slack-signature")
         .and_then(|s| s.strip_prefix("v0="))
         .ok_or("no v0 X-Slack-Signature")?;
-    let tag = hex(sig).ok_or("the signature is not hex")?;
+    let tag = Some(sig)
+        .filter(|s| s.len() <= 128)
+        .and_then(moira_protocol::hex::decode)
+        .ok_or("the signature is not hex")?;
     let mut msg = format!("v0:{ts}:").into_bytes();
     msg.extend_from_slice(body);
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
     // Constant time.
     ring::hmac::verify(&key, &msg, &tag).map_err(|_| "the signature does not match")
-}
-
-fn hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 128 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 pub(crate) async fn interactivity(
@@ -230,8 +223,7 @@ mod tests {
         let mut msg = format!("v0:{ts}:").into_bytes();
         msg.extend_from_slice(body);
         let tag = ring::hmac::sign(&key, &msg);
-        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        format!("v0={hex}")
+        format!("v0={}", moira_protocol::hex::encode(tag.as_ref()))
     }
 
     fn headers(ts: u64, sig: &str) -> HeaderMap {

@@ -18,6 +18,7 @@ pub mod codec;
 pub mod command;
 pub mod event;
 pub mod gate;
+pub mod hex;
 pub mod ids;
 pub mod run;
 pub mod statement;

@@ -78,8 +78,7 @@ struct Predicate<'a> {
 
 /// The hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(&Sha256::digest(bytes))
 }
 
 /// The subject digest of an `open`: the SHA-256 of the gate's definition

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use moira_protocol::hex;
 use moira_protocol::ids::GateId;
 
 /// What a link lets its holder do.
@@ -41,20 +42,6 @@ fn key(secret: &str) -> ring::hmac::Key {
     ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes())
 }
 
-fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// The longest token accepted (a link names short things).
 const MAX_TOKEN: usize = 2048;
 
@@ -74,7 +61,7 @@ impl Link {
     pub fn token(&self, secret: &str) -> String {
         let claims = serde_json::to_vec(self).unwrap_or_default();
         let tag = ring::hmac::sign(&key(secret), &claims);
-        format!("{}.{}", to_hex(&claims), to_hex(tag.as_ref()))
+        format!("{}.{}", hex::encode(&claims), hex::encode(tag.as_ref()))
     }
 
     /// The link a token stands for, if it was signed with `secret` and has
@@ -86,8 +73,8 @@ impl Link {
         }
         let (claims, tag) = token.split_once('.').ok_or(LinkError::Malformed)?;
         let (claims, tag) = (
-            from_hex(claims).ok_or(LinkError::Malformed)?,
-            from_hex(tag).ok_or(LinkError::Malformed)?,
+            hex::decode(claims).ok_or(LinkError::Malformed)?,
+            hex::decode(tag).ok_or(LinkError::Malformed)?,
         );
         ring::hmac::verify(&key(secret), &claims, &tag).map_err(|_| LinkError::BadSignature)?;
         let link: Link = serde_json::from_slice(&claims).map_err(|_| LinkError::Malformed)?;
