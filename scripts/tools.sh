@@ -4,7 +4,10 @@
 #     2.14+ is already on PATH or named by MOIRA_NATS_SERVER;
 #   - just 1.59.0 (PyPI wheel rust-just), unless `just` is already on PATH;
 #   - ssh-keygen, ssh-agent and ssh-add (Debian's openssh-client, with
-#     apt-get when running as root), which the signature tests use.
+#     apt-get when running as root), which the signature tests use;
+#   - Chromium and ChromeDriver (Debian's chromium and chromium-driver, the
+#     same way), which the web page's browser tests drive: only with `test`
+#     or `browser`, so the demo does not need a browser installed.
 # Each tool lands in its own .tools/py/<name> (pip --target replaces the
 # target's bin/ wholesale, so two tools must not share one), with links in
 # .tools/bin.
@@ -66,10 +69,24 @@ ensure_ssh() {
   exit 1
 }
 
+ensure_browser() {
+  local driver=${MOIRA_CHROMEDRIVER:-chromedriver}
+  if command -v "$driver" >/dev/null && command -v "${MOIRA_CHROMIUM:-chromium}" >/dev/null; then return; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "moira tools: installing chromium and chromium-driver (the browser tests) with apt-get" >&2
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >&2
+    return
+  fi
+  echo "moira tools: the browser tests need chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)" >&2
+  exit 1
+}
+
 case "${1:-all}" in
   nats) ensure_nats ;;
   just) ensure_just ;;
   ssh) ensure_ssh ;;
+  browser) ensure_browser ;;
   all) ensure_just; ensure_nats; ensure_ssh ;;
-  *) echo "usage: scripts/tools.sh [all|nats|just|ssh]" >&2; exit 2 ;;
+  test) ensure_just; ensure_nats; ensure_ssh; ensure_browser ;;
+  *) echo "usage: scripts/tools.sh [all|test|nats|just|ssh|browser]" >&2; exit 2 ;;
 esac

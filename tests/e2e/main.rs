@@ -3,6 +3,7 @@
 mod auth;
 mod bad_input;
 mod bounds;
+mod browser;
 mod chaos;
 mod cli;
 mod concurrency;

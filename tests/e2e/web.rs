@@ -10,12 +10,15 @@ use serde_json::{json, Value};
 use crate::{open, Stack};
 
 /// A moira-web process and where it listens.
-struct Web {
+pub(crate) struct Web {
     _proc: Proc,
-    base: String,
+    /// `http://host:port/api/v1`
+    pub(crate) base: String,
+    /// `http://host:port`
+    pub(crate) root: String,
 }
 
-fn web(url: &str, args: &[&str]) -> Web {
+pub(crate) fn web(url: &str, args: &[&str]) -> Web {
     let port = moira_testkit::free_port();
     let listen = format!("127.0.0.1:{port}");
     let p = ProcBuilder::new(bin("moira-web"), "moira-web")
@@ -28,6 +31,7 @@ fn web(url: &str, args: &[&str]) -> Web {
     Web {
         _proc: p,
         base: format!("http://{listen}/api/v1"),
+        root: format!("http://{listen}"),
     }
 }
 

@@ -49,6 +49,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/v1/runs/{id}", get(show_run))
         .route("/api/v1/runs/{id}/logs", get(run_logs))
         .route("/api/v1/events", get(events))
+        .merge(crate::page::routes())
         .route("/slack/interactivity", post(crate::slack::interactivity))
         .route(
             "/links/{token}",
@@ -58,7 +59,7 @@ pub(crate) fn router(state: Shared) -> Router {
             error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "no such API path; see /api/v1/gates",
+                "no such path; the API is under /api/v1, the page at /",
             )
         })
         .layer(DefaultBodyLimit::max(MAX_COMMAND_BYTES))
@@ -73,11 +74,15 @@ async fn security_headers(mut r: Response) -> Response {
         (header::CACHE_CONTROL, "no-store"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
-        // Pages carry no script, load nothing, and post only to themselves.
+        // Not `no-referrer`: with it a browser sends `Origin: null` on the
+        // page's own form posts, which the CSRF check refuses.
+        (header::REFERRER_POLICY, "same-origin"),
+        // Pages run only moira-web's own script and style (nothing inline,
+        // nothing from elsewhere), and post only to themselves.
         (
             header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     ] {
         h.insert(k, HeaderValue::from_static(v));
@@ -129,7 +134,16 @@ fn client_error(e: ClientError) -> Response {
 }
 
 fn unauthenticated(why: Unauthenticated) -> Response {
-    let message = match why {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        unauthenticated_message(&why),
+    )
+}
+
+/// Why nobody may decide here, and what to do about it.
+pub(crate) fn unauthenticated_message(why: &Unauthenticated) -> String {
+    match why {
         Unauthenticated::NoAuth => "moira-web was started without --auth, so it serves reads only. \
              Decide with the moira CLI, or run moira-web behind an authenticating proxy with --auth proxy"
             .to_string(),
@@ -138,8 +152,7 @@ fn unauthenticated(why: Unauthenticated) -> Response {
              its user header is not believed"
         ),
         Unauthenticated::NoUser(h) => format!("the request has no {h} header naming the user"),
-    };
-    error(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
 }
 
 fn gate_id(id: &str) -> Result<GateId, Response> {

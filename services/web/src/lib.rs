@@ -17,12 +17,14 @@
 //! - this file: settings, start-up, identity;
 //! - [`api`]: the router, the `/api/v1` handlers, errors as HTTP;
 //! - [`slack`]: Slack's interactivity endpoint;
-//! - [`links`]: one-click links and their confirmation page.
+//! - [`links`]: one-click links and their confirmation page;
+//! - [`page`]: the web page (server-rendered, with forms to decide).
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod links;
+pub mod page;
 pub mod slack;
 
 use std::net::{IpAddr, SocketAddr};
@@ -80,6 +82,8 @@ pub(crate) struct State {
     registry: moira_service::live::LiveRegistry,
     slack: Option<slack::SlackSettings>,
     link_secret: Option<String>,
+    /// Compares CSRF tokens in constant time (see [`page`]).
+    csrf_key: ring::hmac::Key,
 }
 
 /// Why a request may not decide.
@@ -157,6 +161,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Web> {
         registry,
         slack: settings.slack,
         link_secret: settings.link_secret,
+        csrf_key: ring::hmac::Key::generate(
+            ring::hmac::HMAC_SHA256,
+            &ring::rand::SystemRandom::new(),
+        )
+        .map_err(|_| anyhow::anyhow!("no randomness for the CSRF key"))?,
     };
     let app = api::router(std::sync::Arc::new(state));
     tracing::info!(url = %settings.nats_url, auth = ?settings.auth, "moira-web ready on http://{addr}");

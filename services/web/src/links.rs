@@ -12,8 +12,8 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State as AxState};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 
 use moira_client::{ApproveGate, ClientError, DenyGate, GateView};
 use moira_protocol::time::now_ms;
@@ -43,20 +43,8 @@ pub fn html(s: &str) -> String {
 }
 
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
-    let doc = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{}</title><style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem}}\
-         pre{{white-space:pre-wrap;background:#f4f4f4;padding:.75rem}}button{{font-size:1.1rem;padding:.6rem 1.2rem}}</style>\
-         </head><body>{body}</body></html>\n",
-        html(title)
-    );
-    let mut r = (status, doc).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    r
+    // `body` is built with [`html`] around every value.
+    crate::page::plain(status, title, maud::PreEscaped(body.to_string()))
 }
 
 fn verb(action: &str) -> &'static str {

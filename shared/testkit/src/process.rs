@@ -29,6 +29,7 @@ pub struct ProcBuilder {
     cmd: Command,
     name: String,
     stdin: bool,
+    group: bool,
 }
 
 impl ProcBuilder {
@@ -37,7 +38,17 @@ impl ProcBuilder {
             cmd: Command::new(program.as_ref()),
             name: name.to_string(),
             stdin: false,
+            group: false,
         }
+    }
+    /// Starts the process in a process group of its own, and stops the
+    /// whole group: for a program whose children (a browser a driver
+    /// started) must not outlive it.
+    pub fn own_group(mut self) -> Self {
+        use std::os::unix::process::CommandExt;
+        self.cmd.process_group(0);
+        self.group = true;
+        self
     }
     pub fn arg(mut self, a: impl AsRef<std::ffi::OsStr>) -> Self {
         self.cmd.arg(a);
@@ -105,6 +116,7 @@ impl ProcBuilder {
             child: Some(child),
             shared,
             name: self.name,
+            group: self.group,
         })
     }
 }
@@ -114,6 +126,8 @@ pub struct Proc {
     child: Option<Child>,
     shared: Shared,
     name: String,
+    /// Its pid is also its process group's id ([`ProcBuilder::own_group`]).
+    group: bool,
 }
 
 impl Proc {
@@ -215,10 +229,19 @@ impl Proc {
 
     /// Sends SIGTERM and waits for the exit (SIGKILL after `grace`).
     pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let group = self.group;
         let child = self.child.as_mut()?;
+        let target = |pid: u32| {
+            if group {
+                format!("-{pid}")
+            } else {
+                pid.to_string()
+            }
+        };
         let _ = Command::new("kill")
             .arg("-TERM")
-            .arg(child.id().to_string())
+            .arg("--")
+            .arg(target(child.id()))
             .status();
         let deadline = Instant::now() + grace;
         let status = loop {
@@ -235,6 +258,15 @@ impl Proc {
                 }
             }
         };
+        if group {
+            // Whatever of the group is left.
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg("--")
+                .arg(target(child.id()))
+                .stderr(Stdio::null())
+                .status();
+        }
         self.child = None;
         status
     }
