@@ -43,6 +43,7 @@ dev_pid=$!
 wait_for "$work/dev.err" "Press Ctrl-C" 60 "$dev_pid"
 sed -n '/moira dev is running/,/HTTP API:/p' "$work/dev.err"
 api=$(sed -n 's|^  HTTP API: *\(http[^ ]*\)/gates.*|\1|p' "$work/dev.err")
+page=$(sed -n 's|^  web page: *\(http[^ ]*\)/ .*|\1|p' "$work/dev.err")
 
 say "2. alice opens a gate that bob must approve, with a required input, and waits"
 printf '$ moira --as alice gate open --message "Deploy v1.0.0 to production?" --approver bob --input WINDOW --required WINDOW --no-self-approval --timeout 10m --wait\n'
@@ -107,6 +108,30 @@ until "$moira" --json run show "$run_id" | grep -q '"status":"succeeded"'; do
 done
 run moira run show "$run_id"
 run moira run logs "$run_id"
+
+say "11. One more run waits at its gate: decide it in your browser"
+run_id=$("$moira" --as alice run submit "$root/examples/deploy.yml" --var tag=v1.3.0)
+deadline=$((SECONDS + 30))
+until "$moira" --json run show "$run_id" | grep -q '"status":"waiting"'; do
+  [ $SECONDS -lt $deadline ] || { echo "demo: the run did not reach its gate" >&2; exit 1; }
+  sleep 0.2
+done
+echo "Waiting gates (live): $page/"
+echo "The run:              $page/runs/$run_id"
+echo "Type bob in the yellow banner, open the gate, approve it with a WINDOW, confirm;"
+echo "the run page shows deploy running and the run succeeding, without a reload."
+if [ -t 0 ] && [ -z "${MOIRA_DEMO_NO_WAIT:-}" ]; then
+  echo "(moira dev keeps running; press Enter to stop the demo)"
+  done_said=""
+  while true; do
+    if [ -z "$done_said" ] && "$moira" --json run show "$run_id" | grep -q '"status":"succeeded"'; then
+      echo "The run $run_id succeeded after the decision in the browser:"
+      "$moira" run show "$run_id"
+      done_said=1
+    fi
+    if read -r -t 1 _; then break; fi
+  done
+fi
 
 say "Done. Stopping moira dev."
 [ "$code" -eq 0 ]

@@ -1,5 +1,6 @@
 //! End-to-end tests: real nats-servers, real moira processes.
 
+mod attested;
 mod auth;
 mod bad_input;
 mod bounds;
@@ -76,6 +77,7 @@ pub fn hand_made(
         signer: None,
         registry: None,
         prev: None,
+        via: None,
     }
 }
 

@@ -508,7 +508,7 @@ async fn the_event_stream_carries_run_events_too() {
 }
 
 /// A Slack interactivity request as Slack signs it.
-fn slack_request(
+pub(crate) fn slack_request(
     secret: &str,
     ts: u64,
     slack_user: &str,

@@ -31,13 +31,13 @@ pub struct DevArgs {
     pub notify_config: Option<PathBuf>,
 }
 
-/// `moira dev`: the stack, and the HTTP API beside it.
+/// `moira dev`: the stack, and the web page and HTTP API beside it.
 #[derive(Args, Debug)]
 pub struct DevCmd {
     #[command(flatten)]
     pub stack: DevArgs,
-    /// Port of the HTTP API (moira-web, `--auth dev`) on 127.0.0.1; 0
-    /// picks a free one
+    /// Port of the web page and HTTP API (moira-web, `--auth dev`) on
+    /// 127.0.0.1; 0 picks a free one
     #[arg(long, default_value_t = 8080)]
     pub web_port: u16,
 }
@@ -149,6 +149,7 @@ pub async fn run(cli: &Cli, cmd: &DevCmd) -> anyhow::Result<u8> {
         approvers_kv: false,
         slack: None,
         link_secret: None,
+        key: None,
     })
     .await;
     let web = match web {
@@ -160,7 +161,8 @@ pub async fn run(cli: &Cli, cmd: &DevCmd) -> anyhow::Result<u8> {
             );
         }
     };
-    let web_url = format!("http://{}/api/v1", web.addr());
+    let page_url = format!("http://{}", web.addr());
+    let web_url = format!("{page_url}/api/v1");
     let web_task = tokio::spawn(web.serve(stack.shutdown.clone()));
     moira_service::signals::cancel_on_signals(
         stack.shutdown.clone(),
@@ -191,6 +193,7 @@ pub async fn run(cli: &Cli, cmd: &DevCmd) -> anyhow::Result<u8> {
         "  notifier:     in-process ({})",
         notify.unwrap_or_else(|| "everything to the log".into())
     );
+    errln!("  web page:     {page_url}/ (pick any name in its banner and decide as it)");
     errln!("  HTTP API:     {web_url}/gates (decide as anyone: header X-Moira-User)");
     errln!();
     errln!("In another terminal:");

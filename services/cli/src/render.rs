@@ -153,7 +153,12 @@ pub fn gate(g: &GateView) -> String {
             .as_deref()
             .map(|c| format!(": {c}"))
             .unwrap_or_default();
-        field("approval:", format!("{} at {}{c}", a.by, a.at));
+        let via = a
+            .via
+            .as_deref()
+            .map(|v| format!(" (through moira-web, {v})"))
+            .unwrap_or_default();
+        field("approval:", format!("{} at {}{via}{c}", a.by, a.at));
     }
     if !g.input_names.is_empty() {
         let names: Vec<String> = g

@@ -230,6 +230,10 @@ impl Handler {
         service: bool,
         now: u64,
     ) -> Result<Option<String>, CommandError> {
+        // An unknown way is refused before any key is looked at.
+        if let Some(via) = cmd.via() {
+            moira_protocol::gate::check_via(via)?;
+        }
         let Some(sig) = cmd.signature() else {
             return match (self.signatures, service) {
                 (Signatures::Off, _) => Ok(None),
@@ -271,6 +275,14 @@ impl Handler {
         let key = moira_client::signing::verify(&bytes, sig)
             .map_err(|e| err(ErrorCode::BadSignature, e.to_string()))?;
         let fp = moira_client::signing::fingerprint(&key);
+        // moira-web signs with its own key for a person it authenticated:
+        // that counts only as far as the registry says.
+        if let Some(via) = cmd.via() {
+            registry
+                .check_attested(cmd.actor(), via, &key)
+                .map_err(|why| err(ErrorCode::WrongKey, why))?;
+            return Ok(Some(fp));
+        }
         // On the services' subject a runner signs for the run's submitter
         // (its gate opens) or as itself: its own service key counts.
         let allowed = if service {

@@ -3,7 +3,8 @@
 //! A reply is `{"ok": true, "gate": {…}}` (or `"gates"`, `"run"`), or
 //! `{"ok": false, "error": {"code", "message"}}` with the HTTP status that
 //! fits the code: `bad_request` 400, `unauthenticated` 401, `not_allowed`
-//! 403, `not_found` 404, `already_decided` and `conflict` 409,
+//! and the signature codes (`unsigned`, `bad_signature`, `wrong_key`) 403,
+//! `not_found` 404, `already_decided`, `conflict` and `stale` 409,
 //! `too_large` 413, `missing_input` 422, `unavailable` 503, `internal`
 //! 500.
 
@@ -110,7 +111,11 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
-        ErrorCode::NotAllowed => StatusCode::FORBIDDEN,
+        ErrorCode::NotAllowed
+        | ErrorCode::Unsigned
+        | ErrorCode::BadSignature
+        | ErrorCode::WrongKey => StatusCode::FORBIDDEN,
+        ErrorCode::Stale => StatusCode::CONFLICT,
         ErrorCode::AlreadyDecided | ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::MissingInput => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -457,6 +462,7 @@ async fn decide(
                     actor,
                     comment: b.comment,
                     inputs: b.inputs,
+                    via: s.via(),
                     ..Default::default()
                 })
                 .await
@@ -475,6 +481,7 @@ async fn decide(
                     gate_id: gate,
                     actor,
                     reason,
+                    via: s.via(),
                     ..Default::default()
                 })
                 .await
@@ -487,6 +494,7 @@ async fn decide(
                     actor,
                     comment: b.comment,
                     inputs: b.inputs,
+                    via: s.via(),
                     ..Default::default()
                 })
                 .await
@@ -498,6 +506,7 @@ async fn decide(
                     gate_id: gate,
                     actor,
                     reason: b.reason,
+                    via: s.via(),
                     ..Default::default()
                 })
                 .await

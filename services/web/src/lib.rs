@@ -6,6 +6,11 @@
 //! self-approval, required inputs, signatures) is the gate-keeper's. Any
 //! number of copies can run behind a load balancer.
 //!
+//! Every decision it makes for someone says how they were authenticated
+//! (`via`), and with `--key` it is signed with moira-web's own key: the
+//! gate-keeper then checks the registry lets this service attest for that
+//! user that way (see `moira_service::Registry::check_attested`).
+//!
 //! Who decides is never taken from the request body. For the API,
 //! [`AuthMode`] says where it comes from: nowhere (`none`, reads only), a
 //! header set by an authenticating reverse proxy whose address is trusted
@@ -70,6 +75,8 @@ pub struct Settings {
     pub slack: Option<slack::SlackSettings>,
     /// The secret one-click links are signed with (shared with the notifier).
     pub link_secret: Option<String>,
+    /// moira-web's SSH key, which signs each decision it makes for someone.
+    pub key: Option<std::path::PathBuf>,
 }
 
 pub(crate) struct State {
@@ -95,6 +102,16 @@ pub(crate) enum Unauthenticated {
 }
 
 impl State {
+    /// How the API and the page authenticated the user, as the `via` of the
+    /// decisions they make (Slack and links say their own).
+    pub(crate) fn via(&self) -> Option<String> {
+        match self.auth {
+            AuthMode::None => None,
+            AuthMode::Proxy => Some("proxy".into()),
+            AuthMode::Dev => Some("dev".into()),
+        }
+    }
+
     /// The user a decision is made as, from where the mode says.
     pub(crate) fn user(
         &self,
@@ -141,7 +158,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Web> {
              use --listen 127.0.0.1:PORT, or --auth proxy behind an authenticating proxy"
         );
     }
-    let client = Client::connect_with(&settings.nats_url, "moira-web", &settings.connect).await?;
+    let mut client =
+        Client::connect_with(&settings.nats_url, "moira-web", &settings.connect).await?;
+    if let Some(path) = &settings.key {
+        client = client.with_signer(moira_client::signing::Signer::from_file(path)?);
+    }
     let registry = moira_service::live::LiveRegistry::open(
         &client,
         settings.approvers.as_deref(),

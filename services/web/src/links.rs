@@ -172,6 +172,7 @@ pub(crate) async fn decide(AxState(s): AxState<Arc<State>>, Path(token): Path<St
                 gate_id: link.gate,
                 actor: link.user.clone(),
                 reason: "denied through a one-click link".into(),
+                via: Some("link".into()),
                 ..Default::default()
             })
             .await
@@ -182,6 +183,7 @@ pub(crate) async fn decide(AxState(s): AxState<Arc<State>>, Path(token): Path<St
                 gate_id: link.gate,
                 actor: link.user.clone(),
                 comment: Some("approved through a one-click link".into()),
+                via: Some("link".into()),
                 ..Default::default()
             })
             .await

@@ -58,6 +58,13 @@ struct Args {
     /// notifier's `[links]` uses the same): turns on /links/….
     #[arg(long, env = "MOIRA_LINK_SECRET_FILE")]
     link_secret_file: Option<PathBuf>,
+    /// moira-web's own SSH key: it signs every decision it makes for
+    /// someone, saying how it authenticated them (proxy, link, slack, dev).
+    /// A gate-keeper with `--signatures require` counts such a decision
+    /// only if the registry lists this key under a `[services.<name>]` with
+    /// `attests = true` and the user's `attested` names that way.
+    #[arg(long, env = "MOIRA_WEB_KEY")]
+    key: Option<PathBuf>,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
 }
@@ -100,6 +107,7 @@ async fn main() -> std::process::ExitCode {
         approvers_kv: args.approvers_kv,
         slack,
         link_secret,
+        key: args.key,
     };
     moira_service::signals::serve("moira-web", |shutdown| moira_web::run(settings, shutdown)).await
 }

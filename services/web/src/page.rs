@@ -368,7 +368,15 @@ struct Trail {
 }
 
 async fn trail(s: &State, id: GateId) -> Trail {
-    let registries = moira_service::verify::Registries::only(s.registry.current());
+    let current = s.registry.current();
+    // Without a registry no key can be matched to anyone.
+    if current.is_empty() {
+        return Trail {
+            findings: vec![],
+            checked: false,
+        };
+    }
+    let registries = moira_service::verify::Registries::only(current);
     let rules = moira_service::verify::Rules {
         require_signatures: false,
     };
@@ -386,33 +394,41 @@ async fn trail(s: &State, id: GateId) -> Trail {
 
 impl Trail {
     /// What to say about the signature of `by`'s `nth` approval.
-    fn approval(&self, by: &str, nth: usize) -> Markup {
+    fn approval(&self, by: &str, nth: usize, via: Option<&str>) -> Markup {
         let found = self
             .findings
             .iter()
             .filter(|f| f.actor == by && (f.kind == "ApprovalRecorded" || f.kind == "GateApproved"))
             .nth(nth);
-        signature_cell(self.checked, found)
+        signature_cell(self.checked, found, via)
     }
 
-    fn push_back(&self, by: &str, nth: usize) -> Markup {
+    fn push_back(&self, by: &str, nth: usize, via: Option<&str>) -> Markup {
         let found = self
             .findings
             .iter()
             .filter(|f| f.actor == by && f.kind == "GatePushedBack")
             .nth(nth);
-        signature_cell(self.checked, found)
+        signature_cell(self.checked, found, via)
     }
 }
 
-fn signature_cell(checked: bool, f: Option<&moira_service::verify::Finding>) -> Markup {
+fn signature_cell(
+    checked: bool,
+    f: Option<&moira_service::verify::Finding>,
+    via: Option<&str>,
+) -> Markup {
     html! {
         @match f {
-            _ if !checked => span.sig.unknown { "not checked" },
+            _ if !checked => span.sig.unknown title="moira-web has no approvers registry (--approvers or --approvers-kv)" { "not checked" },
+            Some(f) if f.ok() && f.signer.is_some() && via.is_some() => span.sig.good
+                title="signed by moira-web's key, which the registry lets attest for this user this way" {
+                "✔ attested by moira-web (" (via.unwrap_or("")) ") " code { (f.signer.as_deref().unwrap_or("")) }
+            },
             Some(f) if f.ok() && f.signer.is_some() => span.sig.good title="signed by a key the registry lists for this user" {
                 "✔ verifies " code { (f.signer.as_deref().unwrap_or("")) }
             },
-            Some(f) if f.ok() => span.sig.unsigned { "unsigned" },
+            Some(f) if f.ok() => span.sig.unsigned { "unsigned" @if let Some(v) = via { " (via " (v) ")" } },
             Some(f) => span.sig.bad { "✘ " (visible(&f.problems.join("; "))) },
             None => span.sig.unknown { "not found in the trail" },
         }
@@ -481,7 +497,7 @@ fn gate_detail(g: &GateView, t: &Trail) -> Markup {
                 @for (i, a) in g.approvals.iter().enumerate() {
                     @let nth = g.approvals[..i].iter().filter(|p| p.by == a.by).count();
                     tr { td { (a.by) } td { time datetime=(a.at) { (a.at) } }
-                         td { (visible(a.comment.as_deref().unwrap_or(""))) } td { (t.approval(&a.by, nth)) } }
+                         td { (visible(a.comment.as_deref().unwrap_or(""))) } td { (t.approval(&a.by, nth, a.via.as_deref())) } }
                 }
             }
         }
@@ -498,7 +514,7 @@ fn gate_detail(g: &GateView, t: &Trail) -> Markup {
                     tr { td { (p.by) } td { time datetime=(p.at) { (p.at) } } td { (p.iteration) }
                          td { (visible(p.comment.as_deref().unwrap_or(""))) }
                          td { @for (k, val) in &p.inputs { code { (visible(k)) "=" (visible(val)) } " " } }
-                         td { (t.push_back(&p.by, nth)) } }
+                         td { (t.push_back(&p.by, nth, p.via.as_deref())) } }
                 }
             }
         }
@@ -809,6 +825,7 @@ async fn gate_form(
                     actor: user.clone(),
                     comment: f.comment,
                     inputs: f.inputs,
+                    via: s.via(),
                     ..Default::default()
                 })
                 .await
@@ -820,6 +837,7 @@ async fn gate_form(
                     gate_id: gate,
                     actor: user.clone(),
                     reason: f.reason.unwrap_or_default(),
+                    via: s.via(),
                     ..Default::default()
                 })
                 .await
@@ -832,6 +850,7 @@ async fn gate_form(
                     actor: user.clone(),
                     comment: f.comment,
                     inputs: f.inputs,
+                    via: s.via(),
                     ..Default::default()
                 })
                 .await

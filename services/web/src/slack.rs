@@ -154,6 +154,7 @@ async fn decide(s: &State, gate: GateId, action: &str, user: &str) -> String {
                     gate_id: gate,
                     actor: user.to_string(),
                     comment: Some("approved in Slack".into()),
+                    via: Some("slack".into()),
                     ..Default::default()
                 })
                 .await
@@ -164,6 +165,7 @@ async fn decide(s: &State, gate: GateId, action: &str, user: &str) -> String {
                     gate_id: gate,
                     actor: user.to_string(),
                     reason: "denied in Slack".into(),
+                    via: Some("slack".into()),
                     ..Default::default()
                 })
                 .await

@@ -85,6 +85,12 @@ pub struct ApproveGate {
     /// When the statement was signed, in ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_at: Option<u64>,
+    /// Set when a moira service (moira-web) decides for the actor and
+    /// signs as itself: how it authenticated them (`proxy`, `link`,
+    /// `slack` or `dev`). The statement covers it, and the registry says
+    /// whether the actor accepts decisions made this way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -102,6 +108,12 @@ pub struct DenyGate {
     /// When the statement was signed, in ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_at: Option<u64>,
+    /// Set when a moira service (moira-web) decides for the actor and
+    /// signs as itself: how it authenticated them (`proxy`, `link`,
+    /// `slack` or `dev`). The statement covers it, and the registry says
+    /// whether the actor accepts decisions made this way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -122,6 +134,12 @@ pub struct PushBackGate {
     /// When the statement was signed, in ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_at: Option<u64>,
+    /// Set when a moira service (moira-web) decides for the actor and
+    /// signs as itself: how it authenticated them (`proxy`, `link`,
+    /// `slack` or `dev`). The statement covers it, and the registry says
+    /// whether the actor accepts decisions made this way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -140,6 +158,12 @@ pub struct CancelGate {
     /// When the statement was signed, in ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_at: Option<u64>,
+    /// Set when a moira service (moira-web) decides for the actor and
+    /// signs as itself: how it authenticated them (`proxy`, `link`,
+    /// `slack` or `dev`). The statement covers it, and the registry says
+    /// whether the actor accepts decisions made this way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 // One short-lived value per request, so the open variant's size is no cost.
@@ -218,6 +242,29 @@ impl Command {
         };
         *sig = Some(signature);
         *when = Some(at);
+    }
+
+    /// How a service authenticated the actor, for an attested decision.
+    pub fn via(&self) -> Option<&str> {
+        match self {
+            Command::Open(_) => None,
+            Command::Approve(c) => c.via.as_deref(),
+            Command::Deny(c) => c.via.as_deref(),
+            Command::PushBack(c) => c.via.as_deref(),
+            Command::Cancel(c) => c.via.as_deref(),
+        }
+    }
+
+    /// Marks the command as attested by the service sending it.
+    pub fn set_via(&mut self, via: &str) {
+        let slot = match self {
+            Command::Open(_) => return,
+            Command::Approve(c) => &mut c.via,
+            Command::Deny(c) => &mut c.via,
+            Command::PushBack(c) => &mut c.via,
+            Command::Cancel(c) => &mut c.via,
+        };
+        *slot = Some(via.to_string());
     }
 
     pub fn signature(&self) -> Option<&String> {

@@ -97,6 +97,7 @@ proptest! {
             signer: None,
             registry: None,
             prev: None,
+            via: None,
         };
         let bytes = env.encode();
         match Envelope::decode(&bytes) {

@@ -54,6 +54,11 @@ pub struct Envelope {
     /// (prepared when the gate opened, before anything came after).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev: Option<String>,
+    /// For a decision a service made for the actor and signed as itself
+    /// (moira-web): how it authenticated them. `signer` is then the
+    /// service's key, not the actor's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// What a gate does when its deadline passes.
@@ -266,6 +271,7 @@ mod tests {
             signer: None,
             registry: None,
             prev: None,
+            via: None,
         }
     }
 

@@ -75,6 +75,9 @@ pub struct Approval {
     pub comment: Option<String>,
     /// The fingerprint of the key that signed it, when it was signed.
     pub key: Option<String>,
+    /// How a service authenticated the approver, when the service signed
+    /// for them (`key` is then the service's).
+    pub via: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +88,8 @@ pub struct PushBack {
     pub inputs: Inputs,
     /// The iteration that was pushed back.
     pub iteration: u32,
+    /// As [`Approval::via`].
+    pub via: Option<String>,
 }
 
 /// The folded state of one gate.
@@ -361,6 +366,9 @@ pub fn decide(
     if !(ctx.service && cmd.actor().starts_with("moira:")) {
         check_actor(cmd.actor())?;
     }
+    if let Some(via) = cmd.via() {
+        check_via(via)?;
+    }
     // An open is compared by its definition below.
     if let (Some(state), false) = (state, matches!(cmd, Command::Open(_))) {
         if let Some((_, did)) = state.applied.iter().find(|(id, _)| *id == ctx.command_id) {
@@ -394,6 +402,7 @@ pub fn decide(
         signer: ctx.signer.clone(),
         registry: ctx.registry.clone(),
         prev: ctx.prev.clone(),
+        via: cmd.via().map(str::to_string),
     };
     let event = match cmd {
         Command::Open(c) => {
@@ -432,6 +441,24 @@ pub fn decide(
     };
     let gate_id = state.map(|s| s.id).unwrap_or(ctx.new_gate_id);
     Ok(Decision::Append(vec![envelope(gate_id, event)]))
+}
+
+/// How moira-web may say it authenticated the person it decides for.
+pub const VIAS: &[&str] = &["proxy", "link", "slack", "dev"];
+
+/// Refuses a `via` that is not one of [`VIAS`].
+pub fn check_via(via: &str) -> Result<(), Rejection> {
+    if VIAS.contains(&via) {
+        return Ok(());
+    }
+    Err(reject(
+        ErrorCode::BadRequest,
+        format!(
+            "via is one of {}, not '{}'",
+            VIAS.join(", "),
+            via.chars().take(32).collect::<String>()
+        ),
+    ))
 }
 
 fn check_actor(actor: &str) -> Result<(), Rejection> {
@@ -557,9 +584,11 @@ fn decide_approve(
         ));
     }
     // N of M counts distinct signers: one key cannot approve twice under
-    // two names.
-    if let Some(key) = &ctx.signer {
-        if let Some(a) = state.approvals.iter().find(|a| a.key.as_ref() == Some(key)) {
+    // two names. A service's key signing for people it authenticated
+    // (`via`) names no one person, so there the actors count.
+    if let (Some(key), None) = (&ctx.signer, &c.via) {
+        let own = |a: &&Approval| a.via.is_none() && a.key.as_ref() == Some(key);
+        if let Some(a) = state.approvals.iter().find(own) {
             return Err(reject(
                 ErrorCode::NotAllowed,
                 format!(
@@ -830,6 +859,7 @@ pub fn timed_out_event(gate_id: GateId, timeout_at: u64, spec: &GateSpec) -> Env
         signer: None,
         registry: None,
         prev: None,
+        via: None,
     }
 }
 
@@ -907,6 +937,7 @@ pub fn apply(state: &mut Option<GateState>, env: &Envelope) {
         at: env.at,
         comment: comment.clone(),
         key: env.signer.clone(),
+        via: env.via.clone(),
     };
     match &env.event {
         GateEvent::GateOpened { .. } => {}
@@ -936,6 +967,7 @@ pub fn apply(state: &mut Option<GateState>, env: &Envelope) {
                 comment: comment.clone(),
                 inputs: inputs.clone(),
                 iteration: s.iteration,
+                via: env.via.clone(),
             });
             s.iteration += 1;
             s.approvals.clear();

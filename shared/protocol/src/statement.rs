@@ -74,6 +74,11 @@ struct Predicate<'a> {
     iteration: u32,
     reason: Option<&'a str>,
     verb: &'static str,
+    /// Only in a statement a service signs for the actor (moira-web): how
+    /// it authenticated them. Absent otherwise, so a person's statement is
+    /// the same bytes as before it existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via: Option<&'a str>,
 }
 
 /// The hex SHA-256 of `bytes`.
@@ -158,6 +163,7 @@ impl About {
 pub fn recorded(state: Option<&GateState>, env: &Envelope) -> Option<(Command, About)> {
     let actor = env.actor.clone();
     let gate_id = env.gate_id;
+    let via = env.via.clone();
     let cmd = match &env.event {
         GateEvent::GateOpened { spec, .. } => {
             let about = About {
@@ -193,6 +199,7 @@ pub fn recorded(state: Option<&GateState>, env: &Envelope) -> Option<(Command, A
                 actor,
                 comment: comment.clone(),
                 inputs: inputs.clone(),
+                via: via.clone(),
                 ..Default::default()
             })
         }
@@ -200,6 +207,7 @@ pub fn recorded(state: Option<&GateState>, env: &Envelope) -> Option<(Command, A
             gate_id,
             actor,
             reason: reason.clone(),
+            via: via.clone(),
             ..Default::default()
         }),
         GateEvent::GatePushedBack { comment, inputs } => {
@@ -208,6 +216,7 @@ pub fn recorded(state: Option<&GateState>, env: &Envelope) -> Option<(Command, A
                 actor,
                 comment: comment.clone(),
                 inputs: inputs.clone(),
+                via: via.clone(),
                 ..Default::default()
             })
         }
@@ -215,6 +224,7 @@ pub fn recorded(state: Option<&GateState>, env: &Envelope) -> Option<(Command, A
             gate_id,
             actor,
             reason: reason.clone(),
+            via: via.clone(),
             ..Default::default()
         }),
         GateEvent::GateTimedOut { .. } => return None,
@@ -246,6 +256,7 @@ pub fn statement(cmd: &Command, about: &About, command_id: CommandId, at: u64) -
             iteration: about.iteration,
             reason,
             verb: cmd.verb().as_str(),
+            via: cmd.via(),
         },
         predicate_type: PREDICATE_TYPE,
         subject: [Subject {
@@ -277,6 +288,7 @@ pub fn timeout_statement(fired: &Envelope, opened_digest: &str) -> Vec<u8> {
             iteration: 0,
             reason: None,
             verb: "timeout",
+            via: None,
         },
         predicate_type: PREDICATE_TYPE,
         subject: [Subject {

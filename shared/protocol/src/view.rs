@@ -18,6 +18,10 @@ pub struct ApprovalView {
     /// The fingerprint of the key that signed the approval, if signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// How moira-web authenticated the approver when it signed for them
+    /// (`key` is then moira-web's key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +31,8 @@ pub struct PushBackView {
     pub comment: Option<String>,
     pub inputs: Inputs,
     pub iteration: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +124,7 @@ impl From<GateState> for GateView {
                     at: rfc3339(a.at),
                     comment: a.comment,
                     key: a.key,
+                    via: a.via,
                 })
                 .collect(),
             approved_by: s.approved_by,
@@ -136,6 +143,7 @@ impl From<GateState> for GateView {
                     comment: p.comment,
                     inputs: p.inputs,
                     iteration: p.iteration,
+                    via: p.via,
                 })
                 .collect(),
             push_backs_omitted: 0,

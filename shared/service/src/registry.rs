@@ -9,7 +9,18 @@
 //! [users.bob]
 //! roles = ["owner"]
 //! slack = "U024BE7LH"      # the Slack user id whose buttons decide as bob
+//! attested = ["link", "slack"]   # decisions moira-web signs for bob count
+//!
+//! [services.web]
+//! keys = ["ssh-ed25519 AAAAC3Nza… moira-web"]
+//! attests = true           # may sign decisions for the people it authenticates
 //! ```
+//!
+//! A decision moira-web makes for a person is signed with moira-web's key
+//! and says how it authenticated them (`via`: `proxy`, `link`, `slack`).
+//! It counts only if the key is a service's that `attests`, and the
+//! person's `attested` lists that way; otherwise only the person's own
+//! signature does. `dev` (anyone picks a name) can never be listed.
 //!
 //! A file without keys is valid; it only cannot back `--signatures require`.
 
@@ -23,6 +34,8 @@ pub struct Registry {
     users: BTreeMap<String, User>,
     /// moira's own services (runners), by name, with the keys they sign with.
     services: BTreeMap<String, Vec<ssh_key::PublicKey>>,
+    /// The services that may sign decisions for people (moira-web).
+    attesting: std::collections::BTreeSet<String>,
     /// The hex SHA-256 of the text it was read from: the revision each
     /// decision records.
     revision: String,
@@ -33,6 +46,8 @@ struct User {
     roles: Vec<String>,
     keys: Vec<ssh_key::PublicKey>,
     slack: Option<String>,
+    /// The ways moira-web may authenticate this user for a decision it signs.
+    attested: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -49,6 +64,9 @@ struct File {
 struct ServiceFile {
     #[serde(default)]
     keys: Vec<String>,
+    /// It may sign decisions for the people it authenticates.
+    #[serde(default)]
+    attests: bool,
 }
 
 #[derive(Deserialize)]
@@ -61,6 +79,10 @@ struct UserFile {
     /// The user's Slack user id (`U…` or `W…`).
     #[serde(default)]
     slack: Option<String>,
+    /// Which decisions moira-web signs for this user count: any of
+    /// `proxy`, `link`, `slack`.
+    #[serde(default)]
+    attested: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,25 +135,79 @@ impl Registry {
                     ));
                 }
             }
+            for way in &u.attested {
+                match way.as_str() {
+                    "proxy" | "link" | "slack" => {}
+                    "dev" => {
+                        return Err(format!(
+                            "users.{name}.attested: dev cannot be listed: with --auth dev anyone picks any name"
+                        ))
+                    }
+                    other => {
+                        return Err(format!(
+                            "users.{name}.attested: '{other}' is not one of proxy, link, slack"
+                        ))
+                    }
+                }
+            }
             users.insert(
                 name,
                 User {
                     roles: u.roles,
                     keys,
                     slack: u.slack,
+                    attested: u.attested,
                 },
             );
         }
         let mut services = BTreeMap::new();
+        let mut attesting = std::collections::BTreeSet::new();
         for (name, s) in file.services {
             let keys = parse_keys("service", &name, &s.keys)?;
+            if s.attests {
+                attesting.insert(name.clone());
+            }
             services.insert(name, keys);
         }
         Ok(Registry {
             users,
             services,
+            attesting,
             revision: moira_protocol::statement::sha256_hex(text.as_bytes()),
         })
+    }
+
+    /// Whether a decision `key` signed for `user`, saying it authenticated
+    /// them `via` some way, counts: the key is a service's that attests,
+    /// and the user accepts that way. The error says what is missing.
+    pub fn check_attested(
+        &self,
+        user: &str,
+        via: &str,
+        key: &ssh_key::PublicKey,
+    ) -> Result<(), String> {
+        let fp = || key.fingerprint(ssh_key::HashAlg::Sha256).to_string();
+        let Some(service) = self.service_of(key) else {
+            return Err(format!(
+                "the key {} that signed this {via} decision is not a service's key in the registry",
+                fp()
+            ));
+        };
+        if !self.attesting.contains(service) {
+            return Err(format!(
+                "the service {service} may not sign decisions for people (attests = true under [services.{service}])"
+            ));
+        }
+        let accepted = self
+            .users
+            .get(user)
+            .is_some_and(|u| u.attested.iter().any(|w| w == via));
+        if !accepted {
+            return Err(format!(
+                "{user} does not accept decisions moira-web makes through {via} (attested in [users.{user}]); only {user}'s own signature counts"
+            ));
+        }
+        Ok(())
     }
 
     /// The revision decisions record: the digest of the registry's text.
@@ -215,6 +291,16 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dev_and_unknown_ways_cannot_be_attested_for_a_user() {
+        let e = Registry::parse("[users.bob]\nattested = [\"dev\"]\n").expect_err("dev");
+        assert!(e.contains("anyone picks any name"), "{e}");
+        let e = Registry::parse("[users.bob]\nattested = [\"sso\"]\n").expect_err("sso");
+        assert!(e.contains("not one of proxy, link, slack"), "{e}");
+        Registry::parse("[users.bob]\nattested = [\"proxy\", \"link\", \"slack\"]\n")
+            .expect("valid");
+    }
 
     #[test]
     fn parses_users_and_roles() {

@@ -287,12 +287,16 @@ fn check_event(
                     // A runner signs its gate opens and cancels with its
                     // own service key.
                     let service = by_service(env) || is_runner_open(env);
-                    if service && registry.service_of(&key).is_none() {
+                    if let Some(via) = &env.via {
+                        // moira-web signed for the person it authenticated.
+                        if let Err(why) = registry.check_attested(&env.actor, via, &key) {
+                            p.push(why);
+                        }
+                    } else if service && registry.service_of(&key).is_none() {
                         p.push(format!(
                             "the key {fp} is not a service's key in the registry"
                         ));
-                    }
-                    if !service && !registry.has_key(&env.actor, &key) {
+                    } else if !service && !registry.has_key(&env.actor, &key) {
                         p.push(format!(
                             "the key {fp} is not one of {}'s keys in the registry",
                             env.actor
