@@ -7,7 +7,9 @@
 #     apt-get when running as root), which the signature tests use;
 #   - Chromium and ChromeDriver (Debian's chromium and chromium-driver, the
 #     same way), which the web page's browser tests drive: only with `test`
-#     or `browser`, so the demo does not need a browser installed.
+#     or `browser`, so the demo does not need a browser installed;
+#   - schemathesis (PyPI), which fuzzes moira-web's API from its OpenAPI
+#     document: only with `test`.
 # Each tool lands in its own .tools/py/<name> (pip --target replaces the
 # target's bin/ wholesale, so two tools must not share one), with links in
 # .tools/bin.
@@ -81,12 +83,20 @@ ensure_browser() {
   exit 1
 }
 
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+  [ -d "$tools/py/schemathesis/schemathesis" ] && return
+  echo "moira tools: installing schemathesis $SCHEMATHESIS_VERSION into .tools/ (the API fuzz test)" >&2
+  pip_install schemathesis "schemathesis==$SCHEMATHESIS_VERSION"
+}
+
 case "${1:-all}" in
   nats) ensure_nats ;;
   just) ensure_just ;;
   ssh) ensure_ssh ;;
   browser) ensure_browser ;;
   all) ensure_just; ensure_nats; ensure_ssh ;;
-  test) ensure_just; ensure_nats; ensure_ssh; ensure_browser ;;
-  *) echo "usage: scripts/tools.sh [all|test|nats|just|ssh|browser]" >&2; exit 2 ;;
+  test) ensure_just; ensure_nats; ensure_ssh; ensure_browser; ensure_schemathesis ;;
+  schemathesis) ensure_schemathesis ;;
+  *) echo "usage: scripts/tools.sh [all|test|nats|just|ssh|browser|schemathesis]" >&2; exit 2 ;;
 esac

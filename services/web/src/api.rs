@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use moira_client::{
-    ApproveGate, CancelGate, ClientError, DenyGate, GateId, ListFilter, PushBackGate,
+    ApproveGate, CancelGate, ClientError, DenyGate, GateId, ListFilter, PushBackGate, RunView,
 };
 use moira_protocol::command::MAX_COMMAND_BYTES;
 use moira_protocol::ids::CommandId;
@@ -50,6 +50,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/v1/runs/{id}", get(show_run))
         .route("/api/v1/runs/{id}/logs", get(run_logs))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/openapi.json", get(crate::openapi::openapi_json))
         .merge(crate::page::routes())
         .route("/slack/interactivity", post(crate::slack::interactivity))
         .route(
@@ -126,7 +127,7 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
 fn client_error(e: ClientError) -> Response {
     match &e {
         ClientError::Rejected(c) => error(status_of(c.code), c.code.as_str(), c.message.clone()),
-        ClientError::NotFound(_) | ClientError::RunNotFound(_) => {
+        ClientError::NotFound(_) | ClientError::RunNotFound(_) | ClientError::NoRunStreams => {
             error(StatusCode::NOT_FOUND, "not_found", e.to_string())
         }
         ClientError::Invalid(_) => error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
@@ -178,28 +179,40 @@ pub const MAX_PAGE: usize = 1_000;
 /// The most log lines one answer holds.
 pub const MAX_LOG_LINES: usize = 10_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
     /// waiting (the default), approved, denied, timed_out, cancelled or all.
+    #[param(value_type = Option<crate::openapi::GateFilter>)]
     status: Option<String>,
     run: Option<String>,
     step: Option<String>,
     requested_by: Option<String>,
-    /// At most [`MAX_PAGE`] (the default).
-    limit: Option<usize>,
-    offset: Option<usize>,
+    /// At most 1000 (the default).
+    #[param(minimum = 0, maximum = 1000)]
+    limit: Option<u32>,
+    #[param(minimum = 0, maximum = 4294967295_u64)]
+    offset: Option<u32>,
 }
 
 /// One page of `items`, with the total before paging.
 fn page<T: serde::Serialize>(
     key: &str,
     items: Vec<T>,
-    limit: Option<usize>,
-    offset: Option<usize>,
+    limit: Option<u32>,
+    offset: Option<u32>,
 ) -> Response {
     let total = items.len();
-    let limit = limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+    let (limit, offset) = (limit.map(|l| l as usize), offset.map(|o| o as usize));
+    if limit.is_some_and(|l| l > MAX_PAGE) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("limit is at most {MAX_PAGE}"),
+        );
+    }
+    let limit = limit.unwrap_or(MAX_PAGE);
     let items: Vec<T> = items
         .into_iter()
         .skip(offset.unwrap_or(0))
@@ -215,16 +228,24 @@ fn page<T: serde::Serialize>(
     (StatusCode::OK, axum::Json(Value::Object(body))).into_response()
 }
 
-async fn list_gates(
+/// List gates (waiting ones unless `status` says otherwise), one page.
+#[utoipa::path(get, path = "/api/v1/gates", tag = "gates", params(ListQuery),
+    responses((status = 200, description = "One page of gates", body = crate::openapi::GatesReply),
+        (status = 400, description = "Bad request", body = crate::openapi::ErrorReply),
+        (status = 503, description = "The broker or the gate-keepers cannot be reached", body = crate::openapi::ErrorReply)))]
+pub(crate) async fn list_gates(
     AxState(s): AxState<Shared>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Ok(Query(q)) = q else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "query parameters are status and run",
-        );
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("{}; the parameters are status, run, step, requested_by, limit (at most {MAX_PAGE}) and offset", e.body_text()),
+            )
+        }
     };
     let status = match q.status.as_deref().unwrap_or("waiting") {
         "all" => None,
@@ -255,7 +276,14 @@ async fn list_gates(
     }
 }
 
-async fn show_gate(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Response {
+/// One gate, whole.
+#[utoipa::path(get, path = "/api/v1/gates/{id}", tag = "gates",
+    params(("id" = String, Path, format = Uuid, description = "The gate id")),
+    responses((status = 200, description = "The gate", body = crate::openapi::GateReply),
+        (status = 404, description = "No such gate", body = crate::openapi::ErrorReply),
+        (status = 400, description = "Bad request", body = crate::openapi::ErrorReply),
+        (status = 503, description = "The broker or the gate-keepers cannot be reached", body = crate::openapi::ErrorReply)))]
+pub(crate) async fn show_gate(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Response {
     let id = match gate_id(&id) {
         Ok(id) => id,
         Err(r) => return r,
@@ -266,25 +294,41 @@ async fn show_gate(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Respo
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct RunsQuery {
-    /// queued, running, waiting, succeeded, failed, cancelled; all when absent.
+#[into_params(parameter_in = Query)]
+pub(crate) struct RunsQuery {
+    /// queued, running, waiting, succeeded, failed, rejected, cancelled;
+    /// all when absent.
+    #[param(value_type = Option<crate::openapi::RunFilter>)]
     status: Option<String>,
-    limit: Option<usize>,
-    offset: Option<usize>,
+    #[param(minimum = 0, maximum = 1000)]
+    limit: Option<u32>,
+    #[param(minimum = 0, maximum = 4294967295_u64)]
+    offset: Option<u32>,
 }
 
-async fn list_runs(
+/// List runs, one page.
+#[utoipa::path(get, path = "/api/v1/runs", tag = "runs", params(RunsQuery),
+    responses((status = 200, description = "One page of runs", body = crate::openapi::RunsReply),
+        (status = 400, description = "Bad request", body = crate::openapi::ErrorReply),
+        (status = 503, description = "The broker or the gate-keepers cannot be reached", body = crate::openapi::ErrorReply)))]
+pub(crate) async fn list_runs(
     AxState(s): AxState<Shared>,
     q: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Ok(Query(q)) = q else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "query parameters are status, limit and offset",
-        );
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "{}; the parameters are status, limit (at most {MAX_PAGE}) and offset",
+                    e.body_text()
+                ),
+            )
+        }
     };
     let status = match q.status.as_deref() {
         None | Some("all") => None,
@@ -304,18 +348,29 @@ async fn list_runs(
     };
     match s.client.list_runs(status).await {
         Ok(runs) => page("runs", runs, q.limit, q.offset),
+        // No runner has made the run streams yet: no runs.
+        Err(ClientError::NoRunStreams) => page::<RunView>("runs", vec![], q.limit, q.offset),
         Err(e) => client_error(e),
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct LogsQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct LogsQuery {
+    /// One step's lines; all steps' when absent.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     step: Option<String>,
 }
 
 /// The lines stored so far, at most [`MAX_LOG_LINES`] (`truncated` says so).
-async fn run_logs(
+#[utoipa::path(get, path = "/api/v1/runs/{id}/logs", tag = "runs",
+    params(("id" = crate::openapi::RunId, Path, description = "The run id"), LogsQuery),
+    responses((status = 200, description = "The step output stored so far", body = crate::openapi::LogsReply),
+        (status = 404, description = "No such run", body = crate::openapi::ErrorReply),
+        (status = 400, description = "Bad request", body = crate::openapi::ErrorReply),
+        (status = 503, description = "The broker or the gate-keepers cannot be reached", body = crate::openapi::ErrorReply)))]
+pub(crate) async fn run_logs(
     AxState(s): AxState<Shared>,
     Path(id): Path<String>,
     q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
@@ -366,7 +421,14 @@ async fn run_logs(
         .into_response()
 }
 
-async fn show_run(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Response {
+/// One run and its steps.
+#[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "runs",
+    params(("id" = crate::openapi::RunId, Path, description = "The run id")),
+    responses((status = 200, description = "The run", body = crate::openapi::RunReply),
+        (status = 404, description = "No such run", body = crate::openapi::ErrorReply),
+        (status = 400, description = "Bad request", body = crate::openapi::ErrorReply),
+        (status = 503, description = "The broker or the gate-keepers cannot be reached", body = crate::openapi::ErrorReply)))]
+pub(crate) async fn show_run(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Response {
     if !moira_protocol::ids::is_subject_token(&id) {
         return error(StatusCode::BAD_REQUEST, "bad_request", "not a run id");
     }
@@ -378,13 +440,16 @@ async fn show_run(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Respon
 
 /// What a decision's body may hold. The actor is never one of them: it
 /// comes from the authentication.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DecisionBody {
+pub(crate) struct DecisionBody {
     /// The command id; send the same one again to retry safely.
     id: Option<CommandId>,
+    /// approve and push-back only.
     comment: Option<String>,
+    /// deny (required) and cancel only.
     reason: Option<String>,
+    /// approve and push-back only: values for the gate's inputs.
     #[serde(default)]
     inputs: BTreeMap<String, String>,
 }
@@ -402,13 +467,35 @@ fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Response> {
     })
 }
 
-async fn decide(
+/// Approve, deny, push back or cancel a gate, as the authenticated user.
+#[utoipa::path(post, path = "/api/v1/gates/{id}/{verb}", tag = "gates",
+    params(("id" = String, Path, format = Uuid, description = "The gate id"),
+        ("verb" = crate::openapi::Verb, Path, description = "The action")),
+    request_body(content = DecisionBody, content_type = "application/json"),
+    responses((status = 200, description = "The gate after the decision", body = crate::openapi::GateReply),
+        (status = 401, description = "Nobody is authenticated (see --auth)", body = crate::openapi::ErrorReply),
+        (status = 403, description = "The gate's policy or the signature rules refuse it", body = crate::openapi::ErrorReply),
+        (status = 404, description = "No such gate or action", body = crate::openapi::ErrorReply),
+        (status = 409, description = "Already decided, or a conflicting command id", body = crate::openapi::ErrorReply),
+        (status = 413, description = "The body is too large", body = crate::openapi::ErrorReply),
+        (status = 415, description = "The body is not application/json", body = crate::openapi::ErrorReply),
+        (status = 422, description = "A required input is missing", body = crate::openapi::ErrorReply),
+        (status = 400, description = "Bad request", body = crate::openapi::ErrorReply),
+        (status = 503, description = "The broker or the gate-keepers cannot be reached", body = crate::openapi::ErrorReply)))]
+pub(crate) async fn decide(
     AxState(s): AxState<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((id, verb)): Path<(String, String)>,
     headers: HeaderMap,
-    bytes: Bytes,
+    bytes: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    let Ok(bytes) = bytes else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a decision's body is at most {MAX_COMMAND_BYTES} bytes"),
+        );
+    };
     let gate = match gate_id(&id) {
         Ok(id) => id,
         Err(r) => return r,
@@ -549,7 +636,11 @@ fn positions(last_event_id: Option<&str>) -> (Option<u64>, Option<u64>) {
 /// run event. Each id is `<gate seq>-<run seq>`, the newest of both so far,
 /// so a reconnecting `EventSource` (which sends `Last-Event-ID`) resumes
 /// both feeds where it left off.
-async fn events(AxState(s): AxState<Shared>, headers: HeaderMap) -> Response {
+#[utoipa::path(get, path = "/api/v1/events", tag = "events",
+    params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (`<gate seq>-<run seq>`)")),
+    responses((status = 200, description = "Server-Sent Events: `gate` and `run` events, as JSON", content_type = "text/event-stream"),
+        (status = 503, description = "Too many event streams, or the broker cannot be reached", body = crate::openapi::ErrorReply)))]
+pub(crate) async fn events(AxState(s): AxState<Shared>, headers: HeaderMap) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures_util::StreamExt;
     let Ok(permit) = s.streams.clone().try_acquire_owned() else {

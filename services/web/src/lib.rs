@@ -23,12 +23,14 @@
 //! - [`api`]: the router, the `/api/v1` handlers, errors as HTTP;
 //! - [`slack`]: Slack's interactivity endpoint;
 //! - [`links`]: one-click links and their confirmation page;
-//! - [`page`]: the web page (server-rendered, with forms to decide).
+//! - [`page`]: the web page (server-rendered, with forms to decide);
+//! - `openapi`: the API's OpenAPI document, made from the handlers.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod links;
+mod openapi;
 pub mod page;
 pub mod slack;
 

@@ -27,6 +27,7 @@ pub struct RunRecord {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StepView {
     pub name: String,
     pub status: StepStatus,
@@ -40,6 +41,7 @@ pub struct StepView {
 
 /// The JSON shape of `moira run show --json` and of each `run list --json` item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunView {
     pub id: String,
     pub name: String,
@@ -158,6 +160,7 @@ impl RunReply {
 
 /// One line a step printed.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogLine {
     pub step: String,
     pub stream: String,

@@ -63,6 +63,7 @@ pub struct Envelope {
 
 /// What a gate does when its deadline passes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OnTimeout {
     /// The gate ends as `timed_out`.
@@ -94,6 +95,7 @@ impl OnTimeout {
 
 /// Who may decide a gate. Both empty means anyone may.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Approvers {
     #[serde(default)]
     pub users: Vec<String>,

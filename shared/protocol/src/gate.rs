@@ -33,6 +33,7 @@ pub const MAX_PUSH_BACKS: usize = 100;
 pub const MAX_TIMEOUT_MS: u64 = 366 * 24 * 3600 * 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum GateStatus {
     Waiting,

@@ -11,6 +11,7 @@ use crate::ids::GateId;
 use crate::time::rfc3339;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApprovalView {
     pub by: String,
     pub at: String,
@@ -25,6 +26,7 @@ pub struct ApprovalView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PushBackView {
     pub by: String,
     pub at: String,
@@ -36,6 +38,7 @@ pub struct PushBackView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GateView {
     pub id: GateId,
     pub status: GateStatus,
