@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use moira_client::{ApproveGate, Client, OpenGate};
+use moira_client::{ApproveGate, Client, GateStatus, OpenGate};
 use moira_testkit::TempDir;
 use moira_tests::{bin, gatekeeper, moira, NatsServer, Proc, ProcBuilder};
 use serde_json::Value;
@@ -20,6 +20,8 @@ pub(crate) struct Hit {
     pub(crate) path: String,
     pub(crate) signature_ok: bool,
     pub(crate) body: Value,
+    /// The Authorization header, if any.
+    pub(crate) auth: String,
 }
 
 #[derive(Clone, Default)]
@@ -63,7 +65,7 @@ impl Receiver {
         let mut line = String::new();
         rd.read_line(&mut line).await?;
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-        let (mut len, mut sig) = (0usize, String::new());
+        let (mut len, mut sig, mut auth) = (0usize, String::new(), String::new());
         loop {
             let mut h = String::new();
             rd.read_line(&mut h).await?;
@@ -75,6 +77,7 @@ impl Receiver {
                 match k.to_ascii_lowercase().as_str() {
                     "content-length" => len = v.trim().parse().unwrap_or(0),
                     "x-moira-signature" => sig = v.trim().to_string(),
+                    "authorization" => auth = v.trim().to_string(),
                     _ => {}
                 }
             }
@@ -86,6 +89,7 @@ impl Receiver {
                 path,
                 signature_ok: true,
                 body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                auth,
             });
             self.changed.notify_waiters();
             // Never answer: the notifier's timeout must cut it short.
@@ -106,12 +110,17 @@ impl Receiver {
             "/garbage" => b"lol what\r\n\r\n",
             "/down" => b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n",
             _ if fail => b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n",
+            // Slack's Web API answers 200 and says in the body.
+            p if p.starts_with("/api/") => {
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}"
+            }
             _ => b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
         };
         let hit = Hit {
             signature_ok: path == "/slack" || sig == expected_signature(&body),
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
             path,
+            auth,
         };
         self.hits.lock().expect("lock").push(hit);
         let mut sock = rd.into_inner();
@@ -182,11 +191,16 @@ impl Stack {
     }
 
     fn notifier_env(&self, config: &str, data: &str, env: &[(&str, &str)]) -> Proc {
+        self.notifier_with(config, data, &[], env)
+    }
+
+    fn notifier_with(&self, config: &str, data: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let file = self.dir.path().join(format!("{data}.toml"));
         std::fs::write(&file, config).expect("write config");
         let mut b = ProcBuilder::new(bin("moira-notifier"), &format!("moira-notifier {data}"))
             .args(["--nats-url", &self.server.url(), "--config"])
             .arg(&file)
+            .args(args)
             .env("MOIRA_LOG", "info");
         for (k, v) in env {
             b = b.env(k, v);
@@ -1004,4 +1018,211 @@ fn run_hit(kind: &'static str, run: String) -> impl Fn(&Receiver) -> bool {
             .iter()
             .any(|h| h.body["kind"] == kind && h.body["run"]["id"] == run.as_str())
     }
+}
+
+/// A registry where bob is named, carol holds the owner role, and dave
+/// holds it too but has no address; and the link secret moira-web shares.
+fn approvers_and_secret(dir: &std::path::Path) -> (String, String) {
+    let reg = dir.join("approvers.toml");
+    std::fs::write(
+        &reg,
+        "[users.bob]\nemail = \"bob@example.com\"\nslack = \"U0BOB\"\n\
+         [users.carol]\nroles = [\"owner\"]\nemail = \"carol@example.com\"\nslack = \"U0CAROL\"\n\
+         [users.dave]\nroles = [\"owner\"]\n[users.alice]\nroles = [\"owner\"]\nemail = \"alice@example.com\"\n",
+    )
+    .expect("write");
+    let secret = dir.join("link-secret");
+    std::fs::write(&secret, "a-shared-link-secret-0123456789abcdef").expect("write");
+    (reg.display().to_string(), secret.display().to_string())
+}
+
+/// A mail body as its reader sees it: quoted-printable soft line breaks
+/// joined and `=XX` escapes decoded (lettre wraps long lines that way).
+fn unquote(mail: &str) -> String {
+    let joined = mail.replace("=\r\n", "");
+    let b = joined.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'=', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The one-click links in a message, in order.
+fn links_in(text: &str) -> Vec<String> {
+    text.split(|c: char| c.is_whitespace() || c == '<' || c == '>' || c == '|')
+        .filter(|w| w.contains("/links/"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_approver_gets_a_mail_of_their_own_whose_links_decide_only_as_them() {
+    let s = Stack::start().await;
+    let (reg, secret) = approvers_and_secret(s.dir.path());
+    let w = crate::web::web(&s.server.url(), &["--link-secret-file", &secret]);
+    let (smtp, port) = SmtpServer::start(None).await;
+    let config = format!(
+        "base_url = \"{}\"\n[links]\nsecret_file = \"{secret}\"\nttl = \"1h\"\n{}",
+        w.root,
+        mail_channel(port, "tls = \"none\"\napprovers = true\n")
+    );
+    let _n = s.notifier_with(&config, "n1", &["--approvers", &reg], &[]);
+    // alice opened it and may not approve it herself: no mail for her.
+    let gate = s
+        .open(OpenGate {
+            approvers: vec!["bob".into()],
+            roles: vec!["owner".into()],
+            allow_self_approval: Some(false),
+            ..gate("Ship v2?")
+        })
+        .await;
+    // ops (the shared list), bob and carol; dave has no address.
+    smtp.wait_sessions(3).await;
+    let mails: Vec<String> = smtp.mails().iter().map(|m| unquote(m)).collect();
+    assert_eq!(mails.len(), 3, "{mails:#?}");
+    let to = |addr: &str| {
+        mails
+            .iter()
+            .find(|m| m.contains(&format!("To: {addr}")))
+            .unwrap_or_else(|| panic!("no mail to {addr}: {mails:#?}"))
+            .clone()
+    };
+    let (ops, bob, carol) = (
+        to("ops@example.com"),
+        to("bob@example.com"),
+        to("carol@example.com"),
+    );
+    assert!(
+        links_in(&ops).is_empty(),
+        "the shared mail carries no one's links: {ops}"
+    );
+    assert!(!mails.iter().any(|m| m.contains("alice@example.com")));
+    let (bob_links, carol_links) = (links_in(&bob), links_in(&carol));
+    assert_eq!(
+        (bob_links.len(), carol_links.len()),
+        (2, 2),
+        "{bob}\n{carol}"
+    );
+    assert!(
+        bob.contains("For bob alone") && !bob.contains("carol"),
+        "{bob}"
+    );
+    assert!(bob_links.iter().all(|l| !carol.contains(l.as_str())));
+    // bob's Approve link: opening it decides nothing; its button decides as bob.
+    let http = reqwest::Client::new();
+    let page = http
+        .get(&bob_links[0])
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    assert!(page.contains("as bob"), "{page}");
+    assert_eq!(
+        s.client
+            .show(gate.parse().expect("id"))
+            .await
+            .expect("show")
+            .status,
+        GateStatus::Waiting
+    );
+    let r = http.post(&bob_links[0]).send().await.expect("post");
+    assert_eq!(r.status().as_u16(), 200);
+    let g = s
+        .client
+        .show(gate.parse().expect("id"))
+        .await
+        .expect("show");
+    assert_eq!(
+        (g.status, g.approved_by.as_deref()),
+        (GateStatus::Approved, Some("bob"))
+    );
+    assert_eq!(g.approvals[0].via.as_deref(), Some("link"));
+    // carol's Deny link comes too late: the gate is decided.
+    let r = http.post(&carol_links[1]).send().await.expect("post");
+    assert_eq!(r.status().as_u16(), 409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slack_bot_posts_buttons_to_its_channel_and_each_approver_their_own_links_in_a_dm() {
+    let s = Stack::start().await;
+    let (reg, secret) = approvers_and_secret(s.dir.path());
+    let (rx, port) = Receiver::start().await;
+    let config = format!(
+        "base_url = \"http://moira.example.com\"\n[links]\nsecret_file = \"{secret}\"\n\
+         [channels.bot]\ntype = \"slack_bot\"\ntoken_env = \"TEST_SLACK_TOKEN\"\nchannel = \"C0RELEASE\"\n\
+         direct = true\nbuttons = true\napi = \"http://127.0.0.1:{port}/api/\"\n\
+         [[rules]]\nkinds = [\"opened\"]\nchannels = [\"bot\"]\n[delivery]\nattempts = 2\nbackoff = \"50ms\"\ntimeout = \"5s\"\n"
+    );
+    let _n = s.notifier_with(
+        &config,
+        "n1",
+        &["--approvers", &reg],
+        &[("TEST_SLACK_TOKEN", "xoxb-test-token")],
+    );
+    let gate = s
+        .open(OpenGate {
+            approvers: vec!["bob".into()],
+            roles: vec!["owner".into()],
+            ..gate("Ship <!channel> v3?")
+        })
+        .await;
+    // The channel, bob and carol (alice may approve her own gate here).
+    rx.wait("three posts", |r| {
+        r.hits("/api/chat.postMessage").len() >= 3
+    })
+    .await;
+    let posts = rx.hits("/api/chat.postMessage");
+    assert!(
+        posts.iter().all(|h| h.auth == "Bearer xoxb-test-token"),
+        "{posts:#?}"
+    );
+    let to = |c: &str| {
+        posts
+            .iter()
+            .find(|h| h.body["channel"] == c)
+            .unwrap_or_else(|| panic!("nothing posted to {c}: {posts:#?}"))
+            .body
+            .clone()
+    };
+    let channel = to("C0RELEASE");
+    let text = |b: &Value| b["text"].as_str().unwrap_or("").to_string();
+    assert!(
+        links_in(&text(&channel)).is_empty(),
+        "the channel gets no one's links"
+    );
+    assert!(
+        !text(&channel).contains("<!channel>"),
+        "the gate's text is escaped: {channel}"
+    );
+    assert_eq!(channel["blocks"][1]["elements"][0]["value"], gate.as_str());
+    let bob = to("U0BOB");
+    let links = links_in(&text(&bob));
+    assert_eq!(links.len(), 2, "{bob}");
+    assert!(links
+        .iter()
+        .all(|l| l.starts_with("http://moira.example.com/links/")));
+    assert!(text(&bob).contains("Approve as bob"));
+    let carol = to("U0CAROL");
+    assert!(text(&carol).contains("Approve as carol") && !text(&carol).contains("as bob"));
+    assert!(links_in(&text(&carol)).iter().all(|l| !links.contains(l)));
+    assert_eq!(
+        to("U0CAROL")["blocks"][1]["elements"][1]["action_id"],
+        "moira_deny"
+    );
 }

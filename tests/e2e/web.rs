@@ -763,7 +763,7 @@ async fn a_one_click_link_confirms_on_get_decides_once_on_post_and_refuses_forge
     use moira_service::links::Link;
     let s = Stack::start().await;
     let dir = moira_testkit::TempDir::new("moira-links").expect("tmp");
-    let secret = "link-secret";
+    let secret = "link-secret-0123456789";
     std::fs::write(dir.path().join("secret"), secret).expect("write");
     let w = web(
         &s.url(),

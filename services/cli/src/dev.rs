@@ -98,6 +98,8 @@ impl LocalStack {
             config: args.notify_config.clone(),
             auth: Default::default(),
             replicas: 1,
+            approvers: None,
+            approvers_kv: false,
         };
         let notifier = match moira_notifier::start(settings).await {
             Ok(n) => tokio::spawn(n.serve(shutdown.clone())),

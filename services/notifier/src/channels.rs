@@ -204,6 +204,14 @@ pub fn body(n: &Notification) -> String {
     if let Some(link) = &n.link {
         out += &format!("{link}\n");
     }
+    if let Some(p) = &n.personal {
+        if let (Some(a), Some(d)) = (&p.approve, &p.deny) {
+            out += &format!(
+                "\nFor {} alone (each link asks you to confirm, and works once):\nApprove: {a}\nDeny:    {d}\n",
+                p.user
+            );
+        }
+    }
     out
 }
 
@@ -225,6 +233,23 @@ pub async fn send(
             ];
             post(url, &headers, body, r).await
         }
+        ChannelConfig::SlackBot {
+            channel,
+            buttons,
+            api,
+            ..
+        } => {
+            let to = match (&n.personal, channel) {
+                (Some(p), _) => p.address.clone(),
+                (None, Some(c)) => c.clone(),
+                (None, None) => return Err("no channel to post to".into()),
+            };
+            let mut message = slack_message(n, *buttons);
+            message["channel"] = serde_json::Value::String(to);
+            message["unfurl_links"] = serde_json::Value::Bool(false);
+            let token = r.slack_tokens.get(name).ok_or("no bot token")?;
+            slack_api(api, "chat.postMessage", token, &message, r).await
+        }
         ChannelConfig::Slack { url, buttons } => {
             let payload =
                 serde_json::to_vec(&slack_message(n, *buttons)).map_err(|e| e.to_string())?;
@@ -244,6 +269,15 @@ pub async fn send(
             to,
             ..
         } => {
+            // A personal message goes to its approver alone.
+            let personal;
+            let to = match &n.personal {
+                Some(p) => {
+                    personal = [p.address.clone()];
+                    &personal[..]
+                }
+                None => &to[..],
+            };
             let auth = username
                 .as_deref()
                 .zip(r.smtp_passwords.get(name).map(String::as_str));
@@ -268,9 +302,58 @@ pub async fn send(
 
 pub use moira_service::slack::mrkdwn_escape;
 
+/// A call to Slack's Web API with a bot token. Slack answers 200 with
+/// `{"ok": false, "error": …}` when it refuses, so the body decides.
+async fn slack_api(
+    api: &str,
+    method: &str,
+    token: &str,
+    body: &serde_json::Value,
+    r: &Resolved,
+) -> Result<(), String> {
+    let url = format!("{api}{method}");
+    let resp = http_client()?
+        .post(&url)
+        .timeout(r.timeout)
+        .bearer_auth(token)
+        .header("Content-Type", "application/json; charset=utf-8")
+        .body(serde_json::to_vec(body).map_err(|e| e.to_string())?)
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_timeout() {
+                format!("no answer from {url} within {:?}", r.timeout)
+            } else {
+                format!("posting to {url}: {e}")
+            }
+        })?;
+    expect_2xx(resp.status().as_u16())?;
+    // A small JSON answer; a huge one is not Slack's.
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("reading Slack's answer: {e}"))?;
+    let answer: serde_json::Value = serde_json::from_slice(&bytes[..bytes.len().min(64 * 1024)])
+        .map_err(|_| "Slack's answer is not JSON".to_string())?;
+    if answer["ok"] == serde_json::Value::Bool(true) {
+        Ok(())
+    } else {
+        let why = answer["error"].as_str().unwrap_or("no reason given");
+        Err(format!(
+            "Slack refused {method}: {}",
+            why.chars().take(100).collect::<String>()
+        ))
+    }
+}
+
 /// The Slack message: gate text escaped, then moira's own link.
 pub fn slack_text(n: &Notification) -> String {
-    let body = body(n);
+    // The personal links are added below as Slack links, not as text.
+    let plain = Notification {
+        personal: None,
+        ..n.clone()
+    };
+    let body = body(&plain);
     let mut detail = body
         .split_once("\n\n")
         .map(|x| x.1)
@@ -287,6 +370,19 @@ pub fn slack_text(n: &Notification) -> String {
     if let Some(link) = &n.link {
         // The link is built from the configured base URL and the gate id.
         text.push_str(&format!("\n<{}|open in moira>", mrkdwn_escape(link)));
+    }
+    if let Some(p) = &n.personal {
+        // Built from the base URL and a hex token; the name is a checked
+        // user name, escaped all the same.
+        if let (Some(a), Some(d)) = (&p.approve, &p.deny) {
+            text.push_str(&format!(
+                "\n<{}|Approve as {}> · <{}|Deny as {}> (links for you alone; each asks to confirm and works once)",
+                mrkdwn_escape(a),
+                mrkdwn_escape(&p.user),
+                mrkdwn_escape(d),
+                mrkdwn_escape(&p.user)
+            ));
+        }
     }
     text
 }

@@ -32,6 +32,23 @@ pub struct Config {
     pub escalation: Option<Escalation>,
     #[serde(default)]
     pub delivery: Delivery,
+    /// One-click links for approvers, signed with moira-web's link secret.
+    #[serde(default)]
+    pub links: Option<Links>,
+}
+
+/// `[links]`: personal Approve and Deny links in the messages an approver
+/// alone receives (an e-mail channel's `approvers = true`, a Slack bot
+/// channel's `direct = true`). Never in a shared message: a link decides
+/// as the person it names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Links {
+    /// The file holding the secret (moira-web's `--link-secret-file`).
+    pub secret_file: String,
+    /// How long a link works: default 24h, at most 7 days.
+    #[serde(default)]
+    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -44,6 +61,25 @@ pub enum ChannelConfig {
         /// Name of an environment variable holding the secret.
         #[serde(default)]
         secret_env: Option<String>,
+    },
+    /// A Slack bot (chat.postMessage with a bot token): posts to
+    /// `channel`, and with `direct` sends each approver named in the
+    /// registry (`slack = "U…"`) a message of their own, with their own
+    /// one-click links when `[links]` is set.
+    SlackBot {
+        /// Name of the environment variable holding the bot token (xoxb-…).
+        token_env: String,
+        /// The channel id to post to (C…); optional with `direct`.
+        #[serde(default)]
+        channel: Option<String>,
+        #[serde(default)]
+        direct: bool,
+        /// Approve and Deny buttons, for moira-web's `/slack/interactivity`.
+        #[serde(default)]
+        buttons: bool,
+        /// Slack's Web API base (a test points it elsewhere).
+        #[serde(default = "default_slack_api")]
+        api: String,
     },
     Slack {
         url: String,
@@ -66,7 +102,14 @@ pub enum ChannelConfig {
         #[serde(default)]
         password_env: Option<String>,
         from: String,
+        /// Who gets every message (may be empty with `approvers`).
+        #[serde(default)]
         to: Vec<String>,
+        /// Also mail each approver of a waiting gate who has an `email` in
+        /// the approvers registry a message of their own, with their own
+        /// one-click links when `[links]` is set.
+        #[serde(default)]
+        approvers: bool,
     },
     Exec {
         command: Vec<String>,
@@ -133,6 +176,10 @@ pub struct Delivery {
     pub timeout: String,
 }
 
+fn default_slack_api() -> String {
+    "https://slack.com/api/".into()
+}
+
 fn default_attempts() -> u32 {
     5
 }
@@ -188,6 +235,10 @@ pub struct Resolved {
     /// Webhook secrets (from the file or the environment) by channel.
     pub secrets: BTreeMap<String, String>,
     pub smtp_passwords: BTreeMap<String, String>,
+    /// Slack bot tokens by channel.
+    pub slack_tokens: BTreeMap<String, String>,
+    /// The one-click link secret and how long links work.
+    pub links: Option<(String, Duration)>,
 }
 
 impl Config {
@@ -213,6 +264,7 @@ impl Config {
         let mut p = Vec::new();
         let mut secrets = BTreeMap::new();
         let mut smtp_passwords = BTreeMap::new();
+        let mut slack_tokens = BTreeMap::new();
         let names: BTreeSet<&str> = self.channels.keys().map(String::as_str).collect();
         let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
         for (name, ch) in &self.channels {
@@ -242,6 +294,40 @@ impl Config {
                         _ => p.push(format!("{at}: a webhook needs a secret (secret or secret_env) to sign its requests")),
                     }
                 }
+                ChannelConfig::SlackBot {
+                    token_env,
+                    channel,
+                    direct,
+                    api,
+                    ..
+                } => {
+                    match std::env::var(token_env) {
+                        Ok(v) if !v.trim().is_empty() => {
+                            slack_tokens.insert(name.clone(), v.trim().to_string());
+                        }
+                        _ => p.push(format!(
+                            "{at}: token_env names {token_env}, which is not set"
+                        )),
+                    }
+                    if !url_ok(api) || reqwest::Url::parse(api).is_err() || !api.ends_with('/') {
+                        p.push(format!(
+                            "{at}: api '{api}' must be an http:// or https:// URL ending in /"
+                        ));
+                    }
+                    match channel {
+                        Some(c)
+                            if c.is_empty() || !c.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+                        {
+                            p.push(format!(
+                                "{at}: channel '{c}' is not a Slack channel id (C…)"
+                            ))
+                        }
+                        None if !direct => {
+                            p.push(format!("{at}: give a channel, or direct = true, or both"))
+                        }
+                        _ => {}
+                    }
+                }
                 ChannelConfig::Slack { url, .. } => {
                     if !url_ok(url) || reqwest::Url::parse(url).is_err() {
                         p.push(format!(
@@ -256,6 +342,7 @@ impl Config {
                     password_env,
                     from,
                     to,
+                    approvers,
                 } => {
                     if username.is_some() && *tls == SmtpTls::None {
                         p.push(format!(
@@ -274,8 +361,11 @@ impl Config {
                     {
                         p.push(format!("{at}: smtp '{smtp}' must be host:port"));
                     }
-                    if !from.contains('@') || to.is_empty() || to.iter().any(|t| !t.contains('@')) {
-                        p.push(format!("{at}: from and to need e-mail addresses"));
+                    if !from.contains('@')
+                        || (to.is_empty() && !approvers)
+                        || to.iter().any(|t| !t.contains('@'))
+                    {
+                        p.push(format!("{at}: from and to need e-mail addresses (to may be empty with approvers = true)"));
                     }
                     match (username, password_env) {
                         (Some(_), Some(var)) => match std::env::var(var) {
@@ -353,6 +443,40 @@ impl Config {
         if self.delivery.attempts == 0 {
             p.push("delivery.attempts must be at least 1".into());
         }
+        let links = self.links.as_ref().and_then(|l| {
+            if self.base_url.is_none() {
+                p.push(
+                    "links: needs base_url, moira-web's address, for the links to point at".into(),
+                );
+            }
+            let ttl = match &l.ttl {
+                None => Some(Duration::from_secs(24 * 3600)),
+                Some(t) => dur(&mut p, "links.ttl", t),
+            };
+            if ttl.is_some_and(|t| {
+                t > Duration::from_secs(7 * 24 * 3600) || t < Duration::from_secs(60)
+            }) {
+                p.push(
+                    "links.ttl is at least 1m and at most 7d (moira-web refuses longer links)"
+                        .into(),
+                );
+            }
+            let secret = match std::fs::read_to_string(&l.secret_file) {
+                Ok(s) if s.trim().len() >= 16 => Some(s.trim().to_string()),
+                Ok(_) => {
+                    p.push(format!(
+                        "links: {} holds no secret of 16 characters or more",
+                        l.secret_file
+                    ));
+                    None
+                }
+                Err(e) => {
+                    p.push(format!("links: cannot read {}: {e}", l.secret_file));
+                    None
+                }
+            };
+            secret.zip(ttl)
+        });
         if !p.is_empty() {
             return Err(ConfigError::Invalid(p));
         }
@@ -364,6 +488,8 @@ impl Config {
             escalate_after,
             secrets,
             smtp_passwords,
+            slack_tokens,
+            links,
         })
     }
 }
@@ -375,6 +501,53 @@ fn unreachable_config(e: ConfigError) -> (Config, Resolved) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_and_slack_bots_are_checked_before_anything_runs() {
+        let dir = std::env::temp_dir().join(format!("moira-links-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "0123456789abcdef0123").expect("write");
+        let secret = secret.display();
+        let bad = |text: &str, want: &str| match Config::parse(text) {
+            Err(ConfigError::Invalid(p)) => {
+                assert!(p.iter().any(|m| m.contains(want)), "{p:?} lacks {want}")
+            }
+            other => panic!("{text}: {other:?}"),
+        };
+        bad(
+            &format!("[links]\nsecret_file = \"{secret}\"\n"),
+            "needs base_url",
+        );
+        bad(
+            &format!(
+                "base_url = \"http://x\"\n[links]\nsecret_file = \"{secret}\"\nttl = \"30d\"\n"
+            ),
+            "at most 7d",
+        );
+        bad(
+            "base_url = \"http://x\"\n[links]\nsecret_file = \"/nonexistent/moira\"\n",
+            "cannot read",
+        );
+        bad(
+            "[channels.b]\ntype = \"slack_bot\"\ntoken_env = \"MOIRA_TEST_NO_SUCH_VAR\"\nchannel = \"C1\"\n",
+            "not set",
+        );
+        bad(
+            "[channels.b]\ntype = \"slack_bot\"\ntoken_env = \"PATH\"\n",
+            "give a channel, or direct = true",
+        );
+        bad(
+            "[channels.b]\ntype = \"slack_bot\"\ntoken_env = \"PATH\"\nchannel = \"#general\"\n",
+            "not a Slack channel id",
+        );
+        let (_, r) = Config::parse(&format!(
+            "base_url = \"http://x\"\n[links]\nsecret_file = \"{secret}\"\n\
+             [channels.m]\ntype = \"email\"\nsmtp = \"127.0.0.1:25\"\ntls = \"none\"\nfrom = \"m@example.com\"\napprovers = true\n"
+        ))
+        .expect("an approvers-only mail channel is valid");
+        assert_eq!(r.links.map(|(_, ttl)| ttl.as_secs()), Some(24 * 3600));
+    }
 
     #[test]
     fn a_full_config_parses() {

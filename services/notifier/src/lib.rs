@@ -80,6 +80,22 @@ pub struct Notification {
     /// A link to the gate or run, when the config has a base_url.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+    /// Set on a message for one approver alone (never serialized: a
+    /// webhook's JSON is shared and must not carry anyone's links).
+    #[serde(skip)]
+    pub personal: Option<Personal>,
+}
+
+/// Who a personal message is for, where it goes, and their own links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Personal {
+    pub user: String,
+    /// Their e-mail address or Slack user id.
+    pub address: String,
+    /// One-click links (`[links]`), each naming this user, one action and
+    /// an expiry.
+    pub approve: Option<String>,
+    pub deny: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +130,11 @@ pub struct Settings {
     /// Replicas for the streams this notifier creates when it starts
     /// first (3 on a cluster), like the other services' `--replicas`.
     pub replicas: usize,
+    /// The approvers registry file: who approves for a role, and each
+    /// user's e-mail and Slack id, for messages of their own.
+    pub approvers: Option<PathBuf>,
+    /// Follow the registry in the `MOIRA_REGISTRY` bucket instead.
+    pub approvers_kv: bool,
 }
 
 pub(crate) struct Shared {
@@ -122,6 +143,7 @@ pub(crate) struct Shared {
     config: config::Config,
     resolved: Resolved,
     deliveries: store::Deliveries,
+    registry: moira_service::live::LiveRegistry,
 }
 
 pub struct Notifier {
@@ -153,6 +175,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Notifier> {
     };
     let client = Client::connect_with(&settings.nats_url, "moira-notifier", &settings.auth).await?;
     let js = async_nats::jetstream::new(client.nats().clone());
+    let registry = moira_service::live::LiveRegistry::open(
+        &client,
+        settings.approvers.as_deref(),
+        settings.approvers_kv,
+    )
+    .await?;
     moira_client::streams::ensure_gate_stream(&js, settings.replicas).await?;
     moira_client::streams::ensure_runs_stream(&js, settings.replicas).await?;
     moira_client::streams::ensure(&js, notify_stream_config(settings.replicas)).await?;
@@ -196,6 +224,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Notifier> {
             config,
             resolved,
             deliveries,
+            registry,
         }),
         consumers,
     })
@@ -525,7 +554,78 @@ fn notification(
         gate,
         run,
         link,
+        personal: None,
     }
+}
+
+/// Where one channel's copies of a notification go: the shared message
+/// (unless the channel has no shared recipient), and, for a waiting gate on
+/// a channel that writes to approvers, one message for each approver the
+/// registry can reach, with their own links. Each is delivered, and
+/// claimed, on its own: `(delivery name, message)`.
+fn targets(shared: &Shared, n: &Notification, channel: &str) -> Vec<(String, Notification)> {
+    use config::ChannelConfig;
+    #[derive(Clone, Copy)]
+    enum Reach {
+        Email,
+        Slack,
+    }
+    let (common, reach) = match shared.config.channels.get(channel) {
+        Some(ChannelConfig::Email { to, approvers, .. }) => {
+            (!to.is_empty(), approvers.then_some(Reach::Email))
+        }
+        Some(ChannelConfig::SlackBot {
+            channel: c, direct, ..
+        }) => (c.is_some(), direct.then_some(Reach::Slack)),
+        _ => (true, None),
+    };
+    let mut out = Vec::new();
+    if common {
+        out.push((channel.to_string(), n.clone()));
+    }
+    let asks = matches!(n.kind.as_str(), "opened" | "reminder" | "escalated");
+    let waiting = n
+        .gate
+        .as_ref()
+        .filter(|g| asks && g.status == moira_protocol::GateStatus::Waiting);
+    let (Some(reach), Some(g)) = (reach, waiting) else {
+        return out;
+    };
+    let registry = shared.registry.current();
+    let base = shared
+        .config
+        .base_url
+        .as_deref()
+        .map(|b| b.trim_end_matches('/'));
+    let now = now_ms() / 1000;
+    for user in registry.approvers_of(&g.approvers.users, &g.approvers.roles) {
+        let done = g.approvals.iter().any(|a| a.by == user);
+        if done || (!g.allow_self_approval && user == g.requested_by) {
+            continue;
+        }
+        let address = match reach {
+            Reach::Email => registry.email_of(&user),
+            Reach::Slack => registry.slack_of(&user),
+        };
+        let Some(address) = address else {
+            continue;
+        };
+        let link = |action: &str| {
+            let ((secret, ttl), base) = (shared.resolved.links.as_ref()?, base?);
+            let token = moira_service::links::Link::new(g.id, &user, action, now, ttl.as_secs())
+                .token(secret);
+            Some(format!("{base}/links/{token}"))
+        };
+        let mut mine = n.clone();
+        mine.personal = Some(Personal {
+            user: user.clone(),
+            address: address.to_string(),
+            approve: link("approve"),
+            deny: link("deny"),
+        });
+        out.push((format!("{channel}/{user}"), mine));
+    }
+    out
 }
 
 /// The channels a notification goes to: matching rules, channels the gate
@@ -582,8 +682,14 @@ pub fn route(config: &config::Config, n: &Notification, extra: &[String]) -> Vec
 
 async fn deliver_all(shared: &Shared, n: &Notification, extra: &[String]) -> Handled {
     let mut handled = Handled::Done;
-    for channel in route(&shared.config, n, extra) {
-        let key = store::key(&n.id, &channel);
+    let all = route(&shared.config, n, extra).into_iter().flat_map(|c| {
+        targets(shared, n, &c)
+            .into_iter()
+            .map(move |t| (c.clone(), t))
+    });
+    for (channel, (target, n)) in all {
+        let n = &n;
+        let key = store::key(&n.id, &target);
         match shared.deliveries.claim(&key).await {
             Ok(store::Claim::Mine(rev)) => deliver(shared, n, &channel, &key, rev).await,
             Ok(store::Claim::Done) => {

@@ -82,10 +82,19 @@ fn secret(path: &std::path::Path) -> Result<String, String> {
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let read = |p: &Option<PathBuf>| p.as_deref().map(secret).transpose();
-    let (slack_secret, link_secret) = match (
-        read(&args.slack_signing_secret_file),
-        read(&args.link_secret_file),
-    ) {
+    let link = read(&args.link_secret_file).and_then(|s| match s {
+        // Whoever can guess it can mint links as anyone.
+        Some(s) if s.len() < 16 => Err(format!(
+            "the link secret in {} is shorter than 16 characters; make a long random one \
+             (for example: head -c 32 /dev/urandom | base64)",
+            args.link_secret_file
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )),
+        other => Ok(other),
+    });
+    let (slack_secret, link_secret) = match (read(&args.slack_signing_secret_file), link) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("moira-web: {e}");

@@ -10,6 +10,7 @@
 //! roles = ["owner"]
 //! slack = "U024BE7LH"      # the Slack user id whose buttons decide as bob
 //! attested = ["link", "slack"]   # decisions moira-web signs for bob count
+//! email = "bob@example.com"      # the notifier's messages for bob alone
 //!
 //! [services.web]
 //! keys = ["ssh-ed25519 AAAAC3Nza… moira-web"]
@@ -48,6 +49,8 @@ struct User {
     slack: Option<String>,
     /// The ways moira-web may authenticate this user for a decision it signs.
     attested: Vec<String>,
+    /// Where the notifier mails this user's own messages.
+    email: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +86,9 @@ struct UserFile {
     /// `proxy`, `link`, `slack`.
     #[serde(default)]
     attested: Vec<String>,
+    /// The user's e-mail address, for messages of their own.
+    #[serde(default)]
+    email: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +156,19 @@ impl Registry {
                     }
                 }
             }
+            if let Some(e) = &u.email {
+                let ok = e.len() <= 254
+                    && e.split_once('@')
+                        .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+                    && !e
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c));
+                if !ok {
+                    return Err(format!(
+                        "users.{name}.email: '{e}' is not an e-mail address"
+                    ));
+                }
+            }
             users.insert(
                 name,
                 User {
@@ -157,6 +176,7 @@ impl Registry {
                     keys,
                     slack: u.slack,
                     attested: u.attested,
+                    email: u.email,
                 },
             );
         }
@@ -208,6 +228,28 @@ impl Registry {
             ));
         }
         Ok(())
+    }
+
+    /// The users who may approve for `users` and `roles`: those named, and
+    /// every user holding one of the roles, in name order.
+    pub fn approvers_of(&self, users: &[String], roles: &[String]) -> Vec<String> {
+        let mut out: std::collections::BTreeSet<String> = users.iter().cloned().collect();
+        for (name, u) in &self.users {
+            if u.roles.iter().any(|r| roles.contains(r)) {
+                out.insert(name.clone());
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// The user's e-mail address, if the registry has one.
+    pub fn email_of(&self, user: &str) -> Option<&str> {
+        self.users.get(user).and_then(|u| u.email.as_deref())
+    }
+
+    /// The user's Slack user id, if linked.
+    pub fn slack_of(&self, user: &str) -> Option<&str> {
+        self.users.get(user).and_then(|u| u.slack.as_deref())
     }
 
     /// The revision decisions record: the digest of the registry's text.
