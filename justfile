@@ -35,5 +35,5 @@ dev *ARGS: build
 
 # Benchmarks against the broker's floor, release build: `bench` (full) or `bench quick`
 bench MODE="full": tools
-    cargo build --release -p moira-bench -p moira-gatekeeper -p moira-runner -p moira-cli
+    cargo build --release -p moira-bench -p moira-gatekeeper -p moira-runner -p moira-cli -p moira-web
     target/release/moira-bench {{MODE}}

@@ -35,6 +35,7 @@ struct Sizes {
     cold_events: usize,
     runs: usize,
     resumes: usize,
+    web_gates: usize,
 }
 
 const QUICK: Sizes = Sizes {
@@ -47,6 +48,7 @@ const QUICK: Sizes = Sizes {
     cold_events: 100_000,
     runs: 100,
     resumes: 20,
+    web_gates: 2_000,
 };
 const FULL: Sizes = Sizes {
     name: "full",
@@ -58,6 +60,7 @@ const FULL: Sizes = Sizes {
     cold_events: 1_000_000,
     runs: 300,
     resumes: 100,
+    web_gates: 10_000,
 };
 
 fn main() -> anyhow::Result<()> {
@@ -194,7 +197,7 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
     let mut rows = Vec::new();
 
     // 1. Decision latency, and the JetStream floor.
-    eprintln!("[1/7] decision latency over {} gates", sizes.latency_gates);
+    eprintln!("[1/8] decision latency over {} gates", sizes.latency_gates);
     let floor = floor_latency(&url, sizes.latency_gates).await?;
     let lat = decision_latency(&url, sizes.latency_gates).await?;
     let (p50, p99, f50, f99) = (
@@ -249,7 +252,7 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
     }
 
     // 3 and 4. Many waiting gates in one process, and listing them.
-    eprintln!("[3/7] {} gates waiting in one process", sizes.waiting_gates);
+    eprintln!("[3/8] {} gates waiting in one process", sizes.waiting_gates);
     let scale = waiting_scale(&url, sizes.waiting_gates).await?;
     results.insert("waiting_gates".into(), json!(sizes.waiting_gates));
     results.insert("waiting_rss_mb".into(), json!(scale.rss_mb));
@@ -286,7 +289,7 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
     });
 
     // 5. Timeout precision.
-    eprintln!("[4/7] timeout precision over {} gates", sizes.timeout_gates);
+    eprintln!("[4/8] timeout precision over {} gates", sizes.timeout_gates);
     let late = timeout_lateness(&url, sizes.timeout_gates).await?;
     let (l50, l99) = (pct(&late, 0.5), pct(&late, 0.99));
     results.insert("timeout_late_p50_ms".into(), json!(l50.as_millis() as u64));
@@ -300,7 +303,7 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
     });
 
     // 6. Cold start against a big stream.
-    eprintln!("[5/7] cold start with {} stored events", sizes.cold_events);
+    eprintln!("[5/8] cold start with {} stored events", sizes.cold_events);
     let ready = cold_start(sizes.cold_events).await?;
     results.insert(
         "gatekeeper_ready_ms".into(),
@@ -354,7 +357,7 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
     });
 
     // 7. The same decisions signed, against a gate-keeper that requires it.
-    eprintln!("[7/7] signed decisions: --signatures require, Ed25519 keys");
+    eprintln!("[7/8] signed decisions: --signatures require, Ed25519 keys");
     let (keys, registry_dir) = bench_keys()?;
     let signed_server = NatsServer::start();
     let surl = signed_server.url();
@@ -391,6 +394,48 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
         metric: "signed lifecycles/s, 1 gate-keeper (require)".into(),
         value: format!("{sone:.0}"),
         baseline: format!("unsigned (off) {one:.0}"),
+        target: "-".into(),
+        met: None,
+    });
+
+    // 8. moira-web: listing many waiting gates, and how soon a decision
+    // reaches a page, beside the CLI's own list and `moira gate watch`.
+    eprintln!(
+        "[8/8] moira-web: {} waiting gates, decisions seen live",
+        sizes.web_gates
+    );
+    let web = web_figures(sizes).await?;
+    results.insert("web_gates".into(), json!(sizes.web_gates));
+    results.insert("web_api_list_ms".into(), json!(web.api_ms));
+    results.insert("web_page_list_ms".into(), json!(web.page_ms));
+    results.insert("web_client_list_ms".into(), json!(web.client_ms));
+    results.insert("web_sse_p50_us".into(), json!(us(web.sse_p50)));
+    results.insert("web_sse_p99_us".into(), json!(us(web.sse_p99)));
+    results.insert("web_watch_p50_us".into(), json!(us(web.watch_p50)));
+    rows.push(Row {
+        metric: format!(
+            "API: list {} waiting gates (1,000 a page), median",
+            sizes.web_gates
+        ),
+        value: format!("{} ms", web.api_ms),
+        baseline: format!("client list of the same: {} ms", web.client_ms),
+        target: "-".into(),
+        met: None,
+    });
+    rows.push(Row {
+        metric: format!(
+            "page: waiting gates of {} (500 rows), median",
+            sizes.web_gates
+        ),
+        value: format!("{} ms", web.page_ms),
+        baseline: format!("client list of the same: {} ms", web.client_ms),
+        target: "-".into(),
+        met: None,
+    });
+    rows.push(Row {
+        metric: "decision → SSE event on /api/v1/events, p50 (p99)".into(),
+        value: format!("{} µs ({} µs)", us(web.sse_p50), us(web.sse_p99)),
+        baseline: format!("moira gate watch: {} µs", us(web.watch_p50)),
         target: "-".into(),
         met: None,
     });
@@ -932,4 +977,132 @@ async fn resume_latency(url: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
     }
     out.sort();
     Ok(out)
+}
+
+struct WebFigures {
+    api_ms: u64,
+    page_ms: u64,
+    client_ms: u64,
+    sse_p50: Duration,
+    sse_p99: Duration,
+    watch_p50: Duration,
+}
+
+fn median_ms(mut v: Vec<Duration>) -> u64 {
+    v.sort();
+    v.get(v.len() / 2)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A moira-web (`--auth dev`) over `web_gates` waiting gates: the API's
+/// and the page's list against the client's own fold of the same gates,
+/// then 50 decisions, each timed from its send to its event on an open
+/// `/api/v1/events` stream and to its line in a running `moira gate watch`.
+async fn web_figures(sizes: &Sizes) -> anyhow::Result<WebFigures> {
+    let server = NatsServer::start();
+    let url = server.url();
+    let _gk = gatekeeper(&url)?;
+    let listen = format!("127.0.0.1:{}", moira_testkit::free_port());
+    let web = ProcBuilder::new(bin_dir()?.join("moira-web"), "moira-web")
+        .args(["--nats-url", &url, "--listen", &listen, "--auth", "dev"])
+        .env("MOIRA_LOG", "warn")
+        .spawn()?;
+    web.wait_for_line("moira-web ready", Duration::from_secs(30));
+    let ids = open_many(&url, sizes.web_gates, |i| {
+        gate("alice", &format!("waiting gate {i}"))
+    })
+    .await?;
+    let client = Client::connect(&url).await?;
+    let http = reqwest::Client::new();
+    let root = format!("http://{listen}");
+    let (mut api, mut page, mut local) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = Instant::now();
+        let body = http
+            .get(format!("{root}/api/v1/gates?limit=1000"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        api.push(t.elapsed());
+        anyhow::ensure!(
+            body.contains(&format!("\"total\":{}", ids.len())),
+            "the API listed something else"
+        );
+        let t = Instant::now();
+        let body = http.get(format!("{root}/")).send().await?.text().await?;
+        page.push(t.elapsed());
+        anyhow::ensure!(body.contains("waiting gate"), "the page listed nothing");
+        let t = Instant::now();
+        let filter = moira_client::ListFilter {
+            status: Some(GateStatus::Waiting),
+            run_id: None,
+        };
+        let n = client.list(&filter).await?.len();
+        local.push(t.elapsed());
+        anyhow::ensure!(n == ids.len(), "the client listed {n}");
+    }
+    let mut sse = http.get(format!("{root}/api/v1/events")).send().await?;
+    let watch = ProcBuilder::new(bin_dir()?.join("moira"), "moira gate watch")
+        .args(["--nats-url", &url, "gate", "watch"])
+        .env("NO_COLOR", "1")
+        .spawn()?;
+    // Both followers are live once they show an event made after they started.
+    let probe = client.open(gate("alice", "probe")).await?.id.to_string();
+    let mut buf = String::new();
+    read_sse_until(&mut sse, &mut buf, &probe).await?;
+    watch.wait_for_line(&probe, Duration::from_secs(30));
+    let watch = Arc::new(watch);
+    let (mut to_sse, mut to_watch) = (Vec::new(), Vec::new());
+    for id in ids.iter().take(50) {
+        let key = id.to_string();
+        let t = Instant::now();
+        client
+            .approve(ApproveGate {
+                gate_id: *id,
+                actor: "bob".into(),
+                ..Default::default()
+            })
+            .await?;
+        let w = watch.clone();
+        let k = key.clone();
+        let seen_by_watch = tokio::task::spawn_blocking(move || {
+            w.wait_for_line(&k, Duration::from_secs(30));
+            t.elapsed()
+        });
+        buf.clear();
+        read_sse_until(&mut sse, &mut buf, &key).await?;
+        to_sse.push(t.elapsed());
+        to_watch.push(seen_by_watch.await?);
+    }
+    to_sse.sort();
+    to_watch.sort();
+    Ok(WebFigures {
+        api_ms: median_ms(api),
+        page_ms: median_ms(page),
+        client_ms: median_ms(local),
+        sse_p50: pct(&to_sse, 0.5),
+        sse_p99: pct(&to_sse, 0.99),
+        watch_p50: pct(&to_watch, 0.5),
+    })
+}
+
+/// Reads the event stream until `needle` has come.
+async fn read_sse_until(
+    resp: &mut reqwest::Response,
+    buf: &mut String,
+    needle: &str,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !buf.contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, resp.chunk()).await {
+            Ok(Ok(Some(c))) => buf.push_str(&String::from_utf8_lossy(&c)),
+            Ok(Ok(None)) => anyhow::bail!("the event stream ended"),
+            Ok(Err(e)) => anyhow::bail!("the event stream failed: {e}"),
+            Err(_) => anyhow::bail!("no event for {needle} within 30 s"),
+        }
+    }
+    Ok(())
 }
