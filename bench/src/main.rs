@@ -86,8 +86,24 @@ fn main() -> anyhow::Result<()> {
                 eprintln!("opened {} gates", ids.len());
             })
         }
+        // Only the moira-web figures, at the full sizes.
+        Some("web") => rt.block_on(async {
+            let w = web_figures(&FULL).await?;
+            println!(
+                "{} waiting gates: API list {} ms, page {} ms, client list {} ms; \
+                 decision to SSE p50 {} µs (p99 {} µs), to moira gate watch p50 {} µs",
+                FULL.web_gates,
+                w.api_ms,
+                w.page_ms,
+                w.client_ms,
+                us(w.sse_p50),
+                us(w.sse_p99),
+                us(w.watch_p50)
+            );
+            Ok(())
+        }),
         None | Some("full") => rt.block_on(bench(&FULL)),
-        Some(other) => anyhow::bail!("unknown mode '{other}'; use: moira-bench [quick|full]"),
+        Some(other) => anyhow::bail!("unknown mode '{other}'; use: moira-bench [quick|full|web]"),
     }
 }
 
@@ -228,7 +244,7 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
 
     // 2. Throughput with 1 and 2 gate-keepers, against raw appends.
     eprintln!(
-        "[2/7] throughput: {} lifecycles, {} concurrent clients",
+        "[2/8] throughput: {} lifecycles, {} concurrent clients",
         sizes.lifecycles, sizes.concurrency
     );
     let raw = raw_appends(&url, sizes.lifecycles * 2, sizes.concurrency).await?;
@@ -320,7 +336,7 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
 
     // 7. Runs through a runner process.
     eprintln!(
-        "[6/7] {} runs of a 3-step workflow, {} resumes after a gate",
+        "[6/8] {} runs of a 3-step workflow, {} resumes after a gate",
         sizes.runs, sizes.resumes
     );
     let _runner = runner(&url)?;
@@ -1006,7 +1022,7 @@ async fn web_figures(sizes: &Sizes) -> anyhow::Result<WebFigures> {
     let listen = format!("127.0.0.1:{}", moira_testkit::free_port());
     let web = ProcBuilder::new(bin_dir()?.join("moira-web"), "moira-web")
         .args(["--nats-url", &url, "--listen", &listen, "--auth", "dev"])
-        .env("MOIRA_LOG", "warn")
+        .env("MOIRA_LOG", "warn,moira_web=info")
         .spawn()?;
     web.wait_for_line("moira-web ready", Duration::from_secs(30));
     let ids = open_many(&url, sizes.web_gates, |i| {
@@ -1048,6 +1064,7 @@ async fn web_figures(sizes: &Sizes) -> anyhow::Result<WebFigures> {
         .args(["--nats-url", &url, "gate", "watch"])
         .env("NO_COLOR", "1")
         .spawn()?;
+    watch.wait_for_line("watching gate events", Duration::from_secs(30));
     // Both followers are live once they show an event made after they started.
     let probe = client.open(gate("alice", "probe")).await?.id.to_string();
     let mut buf = String::new();

@@ -324,7 +324,8 @@ async fn waiting_page(
         Err(e) => return client_problem(Some(&v), &e),
     };
     let total = gates.len();
-    let shown: Vec<&GateView> = gates.iter().skip(offset).take(PAGE_ROWS).collect();
+    // Newest first, as the live updates add them.
+    let shown: Vec<&GateView> = gates.iter().rev().skip(offset).take(PAGE_ROWS).collect();
     let body = html! {
         h1 { "Waiting gates " span.count #count { (total) } }
         @if total > PAGE_ROWS {

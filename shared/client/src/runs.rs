@@ -304,11 +304,28 @@ impl Client {
         let body = serde_json::to_vec(cmd).map_err(|e| ClientError::Invalid(e.to_string()))?;
         let mut headers = HeaderMap::new();
         headers.insert(HDR_CONTENT_TYPE, CONTENT_TYPE_JSON);
-        let req = async_nats::Request::new()
-            .payload(Bytes::from(body))
-            .headers(headers)
-            .timeout(Some(RUN_COMMAND_TIMEOUT));
-        let msg = match self.nats.send_request(subject.to_string(), req).await {
+        let body = Bytes::from(body);
+        let send = || {
+            let req = async_nats::Request::new()
+                .payload(body.clone())
+                .headers(headers.clone())
+                .timeout(Some(RUN_COMMAND_TIMEOUT));
+            self.nats.send_request(subject.to_string(), req)
+        };
+        // No runner answering may be a moment's gap (one restarting, or
+        // reconnecting): ask again for a little while. A run command
+        // carries its id, so a repeat does not act twice.
+        let mut result = send().await;
+        for pause_ms in [50, 100, 200, 400, 800] {
+            match &result {
+                Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+                    result = send().await;
+                }
+                _ => break,
+            }
+        }
+        let msg = match result {
             Ok(m) => m,
             Err(e) => {
                 let reason = match e.kind() {
