@@ -26,9 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use moira_client::{
-    ApproveGate, CancelGate, ClientError, DenyGate, GateId, ListFilter, PushBackGate, RunView,
-};
+use moira_client::{ClientError, GateId, ListFilter, RunView};
 use moira_protocol::command::MAX_COMMAND_BYTES;
 use moira_protocol::ids::CommandId;
 use moira_protocol::{ErrorCode, GateStatus};
@@ -539,65 +537,11 @@ pub(crate) async fn decide(
             format!("{verb} takes no {field}"),
         );
     }
-    let id = Some(b.id.unwrap_or_default());
-    let result = match verb.as_str() {
-        "approve" => {
-            s.client
-                .approve(ApproveGate {
-                    id,
-                    gate_id: gate,
-                    actor,
-                    comment: b.comment,
-                    inputs: b.inputs,
-                    via: s.via(),
-                    ..Default::default()
-                })
-                .await
-        }
-        "deny" => {
-            let Some(reason) = b.reason else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "a denial needs a reason",
-                );
-            };
-            s.client
-                .deny(DenyGate {
-                    id,
-                    gate_id: gate,
-                    actor,
-                    reason,
-                    via: s.via(),
-                    ..Default::default()
-                })
-                .await
-        }
-        "push-back" => {
-            s.client
-                .push_back(PushBackGate {
-                    id,
-                    gate_id: gate,
-                    actor,
-                    comment: b.comment,
-                    inputs: b.inputs,
-                    via: s.via(),
-                    ..Default::default()
-                })
-                .await
-        }
-        "cancel" => {
-            s.client
-                .cancel(CancelGate {
-                    id,
-                    gate_id: gate,
-                    actor,
-                    reason: b.reason,
-                    via: s.via(),
-                    ..Default::default()
-                })
-                .await
-        }
+    let verb: &'static str = match verb.as_str() {
+        "approve" => "approve",
+        "deny" => "deny",
+        "push-back" => "push-back",
+        "cancel" => "cancel",
         _ => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -606,7 +550,25 @@ pub(crate) async fn decide(
             )
         }
     };
-    tracing::info!(%gate, verb, ok = result.is_ok(), "decision through the web");
+    if verb == "deny" && b.reason.is_none() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a denial needs a reason",
+        );
+    }
+    let result = s
+        .decide(crate::Decision {
+            verb,
+            gate,
+            actor,
+            id: b.id,
+            comment: b.comment,
+            reason: b.reason,
+            inputs: b.inputs,
+            via: s.via(),
+        })
+        .await;
     match result {
         Ok(g) => ok("gate", g),
         Err(e) => client_error(e),

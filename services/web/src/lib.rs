@@ -95,6 +95,88 @@ pub(crate) struct State {
     csrf_key: ring::hmac::Key,
 }
 
+/// One decision, from whichever entry path, as the gate-keeper gets it.
+#[derive(Debug, Default)]
+pub(crate) struct Decision {
+    /// approve, deny, push-back or cancel.
+    pub verb: &'static str,
+    pub gate: moira_client::GateId,
+    pub actor: String,
+    pub id: Option<moira_protocol::ids::CommandId>,
+    pub comment: Option<String>,
+    pub reason: Option<String>,
+    pub inputs: std::collections::BTreeMap<String, String>,
+    /// How the actor was authenticated (`proxy`, `link`, `slack`, `dev`).
+    pub via: Option<String>,
+}
+
+impl State {
+    /// Sends the decision to the gate-keepers (signed with moira-web's key
+    /// when it has one) and returns the gate after it.
+    pub(crate) async fn decide(
+        &self,
+        d: Decision,
+    ) -> Result<moira_client::GateView, moira_client::ClientError> {
+        use moira_client::{ApproveGate, CancelGate, DenyGate, PushBackGate};
+        let id = Some(d.id.unwrap_or_default());
+        let (gate_id, actor, via) = (d.gate, d.actor, d.via);
+        let result = match d.verb {
+            "approve" => {
+                self.client
+                    .approve(ApproveGate {
+                        id,
+                        gate_id,
+                        actor,
+                        comment: d.comment,
+                        inputs: d.inputs,
+                        via,
+                        ..Default::default()
+                    })
+                    .await
+            }
+            "deny" => {
+                self.client
+                    .deny(DenyGate {
+                        id,
+                        gate_id,
+                        actor,
+                        reason: d.reason.unwrap_or_default(),
+                        via,
+                        ..Default::default()
+                    })
+                    .await
+            }
+            "push-back" => {
+                self.client
+                    .push_back(PushBackGate {
+                        id,
+                        gate_id,
+                        actor,
+                        comment: d.comment,
+                        inputs: d.inputs,
+                        via,
+                        ..Default::default()
+                    })
+                    .await
+            }
+            _ => {
+                self.client
+                    .cancel(CancelGate {
+                        id,
+                        gate_id,
+                        actor,
+                        reason: d.reason,
+                        via,
+                        ..Default::default()
+                    })
+                    .await
+            }
+        };
+        tracing::info!(gate = %d.gate, verb = d.verb, ok = result.is_ok(), "decision through moira-web");
+        result
+    }
+}
+
 /// Why a request may not decide.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Unauthenticated {

@@ -15,7 +15,7 @@ use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use moira_client::{ApproveGate, ClientError, DenyGate, GateView};
+use moira_client::{ClientError, GateView};
 use moira_protocol::time::now_ms;
 use moira_service::links::{Link, LinkError};
 
@@ -165,29 +165,31 @@ pub(crate) async fn decide(AxState(s): AxState<Arc<State>>, Path(token): Path<St
         &uuid::Uuid::NAMESPACE_OID,
         format!("moira-link:{}", link.nonce).as_bytes(),
     )));
-    let result = if link.action == "deny" {
-        s.client
-            .deny(DenyGate {
-                id,
-                gate_id: link.gate,
-                actor: link.user.clone(),
-                reason: "denied through a one-click link".into(),
-                via: Some("link".into()),
-                ..Default::default()
-            })
-            .await
+    let (verb, comment, reason) = if link.action == "deny" {
+        (
+            "deny",
+            None,
+            Some("denied through a one-click link".to_string()),
+        )
     } else {
-        s.client
-            .approve(ApproveGate {
-                id,
-                gate_id: link.gate,
-                actor: link.user.clone(),
-                comment: Some("approved through a one-click link".into()),
-                via: Some("link".into()),
-                ..Default::default()
-            })
-            .await
+        (
+            "approve",
+            Some("approved through a one-click link".to_string()),
+            None,
+        )
     };
+    let result = s
+        .decide(crate::Decision {
+            verb,
+            gate: link.gate,
+            actor: link.user.clone(),
+            id,
+            comment,
+            reason,
+            via: Some("link".into()),
+            ..Default::default()
+        })
+        .await;
     tracing::info!(gate = %link.gate, user = link.user, action = link.action, ok = result.is_ok(), "decision through a link");
     match result {
         Ok(g) => page(

@@ -29,9 +29,7 @@ use axum::Router;
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
-use moira_client::{
-    ApproveGate, ClientError, DenyGate, GateId, GateView, ListFilter, PushBackGate, RunView,
-};
+use moira_client::{ClientError, GateId, GateView, ListFilter, RunView};
 use moira_protocol::ids::CommandId;
 use moira_protocol::GateStatus;
 
@@ -816,51 +814,26 @@ async fn gate_form(
             ),
         );
     }
-    let id = Some(f.id.unwrap_or_default());
-    let result = match verb.as_str() {
-        "approve" => {
-            s.client
-                .approve(ApproveGate {
-                    id,
-                    gate_id: gate,
-                    actor: user.clone(),
-                    comment: f.comment,
-                    inputs: f.inputs,
-                    via: s.via(),
-                    ..Default::default()
-                })
-                .await
-        }
-        "deny" => {
-            s.client
-                .deny(DenyGate {
-                    id,
-                    gate_id: gate,
-                    actor: user.clone(),
-                    reason: f.reason.unwrap_or_default(),
-                    via: s.via(),
-                    ..Default::default()
-                })
-                .await
-        }
-        _ => {
-            s.client
-                .push_back(PushBackGate {
-                    id,
-                    gate_id: gate,
-                    actor: user.clone(),
-                    comment: f.comment,
-                    inputs: f.inputs,
-                    via: s.via(),
-                    ..Default::default()
-                })
-                .await
-        }
+    let verb: &'static str = match verb.as_str() {
+        "approve" => "approve",
+        "deny" => "deny",
+        _ => "push-back",
     };
-    tracing::info!(%gate, verb, ok = result.is_ok(), "decision through the page");
+    let result = s
+        .decide(crate::Decision {
+            verb,
+            gate,
+            actor: user.clone(),
+            id: f.id,
+            comment: f.comment,
+            reason: f.reason,
+            inputs: f.inputs,
+            via: s.via(),
+        })
+        .await;
     match result {
         Ok(g) => {
-            let done = match verb.as_str() {
+            let done = match verb {
                 "approve" if g.status == GateStatus::Approved => "Approved".to_string(),
                 "approve" => format!(
                     "Approval recorded ({} of {})",

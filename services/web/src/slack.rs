@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use moira_client::{ApproveGate, ClientError, DenyGate, GateId, GateView};
+use moira_client::{ClientError, GateId, GateView};
 use moira_protocol::time::now_ms;
 use moira_protocol::ErrorCode;
 use moira_service::slack::mrkdwn_escape;
@@ -147,31 +147,22 @@ pub(crate) async fn interactivity(
 }
 
 async fn decide(s: &State, gate: GateId, action: &str, user: &str) -> String {
-    let result = match action {
-        APPROVE => {
-            s.client
-                .approve(ApproveGate {
-                    gate_id: gate,
-                    actor: user.to_string(),
-                    comment: Some("approved in Slack".into()),
-                    via: Some("slack".into()),
-                    ..Default::default()
-                })
-                .await
-        }
-        DENY => {
-            s.client
-                .deny(DenyGate {
-                    gate_id: gate,
-                    actor: user.to_string(),
-                    reason: "denied in Slack".into(),
-                    via: Some("slack".into()),
-                    ..Default::default()
-                })
-                .await
-        }
+    let (verb, comment, reason) = match action {
+        APPROVE => ("approve", Some("approved in Slack".to_string()), None),
+        DENY => ("deny", None, Some("denied in Slack".to_string())),
         _ => return "This button is not one of moira's.".into(),
     };
+    let result = s
+        .decide(crate::Decision {
+            verb,
+            gate,
+            actor: user.to_string(),
+            comment,
+            reason,
+            via: Some("slack".into()),
+            ..Default::default()
+        })
+        .await;
     tracing::info!(%gate, action, user, ok = result.is_ok(), "decision from Slack");
     match result {
         Ok(g) => outcome(&g),
