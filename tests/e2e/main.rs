@@ -13,6 +13,7 @@ mod gates;
 mod hostile;
 mod locked;
 mod notify;
+mod ops;
 mod runner_faults;
 mod runs;
 mod signatures;

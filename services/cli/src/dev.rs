@@ -100,6 +100,7 @@ impl LocalStack {
             replicas: 1,
             approvers: None,
             approvers_kv: false,
+            metrics_listen: None,
         };
         let notifier = match moira_notifier::start(settings).await {
             Ok(n) => tokio::spawn(n.serve(shutdown.clone())),
@@ -152,6 +153,7 @@ pub async fn run(cli: &Cli, cmd: &DevCmd) -> anyhow::Result<u8> {
         slack: None,
         link_secret: None,
         key: None,
+        metrics_listen: None,
     })
     .await;
     let web = match web {
@@ -162,6 +164,24 @@ pub async fn run(cli: &Cli, cmd: &DevCmd) -> anyhow::Result<u8> {
                 e.context("the HTTP API could not start (pick another port with --web-port)")
             );
         }
+    };
+    // One listener for the whole process: every service in it records
+    // into the same metrics.
+    let ops_addr = match async_nats::connect(stack.url.as_str()).await {
+        Ok(nats) => {
+            let ready = moira_service::ops::Readiness::default();
+            ready.set(true);
+            moira_service::ops::serve(
+                std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                "moira-dev",
+                nats,
+                ready,
+                stack.shutdown.clone(),
+            )
+            .await
+            .ok()
+        }
+        Err(_) => None,
     };
     let page_url = format!("http://{}", web.addr());
     let web_url = format!("{page_url}/api/v1");
@@ -196,6 +216,9 @@ pub async fn run(cli: &Cli, cmd: &DevCmd) -> anyhow::Result<u8> {
         notify.unwrap_or_else(|| "everything to the log".into())
     );
     errln!("  web page:     {page_url}/ (pick any name in its banner and decide as it)");
+    if let Some(a) = ops_addr {
+        errln!("  metrics:      http://{a}/metrics (and /healthz, /readyz)");
+    }
     errln!("  HTTP API:     {web_url}/gates (decide as anyone: header X-Moira-User)");
     errln!();
     errln!("In another terminal:");

@@ -46,9 +46,17 @@ impl Handler {
             .and_then(|h| h.get(HDR_CONTENT_TYPE))
             .map(|v| v.as_str());
         let format = Format::detect(content_type, body);
+        let started = std::time::Instant::now();
+        // Only the verbs there are, so a hostile subject adds no label value.
+        let verb = Verb::from_subject(subject).map_or("unknown", |v| v.as_str());
+        let m = moira_service::ops::metrics();
         let reply = match self.run(subject, format, body).await {
-            Ok(gate) => Reply::ok(gate),
+            Ok(gate) => {
+                m.command(verb, "ok", started.elapsed());
+                Reply::ok(gate)
+            }
             Err(e) => {
+                m.command(verb, e.code.as_str(), started.elapsed());
                 tracing::debug!(subject, code = e.code.as_str(), "refused: {}", e.message);
                 Reply::err(e)
             }
@@ -176,6 +184,18 @@ impl Handler {
                 };
                 match result {
                     Ok(seq) => {
+                        let m = moira_service::ops::metrics();
+                        match (&env.event, state.as_ref()) {
+                            (GateEvent::GateOpened { .. }, _) => {
+                                m.gates_opened.inc();
+                            }
+                            (ev, Some(s)) if ev.is_terminal() => {
+                                m.gates_ended.inc();
+                                let open_for = env.at.saturating_sub(s.opened_at);
+                                m.decision_seconds.observe(open_for as f64 / 1000.0);
+                            }
+                            _ => {}
+                        }
                         apply(&mut state, env);
                         stored_at = Some(seq);
                         stored_digest = Some(moira_protocol::statement::sha256_hex(&env.encode()));

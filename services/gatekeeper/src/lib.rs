@@ -49,6 +49,8 @@ pub struct Config {
     pub approvers_kv: bool,
     /// The service key that signs prepared timeouts.
     pub key: Option<PathBuf>,
+    /// Where to serve /metrics, /healthz and /readyz.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -62,6 +64,7 @@ impl Default for Config {
             signatures: handler::Signatures::Off,
             approvers_kv: false,
             key: None,
+            metrics_listen: None,
         }
     }
 }
@@ -82,6 +85,7 @@ pub struct Gatekeeper {
     sub: async_nats::Subscriber,
     /// Commands from moira's services (`moira.svc.gate.*`).
     svc_sub: async_nats::Subscriber,
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Connects, creates or verifies the streams, and subscribes.
@@ -129,6 +133,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gatekeeper> {
         signer,
         sub,
         svc_sub,
+        metrics_listen: config.metrics_listen,
     })
 }
 
@@ -143,7 +148,21 @@ impl Gatekeeper {
             signer,
             sub,
             svc_sub,
+            metrics_listen,
         } = self;
+        if let Some(addr) = metrics_listen {
+            let ready = moira_service::ops::Readiness::default();
+            moira_service::ops::serve(
+                addr,
+                "moira-gatekeeper",
+                client.nats().clone(),
+                ready.clone(),
+                shutdown.clone(),
+            )
+            .await?;
+            // Started means streams checked and subscribed.
+            ready.set(true);
+        }
         let cache = Arc::new(cache::Cache::default());
         let handler = Arc::new(handler::Handler {
             client: client.clone(),

@@ -37,6 +37,8 @@ struct Args {
     key: Option<PathBuf>,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
+    #[command(flatten)]
+    ops: moira_service::ops::OpsArgs,
 }
 
 #[tokio::main]
@@ -55,6 +57,7 @@ async fn main() -> std::process::ExitCode {
         signatures: args.signatures,
         approvers_kv: args.approvers_kv,
         key: args.key,
+        metrics_listen: args.ops.metrics_listen,
     };
     moira_service::signals::serve("moira-gatekeeper", |shutdown| {
         moira_gatekeeper::run(config, shutdown)

@@ -135,6 +135,8 @@ pub struct Settings {
     pub approvers: Option<PathBuf>,
     /// Follow the registry in the `MOIRA_REGISTRY` bucket instead.
     pub approvers_kv: bool,
+    /// Where to serve /metrics, /healthz and /readyz.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 pub(crate) struct Shared {
@@ -148,6 +150,7 @@ pub(crate) struct Shared {
 
 pub struct Notifier {
     shared: Arc<Shared>,
+    metrics_listen: Option<std::net::SocketAddr>,
     consumers: Vec<(
         &'static str,
         async_nats::jetstream::consumer::Consumer<pull::Config>,
@@ -227,6 +230,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Notifier> {
             registry,
         }),
         consumers,
+        metrics_listen: settings.metrics_listen,
     })
 }
 
@@ -236,6 +240,22 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
 impl Notifier {
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        if let Some(addr) = self.metrics_listen {
+            let ready = moira_service::ops::Readiness::default();
+            let nats = self.shared.client.nats().clone();
+            moira_service::ops::serve(
+                addr,
+                "moira-notifier",
+                nats,
+                ready.clone(),
+                shutdown.clone(),
+            )
+            .await?;
+            for (name, consumer) in &self.consumers {
+                moira_service::ops::watch_pending(name, consumer.clone(), shutdown.clone());
+            }
+            ready.set(true);
+        }
         let mut loops = Vec::new();
         let mut all_slots = Vec::new();
         for (name, consumer) in self.consumers {
@@ -366,6 +386,14 @@ async fn gate_event(shared: &Shared, id: String, seq: u64, env: Envelope) -> Han
         GateEvent::GatePushedBack { .. } => "pushed_back",
         GateEvent::ApprovalRecorded { .. } => return Handled::Done,
     };
+    if let GateEvent::GateTimedOut { on_timeout } = &env.event {
+        moira_service::ops::metrics()
+            .timeouts
+            .get_or_create(&moira_service::ops::ActionLabels {
+                action: on_timeout.as_str().to_string(),
+            })
+            .inc();
+    }
     if kind == "opened" {
         schedule(shared, env.gate_id, env.at).await;
     } else if env.event.is_terminal() {
@@ -728,6 +756,21 @@ async fn deliver(shared: &Shared, n: &Notification, channel: &str, key: &str, mu
     };
     let r = &shared.resolved;
     let mut last = String::new();
+    let started = std::time::Instant::now();
+    let m = moira_service::ops::metrics();
+    let count = |result: &str| {
+        m.notifications
+            .get_or_create(&moira_service::ops::DeliveryLabels {
+                channel: channel.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+        m.delivery_seconds
+            .get_or_create(&moira_service::ops::ChannelLabels {
+                channel: channel.to_string(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+    };
     for attempt in 1..=r.attempts {
         if attempt > 1 {
             match shared.deliveries.renew(key, rev).await {
@@ -745,6 +788,7 @@ async fn deliver(shared: &Shared, n: &Notification, channel: &str, key: &str, mu
         }
         match channels::send(cfg, channel, n, r).await {
             Ok(()) => {
+                count("delivered");
                 // Recorded first, then reported: "delivered" in the log
                 // means a redelivered event will not notify this channel again.
                 match shared
@@ -783,6 +827,7 @@ async fn deliver(shared: &Shared, n: &Notification, channel: &str, key: &str, mu
             tokio::time::sleep(pause).await;
         }
     }
+    count("failed");
     let failure = Failure {
         notification: n.id.clone(),
         kind: n.kind.clone(),

@@ -26,6 +26,8 @@ struct Args {
     approvers_kv: bool,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
+    #[command(flatten)]
+    ops: moira_service::ops::OpsArgs,
 }
 
 #[tokio::main]
@@ -38,6 +40,7 @@ async fn main() -> std::process::ExitCode {
         replicas: args.replicas as usize,
         approvers: args.approvers,
         approvers_kv: args.approvers_kv,
+        metrics_listen: args.ops.metrics_listen,
     };
     moira_service::signals::serve("moira-notifier", |shutdown| {
         moira_notifier::run(settings, shutdown)

@@ -326,6 +326,12 @@ async fn act(
                 env(id, RunEvent::RunFinished { status }, RUNNER_ACTOR),
             )
             .await?;
+            moira_service::ops::metrics()
+                .runs
+                .get_or_create(&moira_service::ops::StatusLabels {
+                    status: status.as_str().to_string(),
+                })
+                .inc();
             tracing::info!(run_id = id, status = status.as_str(), "run finished");
         }
         Action::Skip { step, reason } => {
@@ -426,7 +432,11 @@ async fn act(
             let client = client.clone();
             tracing::info!(run_id = id, step, attempt, iteration, "step started");
             held.tasks.spawn(async move {
+                let started = std::time::Instant::now();
                 let result = exec::run(&client, job).await;
+                moira_service::ops::metrics()
+                    .step_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 Done {
                     step,
                     attempt,
@@ -635,6 +645,17 @@ async fn record_finish(
     }
     let retry = !r.ok && done.attempt <= retries;
     tracing::info!(run_id, step = done.step, ok = r.ok, exit_code = ?r.exit_code, retry, "step finished");
+    let status = match (r.ok, retry) {
+        (true, _) => "succeeded",
+        (false, true) => "retried",
+        (false, false) => "failed",
+    };
+    moira_service::ops::metrics()
+        .steps
+        .get_or_create(&moira_service::ops::StatusLabels {
+            status: status.into(),
+        })
+        .inc();
     let ev = RunEvent::StepFinished {
         step: done.step,
         attempt: done.attempt,

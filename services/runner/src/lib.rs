@@ -74,6 +74,8 @@ pub struct Config {
     /// The SSH key this runner signs its gate commands with (listed under
     /// `[services.<name>]` in the registry).
     pub key: Option<PathBuf>,
+    /// Where to serve /metrics, /healthz and /readyz.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -91,6 +93,7 @@ impl Default for Config {
             signatures: moira_service::verify::Signatures::Off,
             approvers_kv: false,
             key: None,
+            metrics_listen: None,
         }
     }
 }
@@ -160,6 +163,7 @@ pub struct Runner {
     resumer: async_nats::jetstream::consumer::Consumer<pull::Config>,
     concurrency: usize,
     ack_wait: Duration,
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Connects, creates or checks the streams and the shared consumers.
@@ -221,6 +225,7 @@ pub async fn start(config: Config) -> anyhow::Result<Runner> {
         resumer,
         concurrency: config.concurrency.max(1),
         ack_wait,
+        metrics_listen: config.metrics_listen,
     })
 }
 
@@ -288,6 +293,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 impl Runner {
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        if let Some(addr) = self.metrics_listen {
+            let ready = moira_service::ops::Readiness::default();
+            let nats = self.shared.client.nats().clone();
+            moira_service::ops::serve(addr, "moira-runner", nats, ready.clone(), shutdown.clone())
+                .await?;
+            moira_service::ops::watch_pending(
+                RUNNERS_CONSUMER,
+                self.jobs.clone(),
+                shutdown.clone(),
+            );
+            moira_service::ops::watch_pending(
+                RESUMER_CONSUMER,
+                self.resumer.clone(),
+                shutdown.clone(),
+            );
+            ready.set(true);
+        }
         let resumer = tokio::spawn(resume_loop(
             self.shared.client.clone(),
             self.resumer,
@@ -482,6 +504,10 @@ async fn resume_loop(
                     continue;
                 }
                 tracing::debug!(run_id, gate = %env.gate_id, "resume job enqueued");
+                let since = moira_protocol::time::now_ms().saturating_sub(env.at);
+                moira_service::ops::metrics()
+                    .resume_seconds
+                    .observe(since as f64 / 1000.0);
             }
         }
         let _ = msg.ack().await;

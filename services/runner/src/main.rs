@@ -50,6 +50,8 @@ struct Args {
     key: Option<PathBuf>,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
+    #[command(flatten)]
+    ops: moira_service::ops::OpsArgs,
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {
@@ -83,6 +85,7 @@ async fn serve() -> std::process::ExitCode {
         signatures: args.signatures,
         approvers_kv: args.approvers_kv,
         key: args.key,
+        metrics_listen: args.ops.metrics_listen,
     };
     moira_service::signals::serve("moira-runner", |shutdown| {
         moira_runner::run(config, shutdown)

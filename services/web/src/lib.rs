@@ -79,6 +79,8 @@ pub struct Settings {
     pub link_secret: Option<String>,
     /// moira-web's SSH key, which signs each decision it makes for someone.
     pub key: Option<std::path::PathBuf>,
+    /// Where to serve /metrics, /healthz and /readyz.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub(crate) struct State {
@@ -232,6 +234,8 @@ pub struct Web {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     app: axum::Router,
+    nats: async_nats::Client,
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// Connects to the broker and binds the listen address.
@@ -272,12 +276,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Web> {
         )
         .map_err(|_| anyhow::anyhow!("no randomness for the CSRF key"))?,
     };
+    let nats = state.client.nats().clone();
     let app = api::router(std::sync::Arc::new(state));
     tracing::info!(url = %settings.nats_url, auth = ?settings.auth, "moira-web ready on http://{addr}");
     Ok(Web {
         listener,
         addr,
         app,
+        nats,
+        metrics_listen: settings.metrics_listen,
     })
 }
 
@@ -289,6 +296,18 @@ impl Web {
 
     /// Serves until `shutdown`; requests in flight are finished.
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        if let Some(addr) = self.metrics_listen {
+            let ready = moira_service::ops::Readiness::default();
+            moira_service::ops::serve(
+                addr,
+                "moira-web",
+                self.nats.clone(),
+                ready.clone(),
+                shutdown.clone(),
+            )
+            .await?;
+            ready.set(true);
+        }
         axum::serve(
             self.listener,
             self.app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -67,6 +67,8 @@ struct Args {
     key: Option<PathBuf>,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
+    #[command(flatten)]
+    ops: moira_service::ops::OpsArgs,
 }
 
 /// A secret from a file: trimmed, and not empty.
@@ -117,6 +119,7 @@ async fn main() -> std::process::ExitCode {
         slack,
         link_secret,
         key: args.key,
+        metrics_listen: args.ops.metrics_listen,
     };
     moira_service::signals::serve("moira-web", |shutdown| moira_web::run(settings, shutdown)).await
 }

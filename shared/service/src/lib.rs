@@ -8,6 +8,7 @@
 //! - [`registry`]: the approvers registry (users, roles and keys), and
 //!   [`live`]: the same shared through a KV bucket, signed by admins;
 //! - [`requests`]: answering requests with bounded concurrency and drain;
+//! - [`ops`]: Prometheus metrics and the health and readiness probes;
 //! - [`verify`]: checking a gate's trail (chain, signatures, policy) and
 //!   exporting it for `ssh-keygen -Y verify`.
 
@@ -17,6 +18,7 @@ pub mod connect;
 pub mod links;
 pub mod live;
 pub mod locate;
+pub mod ops;
 pub mod registry;
 pub mod requests;
 pub mod signals;

@@ -34,11 +34,18 @@ pub fn cancel_on_signals(shutdown: CancellationToken, notice: &'static str) {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MOIRA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    // `MOIRA_LOG_FORMAT=json`: one JSON object a line (timestamp, level,
+    // target, message and fields, such as gate and run ids), for log
+    // shippers. Readable text otherwise.
+    if std::env::var("MOIRA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        fmt.json().flatten_event(true).with_current_span(false).init();
+    } else {
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 /// Sets up logging and signals, runs a service until it stops, and turns

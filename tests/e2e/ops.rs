@@ -1,0 +1,254 @@
+//! What operators see: every service's `/metrics`, `/healthz` and
+//! `/readyz` (`--metrics-listen`), scraped from real processes while they
+//! work, and readiness that follows the broker going away and coming back.
+
+use std::time::{Duration, Instant};
+
+use moira_client::{ApproveGate, Client, GateId, OpenGate};
+use moira_testkit::TempDir;
+use moira_tests::{bin, NatsServer, Proc, ProcBuilder};
+
+use crate::open;
+
+/// One service process and its metrics address.
+struct Svc {
+    name: &'static str,
+    _proc: Proc,
+    addr: String,
+}
+
+fn spawn(name: &'static str, url: &str, args: &[&str], ready_line: &str) -> Svc {
+    let addr = format!("127.0.0.1:{}", moira_testkit::free_port());
+    let p = ProcBuilder::new(bin(name), name)
+        .args(["--nats-url", url, "--metrics-listen", &addr])
+        .args(args)
+        .env("MOIRA_LOG", "info")
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    p.wait_for_line(ready_line, Duration::from_secs(20));
+    Svc {
+        name,
+        _proc: p,
+        addr,
+    }
+}
+
+async fn get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => {
+            let code = r.status().as_u16();
+            (code, r.text().await.unwrap_or_default())
+        }
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// Waits (polling an HTTP endpoint, with a bound) until `pred` holds.
+async fn until(what: &str, url: &str, pred: impl Fn(u16, &str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = get(url).await;
+        if pred(code, &body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {url} answered {code}:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of one sample line (`name{labels} value`), 0 when absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_serves_metrics_that_move_and_readiness_that_follows_the_broker() {
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let dir = TempDir::new("moira-ops").expect("tmp");
+    let work = dir.path().join("work").display().to_string();
+    let web_port = moira_testkit::free_port().to_string();
+    let web_listen = format!("127.0.0.1:{web_port}");
+    let svcs = [
+        spawn("moira-gatekeeper", &url, &[], "moira-gatekeeper ready"),
+        spawn(
+            "moira-runner",
+            &url,
+            &["--work-dir", &work],
+            "moira-runner ready",
+        ),
+        spawn("moira-notifier", &url, &[], "moira-notifier ready"),
+        spawn(
+            "moira-web",
+            &url,
+            &["--listen", &web_listen],
+            "moira-web ready",
+        ),
+    ];
+    for s in &svcs {
+        until("ready", &format!("http://{}/readyz", s.addr), |c, _| {
+            c == 200
+        })
+        .await;
+        let (code, body) = get(&format!("http://{}/healthz", s.addr)).await;
+        assert_eq!((code, body.trim()), (200, "ok"), "{}", s.name);
+        let m = get(&format!("http://{}/metrics", s.addr)).await.1;
+        assert!(
+            m.contains(&format!("moira_build_info{{service=\"{}\"", s.name)),
+            "{}: {m}",
+            s.name
+        );
+    }
+    let (gk, runner, notifier) = (&svcs[0].addr, &svcs[1].addr, &svcs[2].addr);
+
+    let client = Client::connect(&url).await.expect("connect");
+    let g = client.open(open("alice", "Ship it?")).await.expect("open");
+    client
+        .approve(ApproveGate {
+            gate_id: g.id,
+            actor: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("approve");
+    let _ = client
+        .approve(ApproveGate {
+            gate_id: GateId::new(),
+            actor: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no such gate");
+    client
+        .open(OpenGate {
+            timeout_ms: Some(1_000),
+            ..open("alice", "Quick?")
+        })
+        .await
+        .expect("open");
+    let run = client
+        .submit_run(
+            "name: quick\nsteps:\n  - name: one\n    run: \"true\"\n",
+            &Default::default(),
+            "alice",
+        )
+        .await
+        .expect("submit");
+    tokio::time::timeout(Duration::from_secs(60), client.wait_run(&run))
+        .await
+        .expect("the run ends")
+        .expect("wait");
+
+    let m = until(
+        "the gate-keeper's counts",
+        &format!("http://{gk}/metrics"),
+        |_, m| sample(m, "moira_commands_total{verb=\"approve\",outcome=\"ok\"}") >= 1.0,
+    )
+    .await;
+    assert_eq!(
+        sample(&m, "moira_commands_total{verb=\"open\",outcome=\"ok\"}"),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "moira_commands_total{verb=\"approve\",outcome=\"not_found\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "moira_decision_latency_seconds_count") >= 1.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "moira_command_duration_seconds_count{verb=\"open\"}") >= 2.0,
+        "{m}"
+    );
+    assert_eq!(sample(&m, "moira_gates_opened_total"), 2.0, "{m}");
+    let m = until(
+        "the runner's counts",
+        &format!("http://{runner}/metrics"),
+        |_, m| sample(m, "moira_runs_finished_total{status=\"succeeded\"}") >= 1.0,
+    )
+    .await;
+    assert_eq!(
+        sample(&m, "moira_steps_finished_total{status=\"succeeded\"}"),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "moira_step_duration_seconds_count") >= 1.0,
+        "{m}"
+    );
+    assert!(
+        m.contains("moira_consumer_pending_messages{consumer=\"moira-resumer\"}"),
+        "{m}"
+    );
+    // The notifier tells its log channel, and counts the timeout that fired.
+    let m = until(
+        "the notifier's counts",
+        &format!("http://{notifier}/metrics"),
+        |_, m| sample(m, "moira_gate_timeouts_total{action=\"fail\"}") >= 1.0,
+    )
+    .await;
+    assert!(
+        sample(
+            &m,
+            "moira_notifications_total{channel=\"log\",result=\"delivered\"}"
+        ) >= 3.0,
+        "{m}"
+    );
+
+    // The broker goes away: no service is ready; it comes back: all are.
+    server.stop();
+    for s in &svcs {
+        let ready = format!("http://{}/readyz", s.addr);
+        let body = until("not ready without the broker", &ready, |c, _| c == 503).await;
+        assert!(body.contains("broker"), "{}: {body}", s.name);
+        assert_eq!(
+            get(&format!("http://{}/healthz", s.addr)).await.0,
+            200,
+            "{}",
+            s.name
+        );
+    }
+    server.restart();
+    for s in &svcs {
+        until(
+            "ready again",
+            &format!("http://{}/readyz", s.addr),
+            |c, _| c == 200,
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_moira_log_format_json_each_log_line_is_one_json_object() {
+    let server = NatsServer::start();
+    let p = ProcBuilder::new(bin("moira-gatekeeper"), "moira-gatekeeper")
+        .args(["--nats-url", &server.url()])
+        .env("MOIRA_LOG", "info")
+        .env("MOIRA_LOG_FORMAT", "json")
+        .spawn()
+        .expect("spawn");
+    let line = p.wait_for_line("moira-gatekeeper ready", Duration::from_secs(20));
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert_eq!(v["message"], "moira-gatekeeper ready", "{v}");
+    assert_eq!(v["url"], server.url(), "a field of the event: {v}");
+    assert!(v["timestamp"].is_string() && v["target"].is_string(), "{v}");
+    for l in p.output() {
+        serde_json::from_str::<serde_json::Value>(&l)
+            .unwrap_or_else(|e| panic!("a line that is not JSON ({e}): {l}"));
+    }
+}
