@@ -241,8 +241,8 @@ async fn with_moira_log_format_json_each_log_line_is_one_json_object() {
         .spawn()
         .expect("spawn");
     let line = p.wait_for_line("moira-gatekeeper ready", Duration::from_secs(20));
-    let v: serde_json::Value = serde_json::from_str(&line)
-        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
     assert_eq!(v["level"], "INFO", "{v}");
     assert_eq!(v["message"], "moira-gatekeeper ready", "{v}");
     assert_eq!(v["url"], server.url(), "a field of the event: {v}");

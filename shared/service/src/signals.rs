@@ -41,7 +41,10 @@ pub fn init_tracing() {
     // target, message and fields, such as gate and run ids), for log
     // shippers. Readable text otherwise.
     if std::env::var("MOIRA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        fmt.json().flatten_event(true).with_current_span(false).init();
+        fmt.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
     } else {
         fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
