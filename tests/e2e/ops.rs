@@ -252,3 +252,100 @@ async fn with_moira_log_format_json_each_log_line_is_one_json_object() {
             .unwrap_or_else(|e| panic!("a line that is not JSON ({e}): {l}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_approvers_file_and_a_bad_one_is_refused_keeping_the_old() {
+    let server = NatsServer::start();
+    let dir = TempDir::new("moira-reload").expect("tmp");
+    let file = dir.path().join("approvers.toml");
+    std::fs::write(&file, "[users.bob]\nroles = [\"owner\"]\n").expect("write");
+    let gk = ProcBuilder::new(bin("moira-gatekeeper"), "moira-gatekeeper")
+        .args(["--nats-url", &server.url(), "--approvers"])
+        .arg(&file)
+        .env("MOIRA_LOG", "info")
+        .spawn()
+        .expect("spawn");
+    gk.wait_for_line("moira-gatekeeper ready", Duration::from_secs(20));
+    let client = Client::connect(&server.url()).await.expect("connect");
+    let gate = |c: Client| async move {
+        c.open(OpenGate {
+            roles: vec!["release".into()],
+            ..open("alice", "Ship it?")
+        })
+        .await
+        .expect("open")
+        .id
+    };
+    let approve = |c: Client, id: GateId| async move {
+        c.approve(ApproveGate {
+            gate_id: id,
+            actor: "bob".into(),
+            ..Default::default()
+        })
+        .await
+    };
+    let first = gate(client.clone()).await;
+    let e = approve(client.clone(), first)
+        .await
+        .expect_err("bob has no release role yet");
+    assert!(e.to_string().contains("release"), "{e}");
+    std::fs::write(&file, "[users.bob]\nroles = [\"owner\", \"release\"]\n").expect("write");
+    gk.signal("HUP");
+    gk.wait_for_line("approvers file reloaded", Duration::from_secs(20));
+    approve(client.clone(), first)
+        .await
+        .expect("bob holds release now");
+    // A broken file: refused, and the registry in force stays.
+    std::fs::write(&file, "[users.bob\nroles = oops").expect("write");
+    gk.signal("HUP");
+    gk.wait_for_line("the new approvers file is refused", Duration::from_secs(20));
+    let second = gate(client.clone()).await;
+    approve(client.clone(), second)
+        .await
+        .expect("the old registry is still in force");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_notifier_config_and_a_bad_one_is_refused_keeping_the_old() {
+    let server = NatsServer::start();
+    let _gk = moira_tests::gatekeeper(&server.url(), &[]);
+    let (rx, port) = crate::notify::Receiver::start().await;
+    let dir = TempDir::new("moira-reload").expect("tmp");
+    let file = dir.path().join("notify.toml");
+    let config = |path: &str| {
+        format!(
+            "{}[[rules]]\nkinds = [\"opened\"]\nchannels = [\"hook\"]\n",
+            crate::notify::webhook("hook", port, path)
+        )
+    };
+    std::fs::write(&file, config("/before")).expect("write");
+    let n = ProcBuilder::new(bin("moira-notifier"), "moira-notifier")
+        .args(["--nats-url", &server.url(), "--config"])
+        .arg(&file)
+        .env("MOIRA_LOG", "info")
+        .spawn()
+        .expect("spawn");
+    n.wait_for_line("moira-notifier ready", Duration::from_secs(20));
+    let client = Client::connect(&server.url()).await.expect("connect");
+    client.open(open("alice", "one")).await.expect("open");
+    rx.wait("the first gate at /before", |r| {
+        r.hits("/before").len() == 1
+    })
+    .await;
+    std::fs::write(&file, config("/after")).expect("write");
+    n.signal("HUP");
+    n.wait_for_line("notifier config reloaded", Duration::from_secs(20));
+    client.open(open("alice", "two")).await.expect("open");
+    rx.wait("the second gate at /after", |r| r.hits("/after").len() == 1)
+        .await;
+    // A config with an unknown channel in a rule: refused, the old stays.
+    std::fs::write(&file, "[[rules]]\nchannels = [\"nowhere\"]\n").expect("write");
+    n.signal("HUP");
+    n.wait_for_line("is refused", Duration::from_secs(20));
+    // With the reason, on the lines after.
+    n.wait_for_line("unknown channel 'nowhere'", Duration::from_secs(20));
+    client.open(open("alice", "three")).await.expect("open");
+    rx.wait("the third gate at /after", |r| r.hits("/after").len() == 2)
+        .await;
+    assert_eq!(rx.hits("/before").len(), 1);
+}

@@ -139,11 +139,18 @@ pub struct Settings {
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
+/// The config in force: replaced whole when a reload succeeds.
+pub(crate) struct Loaded {
+    config: config::Config,
+    resolved: Resolved,
+}
+
 pub(crate) struct Shared {
     client: Client,
     js: async_nats::jetstream::Context,
-    config: config::Config,
-    resolved: Resolved,
+    loaded: std::sync::RwLock<Arc<Loaded>>,
+    /// The config file, for SIGHUP.
+    config_path: Option<PathBuf>,
     deliveries: store::Deliveries,
     registry: moira_service::live::LiveRegistry,
 }
@@ -220,12 +227,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Notifier> {
         consumers.push((name, c));
     }
     tracing::info!(url = %settings.nats_url, channels = config.channels.len(), rules = config.rules.len(), "moira-notifier ready");
+
     Ok(Notifier {
         shared: Arc::new(Shared {
             client,
             js,
-            config,
-            resolved,
+            loaded: std::sync::RwLock::new(Arc::new(Loaded { config, resolved })),
+            config_path: settings.config.clone(),
             deliveries,
             registry,
         }),
@@ -236,6 +244,40 @@ pub async fn start(settings: Settings) -> anyhow::Result<Notifier> {
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     start(settings).await?.serve(shutdown).await
+}
+
+impl Shared {
+    fn loaded(&self) -> Arc<Loaded> {
+        self.loaded
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads the config file again; a bad one is refused with its
+    /// problems and the one in force stays.
+    fn reload(&self) {
+        let Some(path) = &self.config_path else {
+            tracing::info!("SIGHUP: no --config file to reload (everything goes to the log)");
+            return;
+        };
+        match config::Config::load(path) {
+            Ok((config, resolved)) => {
+                tracing::info!(
+                    file = %path.display(),
+                    channels = config.channels.len(),
+                    rules = config.rules.len(),
+                    "notifier config reloaded"
+                );
+                *self.loaded.write().unwrap_or_else(|p| p.into_inner()) =
+                    Arc::new(Loaded { config, resolved });
+            }
+            Err(e) => tracing::error!(
+                file = %path.display(),
+                "the new notifier config is refused, the one in force stays: {e}"
+            ),
+        }
+    }
 }
 
 impl Notifier {
@@ -256,6 +298,10 @@ impl Notifier {
             }
             ready.set(true);
         }
+        let _reloader = {
+            let (shared, shutdown) = (self.shared.clone(), shutdown.clone());
+            moira_service::signals::on_hangup(shutdown, move || shared.reload())
+        };
         let mut loops = Vec::new();
         let mut all_slots = Vec::new();
         for (name, consumer) in self.consumers {
@@ -442,11 +488,12 @@ fn fire_subject(gate: GateId, what: &str) -> String {
 
 /// Reminder and escalation schedules for a newly opened gate.
 async fn schedule(shared: &Shared, gate: GateId, opened_at: u64) {
+    let loaded = shared.loaded();
     let mut jobs = Vec::new();
-    if let Some(every) = shared.resolved.remind_every {
+    if let Some(every) = loaded.resolved.remind_every {
         jobs.push(("remind", format!("@every {}ms", every.as_millis())));
     }
-    if let Some(after) = shared.resolved.escalate_after {
+    if let Some(after) = loaded.resolved.escalate_after {
         jobs.push((
             "escalate",
             format!("@at {}", rfc3339(opened_at + after.as_millis() as u64)),
@@ -497,6 +544,7 @@ async fn unschedule(shared: &Shared, gate: GateId) {
 
 /// A reminder or escalation fired: notify if the gate still waits.
 async fn fired(shared: &Shared, id: &str, rest: &str, headers: Option<&HeaderMap>) -> Handled {
+    let loaded = shared.loaded();
     if headers.is_some_and(|h| h.get("Moira-Stop").is_some()) {
         return Handled::Done;
     }
@@ -509,8 +557,8 @@ async fn fired(shared: &Shared, id: &str, rest: &str, headers: Option<&HeaderMap
     // A schedule the config no longer asks for (it was made before a
     // reload or restart without `[reminders]` or `[escalation]`) is ended.
     let configured = match what {
-        "remind" => shared.resolved.remind_every.is_some(),
-        "escalate" => shared.resolved.escalate_after.is_some(),
+        "remind" => loaded.resolved.remind_every.is_some(),
+        "escalate" => loaded.resolved.escalate_after.is_some(),
         _ => false,
     };
     if !configured {
@@ -530,7 +578,7 @@ async fn fired(shared: &Shared, id: &str, rest: &str, headers: Option<&HeaderMap
         "remind" => ("reminder", Vec::new()),
         "escalate" => (
             "escalated",
-            shared
+            loaded
                 .config
                 .escalation
                 .as_ref()
@@ -554,7 +602,8 @@ fn notification(
     gate: Option<GateView>,
     run: Option<&RunView>,
 ) -> Notification {
-    let base = shared
+    let loaded = shared.loaded();
+    let base = loaded
         .config
         .base_url
         .as_deref()
@@ -592,13 +641,14 @@ fn notification(
 /// registry can reach, with their own links. Each is delivered, and
 /// claimed, on its own: `(delivery name, message)`.
 fn targets(shared: &Shared, n: &Notification, channel: &str) -> Vec<(String, Notification)> {
+    let loaded = shared.loaded();
     use config::ChannelConfig;
     #[derive(Clone, Copy)]
     enum Reach {
         Email,
         Slack,
     }
-    let (common, reach) = match shared.config.channels.get(channel) {
+    let (common, reach) = match loaded.config.channels.get(channel) {
         Some(ChannelConfig::Email { to, approvers, .. }) => {
             (!to.is_empty(), approvers.then_some(Reach::Email))
         }
@@ -620,7 +670,7 @@ fn targets(shared: &Shared, n: &Notification, channel: &str) -> Vec<(String, Not
         return out;
     };
     let registry = shared.registry.current();
-    let base = shared
+    let base = loaded
         .config
         .base_url
         .as_deref()
@@ -639,7 +689,7 @@ fn targets(shared: &Shared, n: &Notification, channel: &str) -> Vec<(String, Not
             continue;
         };
         let link = |action: &str| {
-            let ((secret, ttl), base) = (shared.resolved.links.as_ref()?, base?);
+            let ((secret, ttl), base) = (loaded.resolved.links.as_ref()?, base?);
             let token = moira_service::links::Link::new(g.id, &user, action, now, ttl.as_secs())
                 .token(secret);
             Some(format!("{base}/links/{token}"))
@@ -709,8 +759,9 @@ pub fn route(config: &config::Config, n: &Notification, extra: &[String]) -> Vec
 }
 
 async fn deliver_all(shared: &Shared, n: &Notification, extra: &[String]) -> Handled {
+    let loaded = shared.loaded();
     let mut handled = Handled::Done;
-    let all = route(&shared.config, n, extra).into_iter().flat_map(|c| {
+    let all = route(&loaded.config, n, extra).into_iter().flat_map(|c| {
         targets(shared, n, &c)
             .into_iter()
             .map(move |t| (c.clone(), t))
@@ -751,10 +802,11 @@ fn jitter() -> f64 {
 }
 
 async fn deliver(shared: &Shared, n: &Notification, channel: &str, key: &str, mut rev: u64) {
-    let Some(cfg) = shared.config.channels.get(channel) else {
+    let loaded = shared.loaded();
+    let Some(cfg) = loaded.config.channels.get(channel) else {
         return;
     };
-    let r = &shared.resolved;
+    let r = &loaded.resolved;
     let mut last = String::new();
     let started = std::time::Instant::now();
     let m = moira_service::ops::metrics();

@@ -112,9 +112,35 @@ impl LiveRegistry {
         Ok(match (file, kv) {
             (Some(_), true) => anyhow::bail!("give --approvers FILE or --approvers-kv, not both"),
             (_, true) => LiveRegistry::follow(client, CancellationToken::new()).await?,
-            (Some(path), false) => LiveRegistry::fixed(Registry::load(path)?),
+            (Some(path), false) => {
+                let live = LiveRegistry::fixed(Registry::load(path)?);
+                live.reload_on_hangup(path.to_path_buf());
+                live
+            }
             (None, false) => LiveRegistry::fixed(Registry::default()),
         })
+    }
+
+    /// Reads the approvers file again on each SIGHUP; a file that does not
+    /// parse is refused with the reason, and the registry in force stays.
+    fn reload_on_hangup(&self, path: std::path::PathBuf) {
+        let live = self.clone();
+        crate::signals::on_hangup(CancellationToken::new(), move || {
+            match Registry::load(&path) {
+                Ok(r) => {
+                    tracing::info!(
+                        file = %path.display(),
+                        users = r.len(),
+                        digest = r.revision(),
+                        "approvers file reloaded"
+                    );
+                    live.set(r);
+                }
+                Err(e) => tracing::error!(
+                    "the new approvers file is refused, the registry in force stays: {e}"
+                ),
+            }
+        });
     }
 
     /// Loads the newest valid registry from the bucket (creating the bucket

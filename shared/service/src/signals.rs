@@ -29,6 +29,36 @@ pub fn cancel_on_signals(shutdown: CancellationToken, notice: &'static str) {
     });
 }
 
+/// Calls `reload` on each SIGHUP until `shutdown`: how services re-read
+/// their config files.
+pub fn on_hangup(
+    shutdown: CancellationToken,
+    reload: impl Fn() + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    // Registered before returning, so a SIGHUP from now on is ours.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    tokio::spawn(async move {
+        let mut hup = match hup {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGHUP: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    reload();
+                }
+            }
+        }
+    })
+}
+
 /// Logging for a service: `MOIRA_LOG` (default `info`) to stderr, in
 /// colour only on a terminal.
 pub fn init_tracing() {
@@ -61,6 +91,9 @@ where
     init_tracing();
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone(), "stopping (signal again to exit at once)");
+    // SIGHUP means "reload" (`systemctl reload`): from the start it must
+    // not end the process, whether or not this service reloads anything.
+    on_hangup(shutdown.clone(), || tracing::debug!("SIGHUP"));
     match run(shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
