@@ -349,3 +349,64 @@ async fn sighup_reloads_the_notifier_config_and_a_bad_one_is_refused_keeping_the
         .await;
     assert_eq!(rx.hits("/before").len(), 1);
 }
+
+/// The pids of a process's children, from /proc (by parent, not by name).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(list) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(
+                    list.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moira_dev_stops_with_the_reason_when_its_broker_dies() {
+    let dir = TempDir::new("moira-dev-supervised").expect("tmp");
+    let port = moira_testkit::free_port();
+    let mut dev = ProcBuilder::new(bin("moira"), "moira dev")
+        .args([
+            "dev",
+            "--port",
+            &port.to_string(),
+            "--web-port",
+            "0",
+            "--data",
+        ])
+        .arg(dir.path().join("dev"))
+        .spawn()
+        .expect("spawn moira dev");
+    let metrics = dev.wait_for_line("metrics:", Duration::from_secs(60));
+    let addr = metrics
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .and_then(|w| w.strip_suffix("/metrics"))
+        .expect("the metrics address")
+        .to_string();
+    dev.wait_for_line("Press Ctrl-C", Duration::from_secs(30));
+    until("ready", &format!("http://{addr}/readyz"), |c, _| c == 200).await;
+    // Its one child is the nats-server it started.
+    let pid = dev.pid().expect("pid");
+    let kids = children(pid);
+    assert_eq!(kids.len(), 1, "moira dev's children: {kids:?}");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &kids[0].to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = dev
+        .wait(Duration::from_secs(60))
+        .expect("moira dev exits by itself");
+    assert_eq!(status.code(), Some(1), "{:?}", dev.output());
+    let out = dev.output().join("\n");
+    assert!(
+        out.contains("nats-server exited") && out.contains("stopping everything"),
+        "{out}"
+    );
+}

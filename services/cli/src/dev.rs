@@ -50,9 +50,33 @@ pub struct LocalStack {
     pub url: String,
     pub shutdown: CancellationToken,
     broker: Option<Child>,
-    gatekeeper: tokio::task::JoinHandle<anyhow::Result<()>>,
-    runner: tokio::task::JoinHandle<anyhow::Result<()>>,
-    notifier: tokio::task::JoinHandle<anyhow::Result<()>>,
+    gatekeeper: Task,
+    runner: Task,
+    notifier: Task,
+}
+
+/// An in-process service; `None` once it has been seen to end.
+type Task = Option<tokio::task::JoinHandle<anyhow::Result<()>>>;
+
+/// Why a service ended, from its task's result.
+fn ended(what: &str, r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> String {
+    match r {
+        Ok(Ok(())) => format!("the {what} stopped"),
+        Ok(Err(e)) => format!("the {what} stopped: {e:#}"),
+        Err(e) => format!("the {what} failed: {e}"),
+    }
+}
+
+/// Waits for a task that is still there; never, if it is gone.
+async fn join(t: &mut Task) -> Result<anyhow::Result<()>, tokio::task::JoinError> {
+    match t.as_mut() {
+        Some(h) => {
+            let r = h.await;
+            *t = None;
+            r
+        }
+        None => std::future::pending().await,
+    }
 }
 
 impl LocalStack {
@@ -73,7 +97,7 @@ impl LocalStack {
             ..Default::default()
         };
         let gatekeeper = match moira_gatekeeper::start(gk_config).await {
-            Ok(gk) => tokio::spawn(gk.serve(shutdown.clone())),
+            Ok(gk) => Some(tokio::spawn(gk.serve(shutdown.clone()))),
             Err(e) => {
                 stop_broker(&mut broker).await;
                 return Err(e.context("the gate-keeper could not start"));
@@ -86,7 +110,7 @@ impl LocalStack {
             ..Default::default()
         };
         let runner = match moira_runner::start(runner_config).await {
-            Ok(r) => tokio::spawn(r.serve(shutdown.clone())),
+            Ok(r) => Some(tokio::spawn(r.serve(shutdown.clone()))),
             Err(e) => {
                 shutdown.cancel();
                 stop_broker(&mut broker).await;
@@ -103,7 +127,7 @@ impl LocalStack {
             metrics_listen: None,
         };
         let notifier = match moira_notifier::start(settings).await {
-            Ok(n) => tokio::spawn(n.serve(shutdown.clone())),
+            Ok(n) => Some(tokio::spawn(n.serve(shutdown.clone()))),
             Err(e) => {
                 shutdown.cancel();
                 stop_broker(&mut broker).await;
@@ -120,12 +144,50 @@ impl LocalStack {
         })
     }
 
+    /// Resolves, with the reason, when a part of the stack ends while it
+    /// should be running: the broker child or an in-process service.
+    pub async fn failure(&mut self) -> String {
+        let LocalStack {
+            broker,
+            gatekeeper,
+            runner,
+            notifier,
+            ..
+        } = self;
+        let broker_exit = async {
+            match broker.as_mut() {
+                Some(child) => {
+                    let why = match child.wait().await {
+                        Ok(status) => format!("nats-server exited ({status})"),
+                        Err(e) => format!("nats-server could not be watched: {e}"),
+                    };
+                    *broker = None;
+                    why
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            why = broker_exit => why,
+            r = join(gatekeeper) => ended("gate-keeper", r),
+            r = join(runner) => ended("runner", r),
+            r = join(notifier) => ended("notifier", r),
+        }
+    }
+
     /// Stops the services (bounded drains), then the broker.
     pub async fn stop(mut self) -> anyhow::Result<u8> {
         self.shutdown.cancel();
-        let result = flatten(self.gatekeeper.await);
-        let _ = self.runner.await;
-        let _ = self.notifier.await;
+        let result = match self.gatekeeper.take() {
+            Some(h) => flatten(h.await),
+            None => Ok(0),
+        };
+        for t in [self.runner.take(), self.notifier.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = t.await;
+        }
         stop_broker(&mut self.broker).await;
         result
     }
@@ -228,11 +290,29 @@ pub async fn run(cli: &Cli, cmd: &DevCmd) -> anyhow::Result<u8> {
     errln!();
     errln!("Press Ctrl-C to stop.");
     outln!("{url}");
-    stack.shutdown.cancelled().await;
-    let _ = web_task.await;
+    let mut stack = stack;
+    let mut web_task = Some(web_task);
+    // Supervised: a part that ends while the rest runs stops everything,
+    // with the reason, rather than leaving a half-dead stack.
+    let shutdown = stack.shutdown.clone();
+    let failed = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        why = stack.failure() => Some(why),
+        r = join(&mut web_task) => Some(ended("web service", r)),
+    };
+    if let Some(why) = &failed {
+        errln!("moira dev: {why}; stopping everything");
+        stack.shutdown.cancel();
+    }
+    if let Some(t) = web_task {
+        let _ = t.await;
+    }
     let result = stack.stop().await;
     errln!("moira dev stopped");
-    result
+    match failed {
+        Some(_) => Ok(1),
+        None => result,
+    }
 }
 
 fn flatten(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<u8> {
