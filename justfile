@@ -3,6 +3,9 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
+# Where cargo puts the binaries (CARGO_TARGET_DIR when it is set).
+target := env_var_or_default("CARGO_TARGET_DIR", "target")
+
 # List the recipes
 default:
     @just --list
@@ -31,9 +34,9 @@ demo: build
 
 # Run the one-machine stack in the foreground (Ctrl-C stops it)
 dev *ARGS: build
-    target/debug/moira dev {{ARGS}}
+    {{target}}/debug/moira dev {{ARGS}}
 
 # Benchmarks against the broker's floor, release build: `bench` (full) or `bench quick`
 bench MODE="full": tools
     cargo build --release -p moira-bench -p moira-gatekeeper -p moira-runner -p moira-cli -p moira-web
-    target/release/moira-bench {{MODE}}
+    {{target}}/release/moira-bench {{MODE}}

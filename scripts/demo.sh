@@ -4,7 +4,7 @@
 # parks at its gate and finishes after bob approves.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-moira="$root/target/debug/moira"
+moira="${CARGO_TARGET_DIR:-$root/target}/debug/moira"
 work=$(mktemp -d "${TMPDIR:-/tmp}/moira-demo.XXXXXX")
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export MOIRA_NATS_URL="nats://127.0.0.1:$port"

@@ -440,3 +440,36 @@ fn a_gatekeeper_stops_promptly_even_when_the_broker_is_gone() {
     let status = gk.stop(Duration::from_secs(20)).expect("it exits");
     assert!(status.success(), "a clean exit, not a SIGKILL: {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_into_a_pipe_that_closes_early_ends_quietly() {
+    let s = Stack::start().await;
+    for n in 0..1500 {
+        s.client
+            .open(crate::open(
+                "alice",
+                &format!("gate number {n} with some text to list"),
+            ))
+            .await
+            .expect("open");
+    }
+    // More than a pipe holds, to a reader that stops after 100 bytes.
+    let moira = bin("moira");
+    let out = std::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "set -o pipefail; {} --nats-url {} gate list | head -c 100 >/dev/null",
+                moira.display(),
+                s.url()
+            ),
+        ])
+        .output()
+        .expect("bash");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}

@@ -35,15 +35,31 @@ pub fn text(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// `println!` through [`text`].
-macro_rules! outln {
-    () => { println!() };
-    ($($t:tt)*) => { println!("{}", $crate::term::text(&format!($($t)*))) };
+/// Writes to stdout. When the reader has gone (`moira … | head`), the
+/// process ends quietly with status 0, as other command-line tools do,
+/// instead of panicking on the broken pipe.
+pub fn write_out(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        // Nowhere to say it but stderr; the command's own result stands.
+        eprintln!("moira: cannot write the output: {e}");
+        std::process::exit(1);
+    }
 }
 
-/// `print!` through [`text`].
+/// `println!` through [`text`] and [`write_out`].
+macro_rules! outln {
+    () => { $crate::term::write_out("\n") };
+    ($($t:tt)*) => { $crate::term::write_out(&format!("{}\n", $crate::term::text(&format!($($t)*)))) };
+}
+
+/// `print!` through [`text`] and [`write_out`].
 macro_rules! out {
-    ($($t:tt)*) => { print!("{}", $crate::term::text(&format!($($t)*))) };
+    ($($t:tt)*) => { $crate::term::write_out(&$crate::term::text(&format!($($t)*))) };
 }
 
 /// `eprintln!` through [`text`].
