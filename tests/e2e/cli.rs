@@ -473,3 +473,51 @@ async fn output_into_a_pipe_that_closes_early_ends_quietly() {
     );
     assert_eq!(out.status.code(), Some(0), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_key_names_the_same_gate_from_the_cli_and_the_json_contract() {
+    let s = Stack::start().await;
+    let url = s.url();
+    let open = |msg: &str| {
+        moira(
+            &url,
+            &[
+                "--as",
+                "alice",
+                "gate",
+                "open",
+                "--gate-key",
+                "release-42/approve",
+                "--message",
+                msg,
+            ],
+        )
+    };
+    let first = ok(open("Ship release 42?")).trim().to_string();
+    let again = ok(open("Ship release 42?")).trim().to_string();
+    assert_eq!(first, again, "the same key and definition: the same gate");
+    let want = moira_client::GateId::for_key("release-42/approve").expect("key");
+    assert_eq!(first, want.to_string());
+    // The same key with another definition is refused.
+    let (code, _, err) = open("Something else?");
+    assert_ne!(code, 0, "{err}");
+    // A tool on the JSON contract names its gate the same way.
+    let ask = |body: &str| {
+        let nats = s.client.nats().clone();
+        let body = body.to_string();
+        async move {
+            let reply = nats
+                .request("moira.cmd.gate.open", body.into_bytes().into())
+                .await
+                .expect("reply");
+            serde_json::from_slice::<Value>(&reply.payload).expect("json")
+        }
+    };
+    let body = r#"{"key": "deploy/eu-1", "actor": "ci-bot", "message": "Deploy eu-1?"}"#;
+    let r = ask(body).await;
+    let id = moira_client::GateId::for_key("deploy/eu-1").expect("key");
+    assert_eq!(r["gate"]["id"], id.to_string(), "{r}");
+    assert_eq!(ask(body).await["gate"]["id"], id.to_string());
+    let r = ask(r#"{"key": "bad\u0007key", "actor": "ci-bot", "message": "x"}"#).await;
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+}

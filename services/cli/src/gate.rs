@@ -159,8 +159,13 @@ pub struct OpenArgs {
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_kv)]
     metadata: Vec<(String, String)>,
     /// Gate id; opening again with the same id and definition is a no-op
-    #[arg(long)]
+    #[arg(long, conflicts_with = "gate_key")]
     id: Option<GateId>,
+    /// Your own name for the gate (say `release-42/approve`): the gate id
+    /// is derived from it, so opening again with the same key and
+    /// definition is a no-op. (Not `--key`, which names your signing key.)
+    #[arg(long, value_name = "TEXT")]
+    gate_key: Option<String>,
     /// Wait for the decision; exit like `moira gate wait`
     #[arg(long)]
     wait: bool,
@@ -423,7 +428,10 @@ pub async fn run(cli: &Cli, cmd: &GateCmd) -> anyhow::Result<u8> {
 async fn open(cli: &Cli, client: &Client, a: &OpenArgs) -> anyhow::Result<u8> {
     let on_timeout = a.on_timeout.as_deref().and_then(OnTimeout::parse);
     let spec = OpenGate {
-        gate_id: Some(a.id.unwrap_or_default()),
+        gate_id: Some(match (&a.gate_key, a.id) {
+            (Some(k), _) => GateId::for_key(k).map_err(anyhow::Error::msg)?,
+            (None, id) => id.unwrap_or_default(),
+        }),
         actor: cli.actor()?,
         message: a.message.clone(),
         title: a.title.clone(),

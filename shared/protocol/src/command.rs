@@ -26,6 +26,11 @@ pub struct OpenGate {
     /// Gate id; giving one makes opening idempotent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate_id: Option<GateId>,
+    /// A tool's own name for the gate (`release-42/approve`): the gate id
+    /// is derived from it ([`GateId::for_key`]), so opening again with the
+    /// same key finds the same gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     pub actor: String,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -300,7 +305,21 @@ impl Command {
             ));
         }
         Ok(match verb {
-            Verb::Open => Command::Open(format.decode(body)?),
+            Verb::Open => {
+                let mut c: OpenGate = format.decode(body)?;
+                if let Some(key) = &c.key {
+                    let id = GateId::for_key(key)
+                        .map_err(|e| CommandError::new(ErrorCode::BadRequest, e))?;
+                    if c.gate_id.is_some_and(|g| g != id) {
+                        return Err(CommandError::new(
+                            ErrorCode::BadRequest,
+                            "give gate_id or key, or a gate_id that is the key's",
+                        ));
+                    }
+                    c.gate_id = Some(id);
+                }
+                Command::Open(c)
+            }
             Verb::Approve => Command::Approve(format.decode(body)?),
             Verb::Deny => Command::Deny(format.decode(body)?),
             Verb::PushBack => Command::PushBack(format.decode(body)?),

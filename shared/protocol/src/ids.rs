@@ -78,7 +78,25 @@ uuid_id!(
     CommandId
 );
 
+/// The longest gate key ([`GateId::for_key`]).
+pub const MAX_GATE_KEY: usize = 200;
+
 impl GateId {
+    /// The gate id a key stands for (UUID v5 of the key): a tool names a
+    /// gate by its own key and gets the same gate each time. A key is 1 to
+    /// [`MAX_GATE_KEY`] bytes with no control characters.
+    pub fn for_key(key: &str) -> Result<GateId, String> {
+        if key.is_empty() || key.len() > MAX_GATE_KEY || key.chars().any(char::is_control) {
+            return Err(format!(
+                "a gate key is 1 to {MAX_GATE_KEY} bytes with no control characters"
+            ));
+        }
+        Ok(GateId(Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("moira-gate-key:{key}").as_bytes(),
+        )))
+    }
+
     /// The deterministic id of the gate a runner opens for a step, so that a
     /// runner that restarts re-attaches to the same gate.
     pub fn for_step(run_id: &str, step: &str, attempt: u32) -> Self {
