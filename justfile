@@ -36,6 +36,10 @@ demo: build
 dev *ARGS: build
     {{target}}/debug/moira dev {{ARGS}}
 
+# Release binaries, systemd units, configs and install.sh in dist/moira-<version>-<os>-<arch>.tar.gz
+dist:
+    scripts/dist.sh
+
 # Benchmarks against the broker's floor, release build: `bench` (full) or `bench quick`
 bench MODE="full": tools
     cargo build --release -p moira-bench -p moira-gatekeeper -p moira-runner -p moira-cli -p moira-web

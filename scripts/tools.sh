@@ -83,6 +83,17 @@ ensure_browser() {
   exit 1
 }
 
+ensure_systemd_analyze() {
+  command -v systemd-analyze >/dev/null && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "moira tools: installing systemd (systemd-analyze checks the units) with apt-get" >&2
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >&2
+    return
+  fi
+  echo "moira tools: the unit tests need systemd-analyze (Debian: apt-get install systemd)" >&2
+  exit 1
+}
+
 SCHEMATHESIS_VERSION=4.32.5
 ensure_schemathesis() {
   [ -d "$tools/py/schemathesis/schemathesis" ] && return
@@ -96,7 +107,7 @@ case "${1:-all}" in
   ssh) ensure_ssh ;;
   browser) ensure_browser ;;
   all) ensure_just; ensure_nats; ensure_ssh ;;
-  test) ensure_just; ensure_nats; ensure_ssh; ensure_browser; ensure_schemathesis ;;
+  test) ensure_just; ensure_nats; ensure_ssh; ensure_browser; ensure_schemathesis; ensure_systemd_analyze ;;
   schemathesis) ensure_schemathesis ;;
   *) echo "usage: scripts/tools.sh [all|test|nats|just|ssh|browser|schemathesis]" >&2; exit 2 ;;
 esac

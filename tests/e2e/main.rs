@@ -8,6 +8,7 @@ mod browser;
 mod chaos;
 mod cli;
 mod concurrency;
+mod deploy;
 mod faults;
 mod gates;
 mod hostile;
