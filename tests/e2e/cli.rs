@@ -521,3 +521,91 @@ async fn a_gate_key_names_the_same_gate_from_the_cli_and_the_json_contract() {
     let r = ask(r#"{"key": "bad\u0007key", "actor": "ci-bot", "message": "x"}"#).await;
     assert_eq!(r["error"]["code"], "bad_request", "{r}");
 }
+
+/// Runs examples/ci/approve.sh as a GitHub Actions job would.
+fn ci_job(url: &str, dir: &std::path::Path, attempt: &str) -> moira_tests::Proc {
+    let path = format!(
+        "{}:{}",
+        moira_tests::bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ci/approve.sh");
+    let p = ProcBuilder::new("bash", "ci job")
+        .arg(script)
+        .args([
+            "Deploy v2 to production?",
+            "--approver",
+            "bob",
+            "--input",
+            "WINDOW",
+            "--required",
+            "WINDOW",
+        ])
+        .env("PATH", path)
+        .env("MOIRA_NATS_URL", url)
+        .env("MOIRA_USER", "ci-bot")
+        .env("GITHUB_OUTPUT", dir.join("out"))
+        .env("GITHUB_REPOSITORY", "acme/app")
+        .env("GITHUB_RUN_ID", "42")
+        .env("GITHUB_RUN_ATTEMPT", attempt)
+        .spawn()
+        .expect("bash");
+    p.wait_for_line("moira: waiting for gate", Duration::from_secs(30));
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_ci_job_waits_passes_its_decision_on_and_fails_when_denied() {
+    let s = Stack::start().await;
+    let dir = moira_testkit::TempDir::new("moira-ci").expect("tmp");
+    let mut job = ci_job(&s.url(), dir.path(), "1");
+    let id = moira_client::GateId::for_key("acme/app/42/1/approve").expect("key");
+    ok(moira(
+        &s.url(),
+        &[
+            "--as",
+            "bob",
+            "gate",
+            "approve",
+            &id.to_string(),
+            "--input",
+            "WINDOW=sat 02:00",
+        ],
+    ));
+    let status = job.wait(Duration::from_secs(30)).expect("the job ends");
+    assert_eq!(status.code(), Some(0), "{:?}", job.output());
+    let out = std::fs::read_to_string(dir.path().join("out")).expect("outputs");
+    for want in [
+        format!("gate_id={id}"),
+        "status=approved".into(),
+        "approved_by=bob".into(),
+        "input_WINDOW=sat 02:00".into(),
+    ] {
+        assert!(out.lines().any(|l| l == want), "no {want} in:\n{out}");
+    }
+    // A retried attempt opens its own gate; a denial fails the job, and a
+    // reason with a line break cannot write an output of its own.
+    std::fs::remove_file(dir.path().join("out")).expect("rm");
+    let mut job = ci_job(&s.url(), dir.path(), "2");
+    let id = moira_client::GateId::for_key("acme/app/42/2/approve").expect("key");
+    ok(moira(
+        &s.url(),
+        &[
+            "--as",
+            "bob",
+            "gate",
+            "deny",
+            &id.to_string(),
+            "--reason",
+            "freeze\nstatus=approved",
+        ],
+    ));
+    let status = job.wait(Duration::from_secs(30)).expect("the job ends");
+    assert_eq!(status.code(), Some(3), "{:?}", job.output());
+    let out = std::fs::read_to_string(dir.path().join("out")).expect("outputs");
+    assert!(out.lines().any(|l| l == "status=denied"), "{out}");
+    assert!(
+        !out.lines().any(|l| l == "status=approved"),
+        "an output was smuggled in:\n{out}"
+    );
+}

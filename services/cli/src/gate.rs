@@ -28,6 +28,10 @@ pub enum GateCmd {
     List(ListArgs),
     /// Show one gate
     Show { id: GateId },
+    /// Print a gate's decision as KEY=VALUE lines for a CI job's outputs
+    /// (status, approved_by, decided_by, reason, input_<NAME>); values are
+    /// kept to one line
+    Outputs { id: GateId },
     /// Approve a gate
     Approve {
         id: GateId,
@@ -385,6 +389,13 @@ pub async fn run(cli: &Cli, cmd: &GateCmd) -> anyhow::Result<u8> {
                 );
             } else {
                 out!("{}", render::table(&gates));
+            }
+            Ok(0)
+        }
+        GateCmd::Outputs { id } => {
+            let gate = client.show(*id).await?;
+            for (k, v) in outputs(&gate) {
+                outln!("{k}={v}");
             }
             Ok(0)
         }
@@ -808,4 +819,36 @@ pub async fn audit(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// A gate's decision as CI outputs. Each value is one line: a line break
+/// in a reason or an input could otherwise write a second output (a CI's
+/// `KEY=VALUE` file reads each line as one).
+fn outputs(g: &moira_client::GateView) -> Vec<(String, String)> {
+    let line = |s: &str| s.replace(['\r', '\n'], " ");
+    let mut out = vec![("status".to_string(), g.status.as_str().to_string())];
+    let mut add = |k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            out.push((k.to_string(), line(v)));
+        }
+    };
+    add("approved_by", &g.approved_by);
+    add("decided_by", &g.decided_by);
+    add("reason", &g.reason);
+    for (k, v) in &g.inputs {
+        // Input names are checked when the gate opens; keep only what a
+        // variable name may hold all the same.
+        let name: String = k
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        out.push((format!("input_{name}"), line(v)));
+    }
+    out
 }
