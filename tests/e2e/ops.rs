@@ -410,3 +410,66 @@ async fn moira_dev_stops_with_the_reason_when_its_broker_dies() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_context_goes_from_the_cli_and_the_web_to_the_gatekeeper_and_the_stored_event() {
+    let server = NatsServer::start();
+    let gk = ProcBuilder::new(bin("moira-gatekeeper"), "moira-gatekeeper")
+        .args(["--nats-url", &server.url()])
+        .env("MOIRA_LOG", "info")
+        .spawn()
+        .expect("spawn");
+    gk.wait_for_line("moira-gatekeeper ready", Duration::from_secs(20));
+    let client = Client::connect(&server.url()).await.expect("connect");
+    // A CI job's TRACEPARENT, through the CLI.
+    let g = client.open(open("alice", "Ship it?")).await.expect("open");
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (code, _, err) = moira_tests::moira_env(
+        &server.url(),
+        &["--as", "bob", "gate", "approve", &g.id.to_string()],
+        &[("TRACEPARENT", tp)],
+    );
+    assert_eq!(code, 0, "{err}");
+    let line = gk.wait_for_line(tp, Duration::from_secs(20));
+    assert!(
+        line.contains(&g.id.to_string()) && line.contains("approve"),
+        "{line}"
+    );
+    let js = async_nats::jetstream::new(client.nats().clone());
+    let stored = js
+        .get_stream("MOIRA_GATES")
+        .await
+        .expect("stream")
+        .get_last_raw_message_by_subject(&format!("moira.gate.ev.{}", g.id))
+        .await
+        .expect("the approval");
+    let header = stored
+        .headers
+        .get(moira_client::trace::HDR_TRACEPARENT)
+        .map(|v| v.as_str().to_string());
+    assert_eq!(header.as_deref(), Some(tp), "the stored event carries it");
+    // A request to moira-web with a traceparent header.
+    let w = crate::web::web(&server.url(), &["--auth", "dev"]);
+    let g = client.open(open("alice", "And this?")).await.expect("open");
+    let tp2 = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let r = reqwest::Client::new()
+        .post(format!("{}/gates/{}/approve", w.base, g.id))
+        .header("x-moira-user", "bob")
+        .header("content-type", "application/json")
+        .header("traceparent", tp2)
+        .body("{}")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 200);
+    let line = gk.wait_for_line(tp2, Duration::from_secs(20));
+    assert!(line.contains(&g.id.to_string()), "{line}");
+    // A malformed one is not passed on.
+    let (code, _, _) = moira_tests::moira_env(
+        &server.url(),
+        &["--as", "alice", "gate", "open", "--message", "x"],
+        &[("TRACEPARENT", "00-zz\r\nx-injected: 1")],
+    );
+    assert_eq!(code, 0);
+    assert!(!gk.output().iter().any(|l| l.contains("x-injected")));
+}

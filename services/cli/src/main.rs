@@ -209,7 +209,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
+    // A CI job's trace context (W3C `TRACEPARENT`) goes with the commands.
+    let traceparent = std::env::var("TRACEPARENT").ok();
+    let result = runtime.block_on(moira_client::trace::scope(traceparent, async {
         match &cli.command {
             Top::Gate(cmd) => gate::run(&cli, cmd).await,
             Top::Run(cmd) => run::run(&cli, cmd).await,
@@ -219,7 +221,7 @@ fn main() -> ExitCode {
             Top::Audit(cmd) => gate::audit(&cli, cmd).await,
             Top::Approvers(cmd) => approvers::run(&cli, cmd).await,
         }
-    });
+    }));
     // A read of stdin (`run --local`) sits on a blocking thread that would
     // keep the runtime alive; nothing else is left to wait for here.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -28,6 +28,8 @@ fn event_headers(env: &Envelope) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(HDR_EVENT, env.event.kind());
     h.insert(HDR_SCHEMA, env.schema.to_string().as_str());
+    // The caller's trace context, so the event can be followed.
+    moira_client::trace::add(&mut h);
     h
 }
 

@@ -50,7 +50,24 @@ impl Handler {
         // Only the verbs there are, so a hostile subject adds no label value.
         let verb = Verb::from_subject(subject).map_or("unknown", |v| v.as_str());
         let m = moira_service::ops::metrics();
-        let reply = match self.run(subject, format, body).await {
+        let traceparent = moira_client::trace::of(headers);
+        let traced = traceparent.clone();
+        let result = moira_client::trace::scope(traced, self.run(subject, format, body)).await;
+        if let Some(tp) = &traceparent {
+            let outcome = result.as_ref().map_or_else(|e| e.code.as_str(), |_| "ok");
+            let gate = result
+                .as_ref()
+                .map(|g| g.id.to_string())
+                .unwrap_or_default();
+            tracing::info!(
+                verb,
+                gate,
+                outcome,
+                traceparent = tp.as_str(),
+                "command with a trace context"
+            );
+        }
+        let reply = match result {
             Ok(gate) => {
                 m.command(verb, "ok", started.elapsed());
                 Reply::ok(gate)

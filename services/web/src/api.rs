@@ -567,6 +567,7 @@ pub(crate) async fn decide(
             reason: b.reason,
             inputs: b.inputs,
             via: s.via(),
+            traceparent: crate::traceparent(&headers),
         })
         .await;
     match result {

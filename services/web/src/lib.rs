@@ -110,6 +110,17 @@ pub(crate) struct Decision {
     pub inputs: std::collections::BTreeMap<String, String>,
     /// How the actor was authenticated (`proxy`, `link`, `slack`, `dev`).
     pub via: Option<String>,
+    /// The request's W3C `traceparent`, passed on to the gate-keeper.
+    pub traceparent: Option<String>,
+}
+
+/// The request's `traceparent` header, if well formed.
+pub(crate) fn traceparent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(moira_client::trace::HDR_TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .filter(|t| moira_client::trace::valid(t))
 }
 
 impl State {
@@ -122,58 +133,61 @@ impl State {
         use moira_client::{ApproveGate, CancelGate, DenyGate, PushBackGate};
         let id = Some(d.id.unwrap_or_default());
         let (gate_id, actor, via) = (d.gate, d.actor, d.via);
-        let result = match d.verb {
-            "approve" => {
-                self.client
-                    .approve(ApproveGate {
-                        id,
-                        gate_id,
-                        actor,
-                        comment: d.comment,
-                        inputs: d.inputs,
-                        via,
-                        ..Default::default()
-                    })
-                    .await
-            }
-            "deny" => {
-                self.client
-                    .deny(DenyGate {
-                        id,
-                        gate_id,
-                        actor,
-                        reason: d.reason.unwrap_or_default(),
-                        via,
-                        ..Default::default()
-                    })
-                    .await
-            }
-            "push-back" => {
-                self.client
-                    .push_back(PushBackGate {
-                        id,
-                        gate_id,
-                        actor,
-                        comment: d.comment,
-                        inputs: d.inputs,
-                        via,
-                        ..Default::default()
-                    })
-                    .await
-            }
-            _ => {
-                self.client
-                    .cancel(CancelGate {
-                        id,
-                        gate_id,
-                        actor,
-                        reason: d.reason,
-                        via,
-                        ..Default::default()
-                    })
-                    .await
+        let send = async {
+            match d.verb {
+                "approve" => {
+                    self.client
+                        .approve(ApproveGate {
+                            id,
+                            gate_id,
+                            actor,
+                            comment: d.comment,
+                            inputs: d.inputs,
+                            via,
+                            ..Default::default()
+                        })
+                        .await
+                }
+                "deny" => {
+                    self.client
+                        .deny(DenyGate {
+                            id,
+                            gate_id,
+                            actor,
+                            reason: d.reason.unwrap_or_default(),
+                            via,
+                            ..Default::default()
+                        })
+                        .await
+                }
+                "push-back" => {
+                    self.client
+                        .push_back(PushBackGate {
+                            id,
+                            gate_id,
+                            actor,
+                            comment: d.comment,
+                            inputs: d.inputs,
+                            via,
+                            ..Default::default()
+                        })
+                        .await
+                }
+                _ => {
+                    self.client
+                        .cancel(CancelGate {
+                            id,
+                            gate_id,
+                            actor,
+                            reason: d.reason,
+                            via,
+                            ..Default::default()
+                        })
+                        .await
+                }
             }
         };
+        let result = moira_client::trace::scope(d.traceparent, send).await;
         tracing::info!(gate = %d.gate, verb = d.verb, ok = result.is_ok(), "decision through moira-web");
         result
     }

@@ -829,6 +829,7 @@ async fn gate_form(
             reason: f.reason,
             inputs: f.inputs,
             via: s.via(),
+            traceparent: crate::traceparent(&headers),
         })
         .await;
     match result {

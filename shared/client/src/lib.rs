@@ -24,6 +24,7 @@ pub mod runs;
 pub mod signing;
 mod store;
 pub mod streams;
+pub mod trace;
 mod waiter;
 
 use std::sync::Arc;
@@ -374,6 +375,7 @@ impl Client {
         let body = Bytes::from(cmd.encode(Format::MsgPack));
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(HDR_CONTENT_TYPE, CONTENT_TYPE_MSGPACK);
+        trace::add(&mut headers);
         let mut last = String::new();
         for _ in 0..COMMAND_ATTEMPTS {
             let req = async_nats::Request::new()

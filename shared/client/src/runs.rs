@@ -304,6 +304,7 @@ impl Client {
         let body = serde_json::to_vec(cmd).map_err(|e| ClientError::Invalid(e.to_string()))?;
         let mut headers = HeaderMap::new();
         headers.insert(HDR_CONTENT_TYPE, CONTENT_TYPE_JSON);
+        crate::trace::add(&mut headers);
         let body = Bytes::from(body);
         let send = || {
             let req = async_nats::Request::new()
