@@ -372,16 +372,30 @@ fn the_deploy_configs_really_start() {
     let store = moira_testkit::TempDir::new("moira-deploy").expect("tmp");
     // Ports are moved to free ones and the relative store folders land in a
     // temporary working folder; everything else is the files' own.
+    let dev_port = moira_testkit::free_port();
     let dev = ProcBuilder::new(&server, "dev.conf")
         .args([
             "-c",
             &root.join("deploy/nats/dev.conf").display().to_string(),
         ])
-        .args(["-p", &moira_testkit::free_port().to_string(), "-m", "0"])
+        .args(["-p", &dev_port.to_string(), "-m", "0"])
         .current_dir(store.path())
         .spawn()
         .expect("spawn");
     dev.wait_for_line("Server is ready", Duration::from_secs(20));
+    // moira works on it: a gate-keeper, a gate opened and approved.
+    let dev_url = format!("nats://127.0.0.1:{dev_port}");
+    let gk = moira_tests::gatekeeper(&dev_url, &[]);
+    let id = ok(moira(
+        &dev_url,
+        &["--as", "alice", "gate", "open", "--message", "On dev.conf?"],
+    ));
+    ok(moira(
+        &dev_url,
+        &["--as", "bob", "gate", "approve", id.trim()],
+    ));
+    assert_eq!(moira(&dev_url, &["gate", "wait", id.trim()]).0, 0);
+    drop(gk);
 
     let cports: Vec<u16> = (0..3).map(|_| moira_testkit::free_port()).collect();
     let routes = cports
@@ -389,6 +403,7 @@ fn the_deploy_configs_really_start() {
         .map(|p| format!("nats://127.0.0.1:{p}"))
         .collect::<Vec<_>>()
         .join(",");
+    let client_ports: Vec<u16> = (0..3).map(|_| moira_testkit::free_port()).collect();
     let nodes: Vec<_> = (1..=3)
         .map(|i| {
             ProcBuilder::new(&server, &format!("cluster-n{i}.conf"))
@@ -399,7 +414,7 @@ fn the_deploy_configs_really_start() {
                         .display()
                         .to_string(),
                 ])
-                .args(["-p", &moira_testkit::free_port().to_string()])
+                .args(["-p", &client_ports[i - 1].to_string()])
                 .args([
                     "--cluster",
                     &format!("nats://127.0.0.1:{}", cports[i - 1]),
@@ -428,6 +443,26 @@ fn the_deploy_configs_really_start() {
         elected,
         "the cluster from deploy/nats elected a JetStream meta leader"
     );
+    // And moira works on it, with R3 streams.
+    let urls = client_ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let _gk = moira_tests::gatekeeper(&urls, &["--replicas", "3"]);
+    let id = ok(moira(
+        &urls,
+        &[
+            "--as",
+            "alice",
+            "gate",
+            "open",
+            "--message",
+            "On the cluster?",
+        ],
+    ));
+    ok(moira(&urls, &["--as", "bob", "gate", "approve", id.trim()]));
+    assert_eq!(moira(&urls, &["gate", "wait", id.trim()]).0, 0);
 }
 
 #[test]
