@@ -233,6 +233,12 @@ impl Handler {
                     }
                     Err(AppendError::Refused(m)) => return Err(err(ErrorCode::Internal, m)),
                     Err(AppendError::Unavailable(m)) => return Err(err(ErrorCode::Unavailable, m)),
+                    Err(AppendError::NoStream) => {
+                        return Err(err(
+                            ErrorCode::Unavailable,
+                            "no JetStream server answered for the gate stream (a leader election, or MOIRA_GATES is missing); try again",
+                        ))
+                    }
                 }
             }
             if let Some(seq) = stored_at {

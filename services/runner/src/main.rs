@@ -55,12 +55,7 @@ struct Args {
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {
-    moira_protocol_duration(s)
-}
-
-fn moira_protocol_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("'{s}' is not a duration ({e}); use forms like 30s, 2m"))
+    moira_protocol::time::parse_duration(s)
 }
 
 fn main() -> std::process::ExitCode {

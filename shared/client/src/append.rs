@@ -26,6 +26,10 @@ pub enum AppendError {
     Refused(String),
     #[error("JetStream is unavailable: {0}")]
     Unavailable(String),
+    /// Nothing answered for the subject ("no responders"): no stream holds
+    /// it, or its stream has no leader right now.
+    #[error("no stream answered for this subject (none holds it, or it has no leader now)")]
+    NoStream,
     /// The stream already held a message with this `Nats-Msg-Id` and stored
     /// nothing new: read back what is there before answering.
     #[error("a message with this id was already stored")]
@@ -93,6 +97,9 @@ async fn send(
         Ok(m) => m,
         Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
             return Err(AppendError::Unknown)
+        }
+        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+            return Err(AppendError::NoStream)
         }
         Err(e) => return Err(AppendError::Unavailable(e.to_string())),
     };

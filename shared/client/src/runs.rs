@@ -230,9 +230,7 @@ impl Client {
             .await
             .map(|_| ())
             .map_err(|e| match e {
-                AppendError::Unavailable(m) if m.contains("no responders") => {
-                    ClientError::NoRunStreams
-                }
+                AppendError::NoStream => ClientError::NoRunStreams,
                 other => ClientError::Nats(other.to_string()),
             })
     }
