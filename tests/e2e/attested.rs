@@ -72,6 +72,16 @@ impl Attested {
         Attested { s, dir, alice }
     }
 
+    /// moira-web behind a trusted proxy on loopback, signing with its own
+    /// key, reading this registry; `extra` adds flags.
+    fn signed_web(&self, extra: &[&str]) -> crate::web::Web {
+        let (key, reg) = (self.path("web"), self.path("approvers.toml"));
+        let mut args = vec!["--auth", "proxy", "--trusted-proxy", "127.0.0.1"];
+        args.extend(["--key", &key, "--approvers", &reg]);
+        args.extend_from_slice(extra);
+        web(&self.s.url(), &args)
+    }
+
     fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
@@ -111,21 +121,8 @@ async fn approve_as(base: &str, gate: &str, user: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_moira_web_signs_count_only_for_the_users_and_ways_the_registry_allows() {
     let a = Attested::start().await;
-    let w = web(
-        &a.s.url(),
-        &[
-            "--auth",
-            "proxy",
-            "--trusted-proxy",
-            "127.0.0.1",
-            "--key",
-            &a.path("web"),
-            "--link-secret-file",
-            &a.path("link-secret"),
-            "--approvers",
-            &a.path("approvers.toml"),
-        ],
-    );
+    let link_secret = a.path("link-secret");
+    let w = a.signed_web(&["--link-secret-file", &link_secret]);
     let gate = a.open(&["bob", "carol", "erin"], 2).await;
     let id = gate.to_string();
     // carol takes only Slack-attested decisions: a proxy one is refused.
@@ -289,24 +286,14 @@ async fn no_other_key_and_no_unsigned_moira_web_can_attest_for_anyone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_buttons_and_page_forms_signed_by_moira_web_meet_the_registry_too() {
     let a = Attested::start().await;
-    let w = web(
-        &a.s.url(),
-        &[
-            "--auth",
-            "proxy",
-            "--trusted-proxy",
-            "127.0.0.1",
-            "--key",
-            &a.path("web"),
-            "--approvers",
-            &a.path("approvers.toml"),
-            "--slack-signing-secret-file",
-            &a.path("slack-secret"),
-            // Message updates would go here; nothing listens.
-            "--slack-api",
-            "http://127.0.0.1:9/",
-        ],
-    );
+    let slack_secret = a.path("slack-secret");
+    // Message updates would go to --slack-api; nothing listens there.
+    let w = a.signed_web(&[
+        "--slack-signing-secret-file",
+        &slack_secret,
+        "--slack-api",
+        "http://127.0.0.1:9/",
+    ]);
     let press = |user: &'static str, gate: String| {
         let url = format!("{}/slack/interactivity", w.root);
         async move {
