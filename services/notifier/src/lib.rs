@@ -468,13 +468,7 @@ async fn gate_as_of(shared: &Shared, gate: GateId, seq: u64) -> Result<GateView,
         .read_events(gate)
         .await
         .map_err(|e| e.to_string())?;
-    let mut state = None;
-    for e in events.iter().filter(|e| e.seq <= seq) {
-        if let Decoded::Event(env) = &e.event {
-            moira_protocol::gate::apply(&mut state, env);
-        }
-    }
-    state
+    moira_client::fold_stored(events.iter().filter(|e| e.seq <= seq))
         .map(|s| GateView::from(&s))
         .ok_or_else(|| format!("gate {gate} has no open event"))
 }

@@ -42,7 +42,7 @@ pub use moira_protocol::{
     Command, CommandError, ErrorCode, GateId, GateState, GateStatus, GateView,
 };
 pub use runs::{LogLine, RunRecord, RunView, StepView};
-pub use store::{GateRecord, ListFilter, StoredEvent};
+pub use store::{fold_stored, GateRecord, ListFilter, StoredEvent};
 pub use waiter::Follower;
 
 use moira_protocol::command::Reply;

@@ -57,15 +57,21 @@ pub struct StoredMessage {
     pub payload: bytes::Bytes,
 }
 
-/// Folds a gate's events; `None` if it was never opened.
-fn fold_gate((events, last_seq): (Vec<StoredEvent>, u64)) -> Option<GateRecord> {
+/// Folds stored gate events, skipping kinds this build does not know;
+/// `None` if there is no open among them.
+pub fn fold_stored<'a>(events: impl IntoIterator<Item = &'a StoredEvent>) -> Option<GateState> {
     let mut state = None;
-    for e in &events {
+    for e in events {
         if let Decoded::Event(env) = &e.event {
             apply(&mut state, env);
         }
     }
-    state.map(|state| GateRecord { state, last_seq })
+    state
+}
+
+/// Folds a gate's events; `None` if it was never opened.
+fn fold_gate((events, last_seq): (Vec<StoredEvent>, u64)) -> Option<GateRecord> {
+    fold_stored(&events).map(|state| GateRecord { state, last_seq })
 }
 
 /// The header a Direct Get reply carries the storing time in.
