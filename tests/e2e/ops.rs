@@ -473,3 +473,42 @@ async fn a_trace_context_goes_from_the_cli_and_the_web_to_the_gatekeeper_and_the
     assert_eq!(code, 0);
     assert!(!gk.output().iter().any(|l| l.contains("x-injected")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_and_the_notifier_log_the_trace_context_of_the_events_they_act_on() {
+    let s = crate::runs::Runs::start(1).await;
+    let notifier = ProcBuilder::new(bin("moira-notifier"), "moira-notifier")
+        .args(["--nats-url", &s.server.url()])
+        .env("MOIRA_LOG", "info")
+        .spawn()
+        .expect("spawn");
+    notifier.wait_for_line("moira-notifier ready", Duration::from_secs(20));
+    let run = s
+        .submit(
+            "name: traced\nsteps:\n  - name: ok\n    use: moira.gate\n    with:\n      message: Go?\n",
+            &[],
+        )
+        .await;
+    let waiting = s
+        .client
+        .wait_run_until(&run, |r| {
+            r.steps.get("ok").is_some_and(|st| st.gate_id.is_some())
+        })
+        .await
+        .expect("the run waits at its gate");
+    let gate = waiting
+        .steps
+        .iter()
+        .find_map(|st| st.gate_id)
+        .expect("gate");
+    let tp = "00-5bf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-01";
+    let (code, _, err) = moira_tests::moira_env(
+        &s.server.url(),
+        &["--as", "bob", "gate", "approve", &gate.to_string()],
+        &[("TRACEPARENT", tp)],
+    );
+    assert_eq!(code, 0, "{err}");
+    let line = s.runners[0].wait_for_line(tp, Duration::from_secs(20));
+    assert!(line.contains(&run), "{line}");
+    notifier.wait_for_line(tp, Duration::from_secs(20));
+}

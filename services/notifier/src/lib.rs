@@ -392,6 +392,13 @@ async fn handle(shared: &Shared, msg: &async_nats::jetstream::Message) -> Handle
     };
     let id = format!("{}:{}", info.stream, info.stream_sequence);
     let subject = msg.subject.to_string();
+    if let Some(tp) = moira_client::trace::of(msg.headers.as_ref()) {
+        tracing::info!(
+            notification = id,
+            traceparent = tp.as_str(),
+            "an event with a trace context"
+        );
+    }
     if let Some(rest) = subject.strip_prefix("moira.notify.fire.") {
         return fired(shared, &id, rest, msg.headers.as_ref()).await;
     } else if subject.starts_with("moira.run.ev.") {

@@ -476,6 +476,9 @@ async fn resume_loop(
         let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
         if let Ok(Decoded::Event(env)) = Envelope::decode(&msg.payload) {
             if let Some(run_id) = relevant(&env) {
+                if let Some(tp) = moira_client::trace::of(msg.headers.as_ref()) {
+                    tracing::info!(run_id, gate = %env.gate_id, traceparent = tp.as_str(), "resuming on an event with a trace context");
+                }
                 match opened_by_run(&client, &run_id, &env).await {
                     Ok(true) => {}
                     Ok(false) => {
