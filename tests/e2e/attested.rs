@@ -366,7 +366,33 @@ async fn slack_buttons_and_page_forms_signed_by_moira_web_meet_the_registry_too(
     // alice opened it: the gate-keeper's self-approval rule holds here too.
     let r = post("alice").await.expect("post");
     assert_eq!(r.status().as_u16(), 403);
-    let r = post("erin").await.expect("post");
+    // Behind a proxy that rewrites Host, the browser's Origin matches the
+    // host the trusted proxy forwards, and nothing else.
+    let with_origin = |forwarded: Option<&'static str>| {
+        let mut req = http
+            .post(format!("{}/gates/{page_gate}/approve", w.root))
+            .header("x-forwarded-user", "erin")
+            .header("origin", "https://moira.example.com")
+            .header("cookie", cookie.clone())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "csrf={token}&confirm=yes&id={}",
+                uuid::Uuid::new_v4()
+            ));
+        if let Some(h) = forwarded {
+            req = req.header("x-forwarded-host", h);
+        }
+        req.send()
+    };
+    let r = with_origin(None).await.expect("post");
+    assert_eq!(r.status().as_u16(), 403, "an Origin that is not the Host");
+    let r = with_origin(Some("evil.example.com")).await.expect("post");
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "an Origin that is not the forwarded host"
+    );
+    let r = with_origin(Some("moira.example.com")).await.expect("post");
     assert_eq!(
         r.status().as_u16(),
         200,

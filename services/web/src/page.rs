@@ -610,7 +610,12 @@ async fn gate_fragment(AxState(s): AxState<Shared>, Path(id): Path<String>) -> R
 // Deciding from the page
 
 /// Why a form post is refused before anything else is looked at.
-fn forged(s: &State, headers: &HeaderMap, form_token: Option<&str>) -> Option<&'static str> {
+fn forged(
+    s: &State,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    form_token: Option<&str>,
+) -> Option<&'static str> {
     // Browsers say where a request comes from; anything but this origin
     // (or the user typing the address) is refused.
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
@@ -618,9 +623,19 @@ fn forged(s: &State, headers: &HeaderMap, form_token: Option<&str>) -> Option<&'
             return Some("the form was sent from another site");
         }
     }
+    // Behind a proxy that rewrites Host, the browser's host is the one the
+    // trusted proxy forwards.
+    let forwarded = s
+        .trusted_proxies
+        .contains(&peer.ip())
+        .then(|| headers.get("x-forwarded-host"))
+        .flatten();
+    let host = forwarded
+        .or_else(|| headers.get(header::HOST))
+        .and_then(|v| v.to_str().ok());
     if let (Some(origin), Some(host)) = (
         headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
-        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
+        host,
     ) {
         let bare = origin
             .strip_prefix("http://")
@@ -763,7 +778,7 @@ async fn gate_form(
         Ok(f) => f,
         Err(e) => return problem(Some(&v), StatusCode::BAD_REQUEST, "Bad request", &e),
     };
-    if let Some(why) = forged(&s, &headers, f.csrf.as_deref()) {
+    if let Some(why) = forged(&s, &headers, peer, f.csrf.as_deref()) {
         return problem(Some(&v), StatusCode::FORBIDDEN, "Refused", why);
     }
     let user = match &v.user {
@@ -887,7 +902,7 @@ async fn dev_user(
             .find(|(n, _)| n == k)
             .map(|(_, v)| v.trim().to_string())
     };
-    if let Some(why) = forged(&s, &headers, get("csrf").as_deref()) {
+    if let Some(why) = forged(&s, &headers, peer, get("csrf").as_deref()) {
         return problem(Some(&v), StatusCode::FORBIDDEN, "Refused", why);
     }
     let Some(user) = get("user").filter(|u| moira_protocol::ids::is_valid_name(u)) else {
