@@ -300,6 +300,15 @@ async fn refusals_and_usage_errors_have_their_exit_codes() {
     );
     assert_eq!(code, 1);
     assert!(err.contains("no gate has id"), "{err}");
+    // The CLI (not the libraries) says which of its commands helps.
+    assert!(err.contains("moira gate list --status all"), "{err}");
+    let needs = open_gate(&url, &["--input", "WINDOW", "--required", "WINDOW"]);
+    let (code, _, err) = moira(&url, &["--as", "bob", "gate", "approve", &needs]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("needs the input(s) WINDOW") && err.contains("--input NAME=VALUE"),
+        "{err}"
+    );
     // Still waiting, untouched.
     let g: Value =
         serde_json::from_str(&ok(moira(&url, &["--json", "gate", "show", &id]))).expect("json");

@@ -163,6 +163,22 @@ fn os_user() -> Option<String> {
     })
 }
 
+/// What a person at the terminal can do about an error; the libraries say
+/// what went wrong, and only the CLI knows its own flags.
+fn hint(e: &moira_client::ClientError) -> Option<&'static str> {
+    use moira_client::{ClientError, ErrorCode};
+    match e {
+        ClientError::NotFound(_) => Some("list gates with `moira gate list --status all`"),
+        ClientError::RunNotFound(_) => Some("list runs with `moira run list`"),
+        ClientError::Rejected(c) => match c.code {
+            ErrorCode::MissingInput => Some("give each with --input NAME=VALUE"),
+            ErrorCode::NotFound => Some("list gates with `moira gate list --status all`"),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// An error with a chosen exit code (usage errors found after parsing).
 #[derive(Debug)]
 pub struct Exit(pub u8, pub String);
@@ -233,6 +249,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(*code);
             }
             errln!("moira: {e:#}");
+            if let Some(h) = e.downcast_ref::<moira_client::ClientError>().and_then(hint) {
+                errln!("  {h}");
+            }
             ExitCode::FAILURE
         }
     }

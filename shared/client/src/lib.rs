@@ -69,7 +69,7 @@ pub enum ClientError {
     NoRunner { subject: String, reason: String },
     #[error("{0}")]
     Rejected(CommandError),
-    #[error("no gate has id {0}; list gates with `moira gate list --status all`")]
+    #[error("no gate has id {0}")]
     NotFound(GateId),
     #[error("the gate streams are missing; start a gate-keeper once (it creates them), or run `moira dev`")]
     NoStream,
@@ -77,7 +77,7 @@ pub enum ClientError {
     WaitTimedOut(Duration),
     #[error("NATS error: {0}")]
     Nats(String),
-    #[error("no run has id {0}; list runs with `moira run list`")]
+    #[error("no run has id {0}")]
     RunNotFound(String),
     #[error("the run streams are missing; start a runner (moira-runner or `moira dev`) once, it creates them")]
     NoRunStreams,

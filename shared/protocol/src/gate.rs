@@ -483,12 +483,7 @@ fn check_actor(actor: &str) -> Result<(), Rejection> {
 
 /// The gate, if it exists and still waits for a decision.
 fn open_gate(state: Option<&GateState>) -> Result<&GateState, Rejection> {
-    let state = state.ok_or_else(|| {
-        reject(
-            ErrorCode::NotFound,
-            "no gate has this id; check it with 'moira gate list --status all'",
-        )
-    })?;
+    let state = state.ok_or_else(|| reject(ErrorCode::NotFound, "no gate has this id"))?;
     if state.status.is_terminal() {
         let by = state.decided_by.as_deref().unwrap_or("?");
         let what = match state.status {
@@ -615,14 +610,12 @@ fn decide_approve(
             .map(String::as_str)
             .collect();
         if !missing.is_empty() {
-            let flags: Vec<String> = missing.iter().map(|m| format!("--input {m}=…")).collect();
             return Err(reject(
                 ErrorCode::MissingInput,
                 format!(
-                    "approving gate {} needs the input(s) {}; pass {}",
+                    "approving gate {} needs the input(s) {}",
                     state.id,
-                    missing.join(", "),
-                    flags.join(" ")
+                    missing.join(", ")
                 ),
             ));
         }
@@ -641,10 +634,7 @@ fn decide_approve(
 fn decide_deny(state: &GateState, c: &DenyGate, ctx: &Context) -> Result<GateEvent, Rejection> {
     may_decide(state, &c.actor, &ctx.actor_roles)?;
     if c.reason.trim().is_empty() {
-        return Err(reject(
-            ErrorCode::BadRequest,
-            "a denial needs a reason (--reason)",
-        ));
+        return Err(reject(ErrorCode::BadRequest, "a denial needs a reason"));
     }
     check_text("the reason", &c.reason)?;
     Ok(GateEvent::GateDenied {
