@@ -222,49 +222,35 @@ async fn decisions_moira_web_signs_count_only_for_the_users_and_ways_the_registr
 async fn no_other_key_and_no_unsigned_moira_web_can_attest_for_anyone() {
     let a = Attested::start().await;
     let gate = a.open(&["bob"], 1).await;
+    // bob's approval, signed with `key`, claiming moira-web's `via`.
+    let claim = |key: &'static str, via: &'static str| {
+        let (url, key) = (a.s.url(), a.path(key));
+        async move {
+            Client::connect(&url)
+                .await
+                .expect("connect")
+                .with_signer(Signer::from_file(std::path::Path::new(&key)).expect("key"))
+                .send(Command::Approve(ApproveGate {
+                    gate_id: gate,
+                    actor: "bob".into(),
+                    via: Some(via.into()),
+                    ..Default::default()
+                }))
+                .await
+                .expect_err("refused")
+        }
+    };
     // A runner's service key is a service's, but not one that attests.
-    let runner = Client::connect(&a.s.url())
-        .await
-        .expect("connect")
-        .with_signer(Signer::from_file(std::path::Path::new(&a.path("runner"))).expect("key"));
-    let e = runner
-        .send(Command::Approve(ApproveGate {
-            gate_id: gate,
-            actor: "bob".into(),
-            via: Some("proxy".into()),
-            ..Default::default()
-        }))
-        .await
-        .expect_err("a runner may not attest");
+    let e = claim("runner", "proxy").await;
     assert!(
         e.to_string().contains("may not sign decisions for people"),
         "{e}"
     );
     // bob's own key, claiming to be moira-web's attestation: not a service's.
-    let bob = Client::connect(&a.s.url())
-        .await
-        .expect("connect")
-        .with_signer(Signer::from_file(std::path::Path::new(&a.path("bob"))).expect("key"));
-    let e = bob
-        .send(Command::Approve(ApproveGate {
-            gate_id: gate,
-            actor: "bob".into(),
-            via: Some("proxy".into()),
-            ..Default::default()
-        }))
-        .await
-        .expect_err("a person's key is not an attesting service's");
+    let e = claim("bob", "proxy").await;
     assert!(e.to_string().contains("not a service's key"), "{e}");
     // A way that does not exist.
-    let e = bob
-        .send(Command::Approve(ApproveGate {
-            gate_id: gate,
-            actor: "bob".into(),
-            via: Some("sso".into()),
-            ..Default::default()
-        }))
-        .await
-        .expect_err("an unknown way");
+    let e = claim("bob", "sso").await;
     assert!(e.to_string().contains("via is one of"), "{e}");
     // moira-web without its key: unsigned, so refused here.
     let w = web(

@@ -230,19 +230,14 @@ pub async fn run(cli: &Cli, cmd: &DevCmd) -> anyhow::Result<u8> {
     // One listener for the whole process: every service in it records
     // into the same metrics.
     let ops_addr = match async_nats::connect(stack.url.as_str()).await {
-        Ok(nats) => {
-            let ready = moira_service::ops::Readiness::default();
-            ready.set(true);
-            moira_service::ops::serve(
-                std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-                "moira-dev",
-                nats,
-                ready,
-                stack.shutdown.clone(),
-            )
-            .await
-            .ok()
-        }
+        Ok(nats) => moira_service::ops::serve(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            "moira-dev",
+            nats,
+            stack.shutdown.clone(),
+        )
+        .await
+        .ok(),
         Err(_) => None,
     };
     let page_url = format!("http://{}", web.addr());

@@ -151,17 +151,14 @@ impl Gatekeeper {
             metrics_listen,
         } = self;
         if let Some(addr) = metrics_listen {
-            let ready = moira_service::ops::Readiness::default();
             moira_service::ops::serve(
                 addr,
                 "moira-gatekeeper",
                 client.nats().clone(),
-                ready.clone(),
                 shutdown.clone(),
             )
             .await?;
             // Started means streams checked and subscribed.
-            ready.set(true);
         }
         let cache = Arc::new(cache::Cache::default());
         let handler = Arc::new(handler::Handler {

@@ -283,20 +283,11 @@ impl Shared {
 impl Notifier {
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         if let Some(addr) = self.metrics_listen {
-            let ready = moira_service::ops::Readiness::default();
             let nats = self.shared.client.nats().clone();
-            moira_service::ops::serve(
-                addr,
-                "moira-notifier",
-                nats,
-                ready.clone(),
-                shutdown.clone(),
-            )
-            .await?;
+            moira_service::ops::serve(addr, "moira-notifier", nats, shutdown.clone()).await?;
             for (name, consumer) in &self.consumers {
                 moira_service::ops::watch_pending(name, consumer.clone(), shutdown.clone());
             }
-            ready.set(true);
         }
         let _reloader = {
             let (shared, shutdown) = (self.shared.clone(), shutdown.clone());

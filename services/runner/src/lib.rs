@@ -294,10 +294,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 impl Runner {
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         if let Some(addr) = self.metrics_listen {
-            let ready = moira_service::ops::Readiness::default();
             let nats = self.shared.client.nats().clone();
-            moira_service::ops::serve(addr, "moira-runner", nats, ready.clone(), shutdown.clone())
-                .await?;
+            moira_service::ops::serve(addr, "moira-runner", nats, shutdown.clone()).await?;
             moira_service::ops::watch_pending(
                 RUNNERS_CONSUMER,
                 self.jobs.clone(),
@@ -308,7 +306,6 @@ impl Runner {
                 self.resumer.clone(),
                 shutdown.clone(),
             );
-            ready.set(true);
         }
         let resumer = tokio::spawn(resume_loop(
             self.shared.client.clone(),

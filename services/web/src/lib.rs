@@ -311,16 +311,8 @@ impl Web {
     /// Serves until `shutdown`; requests in flight are finished.
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         if let Some(addr) = self.metrics_listen {
-            let ready = moira_service::ops::Readiness::default();
-            moira_service::ops::serve(
-                addr,
-                "moira-web",
-                self.nats.clone(),
-                ready.clone(),
-                shutdown.clone(),
-            )
-            .await?;
-            ready.set(true);
+            moira_service::ops::serve(addr, "moira-web", self.nats.clone(), shutdown.clone())
+                .await?;
         }
         axum::serve(
             self.listener,

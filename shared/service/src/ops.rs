@@ -9,8 +9,7 @@
 //! ones that concern it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -118,8 +117,7 @@ fn long() -> Histogram {
 
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("moira");
-        let m = Metrics {
+        let mut m = Metrics {
             commands: Family::default(),
             command_seconds: Family::new_with_constructor(latency),
             decision_seconds: long(),
@@ -134,8 +132,9 @@ impl Metrics {
             delivery_seconds: Family::new_with_constructor(latency),
             consumer_pending: Family::default(),
             build: Family::default(),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("moira"),
         };
+        let registry = &mut m.registry;
         registry.register(
             "commands",
             "Gate commands answered, by verb and outcome",
@@ -202,7 +201,7 @@ impl Metrics {
             m.consumer_pending.clone(),
         );
         registry.register("build_info", "The running build", m.build.clone());
-        Metrics { registry, ..m }
+        m
     }
 
     /// The text exposition format.
@@ -236,28 +235,15 @@ pub fn metrics() -> &'static Metrics {
     M.get_or_init(Metrics::new)
 }
 
-/// Whether a service has finished starting (streams checked, consumers
-/// bound); `/readyz` also wants the broker connected.
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
-
-impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`;
 /// returns the address bound. `service` and its version go into
-/// `moira_build_info`.
+/// `moira_build_info`. Services call it once started (streams checked,
+/// consumers bound), so `/readyz` only has to ask whether the broker is
+/// connected.
 pub async fn serve(
     addr: SocketAddr,
     service: &str,
     nats: async_nats::Client,
-    ready: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     use axum::http::StatusCode;
@@ -290,20 +276,15 @@ pub async fn serve(
         .route(
             "/readyz",
             get(move || {
-                let (nats, ready) = (nats.clone(), ready.clone());
+                let connected = nats.connection_state() == async_nats::connection::State::Connected;
                 async move {
-                    let connected =
-                        nats.connection_state() == async_nats::connection::State::Connected;
-                    match (connected, ready.get()) {
-                        (true, true) => (StatusCode::OK, "ready\n".to_string()),
-                        (false, _) => (
+                    if connected {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: the broker is not connected\n".to_string(),
-                        ),
-                        (true, false) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: still starting\n".to_string(),
-                        ),
+                            "not ready: the broker is not connected\n",
+                        )
                     }
                 }
             }),
