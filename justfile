@@ -21,7 +21,7 @@ build: tools
 # Run all unit and end-to-end tests against real nats-servers
 test: build
     scripts/tools.sh test
-    cargo test --workspace --no-fail-fast
+    scripts/test.sh
 
 # Formatting and clippy, warnings are errors
 lint:

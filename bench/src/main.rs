@@ -751,7 +751,7 @@ async fn waiting_scale(url: &str, n: usize) -> anyhow::Result<Scale> {
     let nats = async_nats::connect(url).await?;
     let js = async_nats::jetstream::new(nats);
     let stored_events = js
-        .get_stream("MOIRA_GATES")
+        .get_stream(moira_protocol::wire::GATES_STREAM)
         .await?
         .info()
         .await?
@@ -875,7 +875,7 @@ async fn cold_start(events: usize) -> anyhow::Result<Duration> {
     let mut acks = FuturesUnordered::new();
     for i in 0..events {
         // About ten events per gate subject, as real gates have a few each.
-        let subject = format!("moira.gate.ev.{}", GateId(uuid_for(i / 10)));
+        let subject = moira_protocol::wire::gate_events(&GateId(uuid_for(i / 10)));
         acks.push(std::future::IntoFuture::into_future(
             js.publish(subject, payload.clone()).await?,
         ));
@@ -954,7 +954,8 @@ async fn runs_throughput(url: &str, n: usize) -> anyhow::Result<f64> {
 
 /// From an approve call to the next step of the parked run being started.
 async fn resume_latency(url: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
-    use moira_protocol::run::{RunEnvelope, RunEvent, StepStatus, RUNS_STREAM};
+    use moira_protocol::run::{RunEnvelope, RunEvent, StepStatus};
+    use moira_protocol::wire::RUNS_STREAM;
     let yaml = "name: resume\nsteps:\n  - {name: g, use: moira.gate, with: {message: go}}\n  - {name: after, run: 'true', depends_on: [g]}\n";
     let client = Client::connect(url).await?;
     let mut out = Vec::with_capacity(n);
@@ -979,7 +980,7 @@ async fn resume_latency(url: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
             .await?;
         client.wait_run(&id).await?;
         let (raw, _) = client
-            .read_subject(RUNS_STREAM, &moira_protocol::run::run_events(&id))
+            .read_subject(RUNS_STREAM, &moira_protocol::wire::run_events(&id))
             .await?;
         let started = raw
             .iter()

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use moira_client::protocol::gate::MAX_PUSH_BACKS;
-use moira_client::protocol::subjects::{gate_events, GATES_STREAM};
+use moira_client::protocol::wire::{gate_events, GATES_STREAM};
 use moira_client::streams::{GATE_MAX_MESSAGE, RUN_MESSAGES_PER_SUBJECT};
 use moira_client::{GateId, OpenGate, PushBackGate};
 
@@ -116,13 +116,13 @@ async fn a_run_subject_past_its_limit_refuses_writes_and_keeps_its_first_message
     let s = Runs::start(1).await;
     let js = async_nats::jetstream::new(s.client.nats().clone());
     let mut stream = js
-        .get_stream(moira_client::protocol::run::RUNS_STREAM)
+        .get_stream(moira_client::protocol::wire::RUNS_STREAM)
         .await
         .expect("stream");
     let info = stream.info().await.expect("info").config.clone();
     assert_eq!(info.max_messages_per_subject, RUN_MESSAGES_PER_SUBJECT);
     assert!(info.discard_new_per_subject);
-    let subject = moira_client::protocol::run::run_logs("r1", "s1");
+    let subject = moira_client::protocol::wire::run_logs("r1", "s1");
     let mut acks = Vec::new();
     for n in 0..RUN_MESSAGES_PER_SUBJECT {
         acks.push(
@@ -175,11 +175,11 @@ async fn a_step_that_prints_past_its_log_limit_keeps_its_first_lines_and_still_f
     );
     let js = async_nats::jetstream::new(s.client.nats().clone());
     let stream = js
-        .get_stream(moira_client::protocol::run::RUNS_STREAM)
+        .get_stream(moira_client::protocol::wire::RUNS_STREAM)
         .await
         .expect("stream");
     let first = stream
-        .direct_get_first_for_subject(moira_client::protocol::run::run_logs(&run, "talk").as_str())
+        .direct_get_first_for_subject(moira_client::protocol::wire::run_logs(&run, "talk").as_str())
         .await
         .expect("first line");
     assert_eq!(&first.payload[..], b"1");

@@ -1,7 +1,7 @@
 //! Correctness under faults and upgrades: what a writer does with history
 //! it does not understand, and reads that drive actions.
 
-use moira_client::protocol::subjects::{gate_events, HDR_EVENT};
+use moira_client::protocol::wire::{gate_events, HDR_EVENT};
 use moira_client::{ApproveGate, ErrorCode, GateStatus};
 
 use crate::{open, Stack};
@@ -160,7 +160,7 @@ impl SplittableCluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_read_on_a_cut_off_replica_never_returns_less_than_was_acknowledged() {
-    use moira_client::protocol::subjects::GATES_STREAM;
+    use moira_client::protocol::wire::GATES_STREAM;
     let c = SplittableCluster::start().await;
     let all = (0..3).map(|i| c.url(i)).collect::<Vec<_>>().join(",");
     let admin = moira_client::Client::connect(&all).await.expect("connect");

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use moira_client::protocol::event::{GateEvent, GateSpec};
-use moira_client::protocol::subjects::{gate_events, HDR_EVENT};
+use moira_client::protocol::wire::{gate_events, HDR_EVENT};
 use moira_client::protocol::CommandId;
 use moira_client::{ApproveGate, DenyGate, GateId, GateStatus, OpenGate};
 use moira_tests::{bin, moira, ProcBuilder};

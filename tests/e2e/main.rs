@@ -87,7 +87,7 @@ pub fn hand_made(
 pub async fn store_by_hand(client: &Client, env: &moira_client::protocol::Envelope) {
     let js = async_nats::jetstream::new(client.nats().clone());
     js.publish(
-        moira_client::protocol::subjects::gate_events(&env.gate_id),
+        moira_client::protocol::wire::gate_events(&env.gate_id),
         env.encode().into(),
     )
     .await

@@ -466,7 +466,7 @@ async fn record_delivery(s: &Stack, seq: u64, channel: &str, state: &str) {
 async fn next_gate_seq(s: &Stack) -> u64 {
     let js = async_nats::jetstream::new(s.client.nats().clone());
     let mut stream = js
-        .get_stream(moira_client::protocol::subjects::GATES_STREAM)
+        .get_stream(moira_client::protocol::wire::GATES_STREAM)
         .await
         .expect("stream");
     stream.info().await.expect("info").state.last_sequence + 1
@@ -525,8 +525,11 @@ async fn two_notifiers_deliver_each_event_once() {
     for id in &ids {
         s.approve(id).await;
     }
-    rx.wait("all approvals", |r| {
-        ids.iter().all(|g| r.about("/hook", "approved", g) >= 1)
+    // Events are handled concurrently, and a retried delivery can land
+    // after a later event's: wait for both kinds before counting.
+    rx.wait("every open and approval", |r| {
+        ids.iter()
+            .all(|g| r.about("/hook", "opened", g) >= 1 && r.about("/hook", "approved", g) >= 1)
     })
     .await;
     for id in &ids {

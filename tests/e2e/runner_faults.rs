@@ -62,10 +62,10 @@ async fn the_shared_job_consumer_takes_a_longer_ack_wait_and_refuses_a_shorter_o
     longer.wait_for_line("moira-runner ready", Duration::from_secs(20));
     let js = async_nats::jetstream::new(s.client.nats().clone());
     let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream(moira_client::protocol::run::JOBS_STREAM)
+        .get_stream(moira_client::protocol::wire::JOBS_STREAM)
         .await
         .expect("stream")
-        .get_consumer(moira_client::protocol::run::RUNNERS_CONSUMER)
+        .get_consumer(moira_client::protocol::wire::RUNNERS_CONSUMER)
         .await
         .expect("consumer");
     let info = consumer.info().await.expect("info");

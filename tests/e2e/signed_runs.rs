@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use moira_client::protocol::run::{RunEnvelope, RunEvent, RunStatus, StepStatus};
 use moira_client::protocol::statement::{run_id_for, run_statement, RunAbout, RunVerb};
-use moira_client::protocol::subjects::{RUN_CANCEL, RUN_SUBMIT};
 use moira_client::protocol::time::now_ms;
+use moira_client::protocol::wire::{RUN_CANCEL, RUN_SUBMIT};
 use moira_client::runs::{CancelRun, RunReply, SubmitRun};
 use moira_client::signing::Signer;
 use moira_client::{Client, ClientError, ErrorCode};
@@ -351,15 +351,15 @@ async fn a_timeout_copied_from_its_schedule_and_stored_early_moves_no_run_and_is
     let (schedule, _) =
         t.s.client
             .read_subject(
-                moira_client::protocol::subjects::GATES_STREAM,
-                &moira_client::protocol::subjects::gate_schedule(&gate),
+                moira_client::protocol::wire::GATES_STREAM,
+                &moira_client::protocol::wire::gate_schedule(&gate),
             )
             .await
             .expect("read the schedule");
     let (_, prepared) = schedule.first().expect("the gate has a schedule");
     let js = async_nats::jetstream::new(t.s.client.nats().clone());
     js.publish(
-        moira_client::protocol::subjects::gate_events(&gate),
+        moira_client::protocol::wire::gate_events(&gate),
         prepared.clone(),
     )
     .await

@@ -158,7 +158,7 @@ async fn a_waiter_whose_live_feed_drops_the_decision_as_a_slow_consumer_still_se
     drop(follower);
     let before = slow.resyncs();
     let flood = Client::connect(&s.url()).await.expect("connect");
-    let noise = moira_client::protocol::subjects::live_gate_events(&moira_client::GateId::new());
+    let noise = moira_client::protocol::wire::live_gate_events(&moira_client::GateId::new());
     // The decision lands in the middle of a burst of live messages.
     for round in 0..40 {
         for _ in 0..5_000 {

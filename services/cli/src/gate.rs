@@ -7,8 +7,8 @@ use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 
 use moira_client::protocol::event::{Decoded, OnTimeout};
-use moira_client::protocol::subjects::Verb;
 use moira_client::protocol::time::parse_duration;
+use moira_client::protocol::wire::Verb;
 use moira_client::protocol::{Command, CommandId};
 use moira_client::{
     ApproveGate, CancelGate, Client, ClientError, DenyGate, GateId, GateStatus, GateView,

@@ -17,8 +17,8 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use moira_protocol::gate::timed_out_event;
-use moira_protocol::subjects::*;
 use moira_protocol::time::rfc3339;
+use moira_protocol::wire::*;
 use moira_protocol::{Envelope, GateEvent};
 
 pub use moira_client::append::AppendError;

@@ -8,8 +8,8 @@ use moira_client::Client;
 use moira_protocol::command::{Format, Reply};
 use moira_protocol::event::{Decoded, GateEvent};
 use moira_protocol::gate::{apply, decide, Context, Decision};
-use moira_protocol::subjects::{Verb, HDR_CONTENT_TYPE};
 use moira_protocol::time::now_ms;
+use moira_protocol::wire::{Verb, HDR_CONTENT_TYPE};
 use moira_protocol::{Command, CommandError, ErrorCode, GateId, GateState, GateView};
 
 use crate::append::{append, append_open_with_timeout, AppendError};
@@ -140,7 +140,7 @@ impl Handler {
                     }
                 }
             };
-            let service = moira_protocol::subjects::is_service_subject(subject);
+            let service = moira_protocol::wire::is_service_subject(subject);
             let now = now_ms();
             let signer = match self.check_signature(
                 &registry,

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use moira_client::Client;
-use moira_protocol::subjects::{GATEKEEPER_QUEUE, GATE_COMMANDS_ALL, SERVICE_GATE_COMMANDS_ALL};
+use moira_protocol::wire::{GATEKEEPER_QUEUE, GATE_COMMANDS_ALL, SERVICE_GATE_COMMANDS_ALL};
 
 pub use moira_service::registry::{self, Registry};
 

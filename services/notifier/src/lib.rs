@@ -32,29 +32,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
+use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::AckKind;
 use async_nats::HeaderMap;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use moira_client::feed::DurableFeed;
 use moira_client::{Client, GateView, RunView};
 use moira_protocol::event::{Decoded, GateEvent};
-use moira_protocol::run::{RunEnvelope, RunEvent, RunStatus, RUNS_STREAM, RUN_EVENTS_ALL};
-use moira_protocol::subjects::{GATES_STREAM, GATE_EVENTS_ALL};
+use moira_protocol::run::{RunEnvelope, RunEvent, RunStatus};
 use moira_protocol::time::{now_ms, rfc3339};
+use moira_protocol::wire::streams;
+use moira_protocol::wire::*;
 use moira_protocol::{Envelope, GateId};
+use moira_service::feed::DurableFeed;
 
 pub use config::{Config as NotifyConfig, ConfigError, Resolved};
 
-pub const NOTIFY_STREAM: &str = "MOIRA_NOTIFY";
-const SCHED_ALL: &str = "moira.notify.sched.*.*";
-const FIRE_ALL: &str = "moira.notify.fire.*.*";
-pub const FAILED_ALL: &str = "moira.notify.failed.*";
 /// Events each consumer handles at once. Each consumer has its own slots,
 /// so a burst of gate events never holds up reminders or run events.
 const HANDLERS: usize = 8;
@@ -164,19 +159,6 @@ pub struct Notifier {
     )>,
 }
 
-pub fn notify_stream_config(replicas: usize) -> StreamConfig {
-    StreamConfig {
-        num_replicas: replicas,
-        name: NOTIFY_STREAM.into(),
-        description: Some("moira reminder and escalation schedules, and failed deliveries".into()),
-        subjects: vec![SCHED_ALL.into(), FIRE_ALL.into(), FAILED_ALL.into()],
-        storage: StorageType::File,
-        allow_message_schedules: true,
-        duplicate_window: Duration::from_secs(600),
-        ..Default::default()
-    }
-}
-
 /// Loads the config, connects, and creates the consumers.
 pub async fn start(settings: Settings) -> anyhow::Result<Notifier> {
     let (config, resolved) = match &settings.config {
@@ -193,7 +175,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Notifier> {
     .await?;
     moira_client::streams::ensure_gate_stream(&js, settings.replicas).await?;
     moira_client::streams::ensure_runs_stream(&js, settings.replicas).await?;
-    moira_client::streams::ensure(&js, notify_stream_config(settings.replicas)).await?;
+    moira_client::streams::ensure(&js, streams::notify_stream_config(settings.replicas)).await?;
     // A claim is renewed before each attempt and outlives one attempt (an
     // e-mail may take two timeouts: connecting, then sending). A notifier
     // that died mid-delivery leaves a claim that others take over after it.
@@ -204,26 +186,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Notifier> {
         .map_err(anyhow::Error::msg)?;
     let mut consumers = Vec::new();
     for (name, stream, filter) in [
-        ("moira-notifier-gates", GATES_STREAM, GATE_EVENTS_ALL),
-        ("moira-notifier-runs", RUNS_STREAM, RUN_EVENTS_ALL),
-        ("moira-notifier-fire", NOTIFY_STREAM, FIRE_ALL),
+        (NOTIFIER_GATES_CONSUMER, GATES_STREAM, GATE_EVENTS_ALL),
+        (NOTIFIER_RUNS_CONSUMER, RUNS_STREAM, RUN_EVENTS_ALL),
+        (NOTIFIER_FIRED_CONSUMER, NOTIFY_STREAM, NOTIFY_FIRED_ALL),
     ] {
-        let c = js
-            .get_stream(stream)
-            .await?
-            .get_or_create_consumer(
-                name,
-                pull::Config {
-                    durable_name: Some(name.into()),
-                    filter_subject: filter.into(),
-                    deliver_policy: DeliverPolicy::New,
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    max_deliver: -1,
-                    ..Default::default()
-                },
-            )
-            .await?;
+        let c = moira_service::feed::shared_consumer(&js, stream, name, filter).await?;
         consumers.push((name, c));
     }
     tracing::info!(url = %settings.nats_url, channels = config.channels.len(), rules = config.rules.len(), "moira-notifier ready");
@@ -390,9 +357,9 @@ async fn handle(shared: &Shared, msg: &async_nats::jetstream::Message) -> Handle
             "an event with a trace context"
         );
     }
-    if let Some(rest) = subject.strip_prefix("moira.notify.fire.") {
+    if let Some(rest) = notify_fired_parts(&subject) {
         return fired(shared, &id, rest, msg.headers.as_ref()).await;
-    } else if subject.starts_with("moira.run.ev.") {
+    } else if is_run_event(&subject) {
         if let Some(env) = RunEnvelope::decode(&msg.payload) {
             if let RunEvent::RunFinished { status } = env.event {
                 let kind = if status == RunStatus::Succeeded {
@@ -471,13 +438,6 @@ async fn gate_as_of(shared: &Shared, gate: GateId, seq: u64) -> Result<GateView,
         .ok_or_else(|| format!("gate {gate} has no open event"))
 }
 
-fn sched_subject(gate: GateId, what: &str) -> String {
-    format!("moira.notify.sched.{gate}.{what}")
-}
-fn fire_subject(gate: GateId, what: &str) -> String {
-    format!("moira.notify.fire.{gate}.{what}")
-}
-
 /// Reminder and escalation schedules for a newly opened gate.
 async fn schedule(shared: &Shared, gate: GateId, opened_at: u64) {
     let loaded = shared.loaded();
@@ -493,13 +453,13 @@ async fn schedule(shared: &Shared, gate: GateId, opened_at: u64) {
     }
     for (what, spec) in jobs {
         let mut h = HeaderMap::new();
-        h.insert("Nats-Schedule", spec.as_str());
-        h.insert("Nats-Schedule-Target", fire_subject(gate, what).as_str());
-        h.insert("Nats-Msg-Id", format!("{what}:{gate}").as_str());
+        h.insert(HDR_SCHEDULE, spec.as_str());
+        h.insert(HDR_SCHEDULE_TARGET, notify_fired(gate, what).as_str());
+        h.insert(HDR_MSG_ID, format!("{what}:{gate}").as_str());
         let published = shared
             .js
             .publish_with_headers(
-                sched_subject(gate, what),
+                notify_schedule(gate, what),
                 h,
                 what.as_bytes().to_vec().into(),
             )
@@ -521,12 +481,12 @@ async fn schedule(shared: &Shared, gate: GateId, opened_at: u64) {
 async fn unschedule(shared: &Shared, gate: GateId) {
     for what in ["remind", "escalate"] {
         let mut h = HeaderMap::new();
-        h.insert("Nats-Scheduler", sched_subject(gate, what).as_str());
-        h.insert("Nats-Schedule-Next", "purge");
-        h.insert("Moira-Stop", "1");
+        h.insert(HDR_SCHEDULER, notify_schedule(gate, what).as_str());
+        h.insert(HDR_SCHEDULE_NEXT, SCHEDULE_NEXT_PURGE);
+        h.insert(HDR_NOTIFY_STOP, "1");
         if let Ok(ack) = shared
             .js
-            .publish_with_headers(fire_subject(gate, "stop"), h, Vec::new().into())
+            .publish_with_headers(notify_fired(gate, "stop"), h, Vec::new().into())
             .await
         {
             let _ = ack.await;
@@ -537,7 +497,7 @@ async fn unschedule(shared: &Shared, gate: GateId) {
 /// A reminder or escalation fired: notify if the gate still waits.
 async fn fired(shared: &Shared, id: &str, rest: &str, headers: Option<&HeaderMap>) -> Handled {
     let loaded = shared.loaded();
-    if headers.is_some_and(|h| h.get("Moira-Stop").is_some()) {
+    if headers.is_some_and(|h| h.get(HDR_NOTIFY_STOP).is_some()) {
         return Handled::Done;
     }
     let Some((gate, what)) = rest.split_once('.') else {
@@ -901,11 +861,7 @@ async fn deliver(shared: &Shared, n: &Notification, channel: &str, key: &str, mu
         failure.error
     );
     let body = serde_json::to_vec(&failure).unwrap_or_default();
-    match shared
-        .js
-        .publish(format!("moira.notify.failed.{channel}"), body.into())
-        .await
-    {
+    match shared.js.publish(notify_failed(channel), body.into()).await {
         Ok(ack) => {
             if let Err(e) = ack.await {
                 tracing::error!("recording a failed delivery failed: {e}");
@@ -917,36 +873,18 @@ async fn deliver(shared: &Shared, n: &Notification, channel: &str, key: &str, mu
 
 /// Failed deliveries recorded by any notifier, oldest first.
 pub async fn failures(client: &Client, channel: Option<&str>) -> anyhow::Result<Vec<Failure>> {
-    let js = async_nats::jetstream::new(client.nats().clone());
-    let stream = match js.get_stream(NOTIFY_STREAM).await {
-        Ok(s) => s,
-        Err(_) => return Ok(Vec::new()),
-    };
     let filter = match channel {
-        Some(c) => format!("moira.notify.failed.{c}"),
-        None => FAILED_ALL.to_string(),
+        Some(c) => notify_failed(c),
+        None => NOTIFY_FAILED_ALL.to_string(),
     };
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
-            deliver_subject: client.nats().new_inbox(),
-            filter_subject: filter,
-            ..Default::default()
+    let mut out = Vec::new();
+    // No stream yet: no notifier ever ran, so nothing failed.
+    client
+        .read_stored(NOTIFY_STREAM, &filter, |_, msg| {
+            if let Ok(f) = serde_json::from_slice::<Failure>(&msg.payload) {
+                out.push(f);
+            }
         })
         .await?;
-    let mut out = Vec::new();
-    if consumer.cached_info().num_pending == 0 {
-        return Ok(out);
-    }
-    let mut messages = consumer.messages().await?;
-    while let Some(msg) = messages.next().await {
-        let msg = msg?;
-        let pending = msg.info().map(|i| i.pending).unwrap_or(0);
-        if let Ok(f) = serde_json::from_slice::<Failure>(&msg.payload) {
-            out.push(f);
-        }
-        if pending == 0 {
-            break;
-        }
-    }
     Ok(out)
 }

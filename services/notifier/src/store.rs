@@ -20,12 +20,13 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, Store};
+use async_nats::jetstream::kv::{CreateErrorKind, Store};
 use serde::{Deserialize, Serialize};
 
 use moira_protocol::time::now_ms;
+use moira_protocol::wire::streams::notify_deliveries_bucket_config;
+use moira_protocol::wire::NOTIFY_DELIVERIES_BUCKET;
 
-pub const BUCKET: &str = "MOIRA_NOTIFY_DELIVERIES";
 /// How long a delivery record is kept.
 pub const RECORD_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -94,17 +95,10 @@ impl Deliveries {
     ) -> Result<Deliveries, String> {
         let deadline = tokio::time::Instant::now() + moira_client::streams::ENSURE_PATIENCE;
         loop {
-            let made = match js.get_key_value(BUCKET).await {
+            let made = match js.get_key_value(NOTIFY_DELIVERIES_BUCKET).await {
                 Ok(kv) => Ok(kv),
                 Err(_) => js
-                    .create_key_value(kv::Config {
-                        bucket: BUCKET.to_string(),
-                        description: "moira notifier deliveries: who delivered what".to_string(),
-                        history: 1,
-                        max_age: RECORD_FOR,
-                        num_replicas: replicas,
-                        ..Default::default()
-                    })
+                    .create_key_value(notify_deliveries_bucket_config(replicas, RECORD_FOR))
                     .await
                     .map_err(|e| e.to_string()),
             };
@@ -118,7 +112,11 @@ impl Deliveries {
                     tracing::warn!("JetStream is not answering yet ({e}); trying again");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                Err(e) => return Err(format!("cannot create the delivery record {BUCKET}: {e}")),
+                Err(e) => {
+                    return Err(format!(
+                        "cannot create the delivery record {NOTIFY_DELIVERIES_BUCKET}: {e}"
+                    ))
+                }
             }
         }
     }

@@ -29,18 +29,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::AckKind;
 use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use moira_client::feed::DurableFeed;
 use moira_client::Client;
 use moira_protocol::event::{Decoded, GateEvent};
-use moira_protocol::run::{JOBS_ALL, JOBS_STREAM, RESUMER_CONSUMER, RUNNERS_CONSUMER};
-use moira_protocol::subjects::{GATES_STREAM, GATE_EVENTS_ALL, RUNNER_QUEUE, RUN_COMMANDS_ALL};
+use moira_protocol::wire::{
+    GATES_STREAM, GATE_EVENTS_ALL, JOBS_STREAM, RESUMER_CONSUMER, RUNNERS_CONSUMER, RUNNER_QUEUE,
+    RUN_COMMANDS_ALL,
+};
 use moira_protocol::Envelope;
+use moira_service::feed::DurableFeed;
 use moira_service::live::LiveRegistry;
 
 pub use job::RUNNER_ACTOR;
@@ -184,21 +186,9 @@ pub async fn start(config: Config) -> anyhow::Result<Runner> {
     moira_client::streams::ensure_gate_stream(&js, config.replicas).await?;
     moira_client::streams::ensure_run_streams(&js, config.replicas).await?;
     let (jobs, ack_wait) = jobs_consumer(&js, config.ack_wait).await?;
-    let resumer = js
-        .get_stream(GATES_STREAM)
-        .await?
-        .get_or_create_consumer(
-            RESUMER_CONSUMER,
-            pull::Config {
-                durable_name: Some(RESUMER_CONSUMER.into()),
-                filter_subject: GATE_EVENTS_ALL.into(),
-                deliver_policy: DeliverPolicy::New,
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                ..Default::default()
-            },
-        )
-        .await?;
+    let resumer =
+        moira_service::feed::shared_consumer(&js, GATES_STREAM, RESUMER_CONSUMER, GATE_EVENTS_ALL)
+            .await?;
     check_work_dir(&config.work_dir).await?;
     let registry =
         LiveRegistry::open(&client, config.approvers.as_deref(), config.approvers_kv).await?;
@@ -243,14 +233,7 @@ async fn jobs_consumer(
     async_nats::jetstream::consumer::Consumer<pull::Config>,
     Duration,
 )> {
-    let want = pull::Config {
-        durable_name: Some(RUNNERS_CONSUMER.into()),
-        filter_subject: JOBS_ALL.into(),
-        ack_policy: AckPolicy::Explicit,
-        ack_wait,
-        max_deliver: -1,
-        ..Default::default()
-    };
+    let want = moira_protocol::wire::streams::runners_consumer_config(ack_wait);
     let stream = js.get_stream(JOBS_STREAM).await?;
     let consumer = stream
         .get_or_create_consumer(RUNNERS_CONSUMER, want.clone())
@@ -358,9 +341,7 @@ impl Runner {
                 }
             };
             // The run id names a folder on this machine: only a plain token.
-            let Some(run_id) = msg
-                .subject
-                .strip_prefix("moira.job.")
+            let Some(run_id) = moira_protocol::wire::run_id_from_job(&msg.subject)
                 .filter(|r| moira_protocol::ids::is_subject_token(r))
                 .map(str::to_string)
             else {

@@ -620,11 +620,11 @@ pub(crate) async fn events(AxState(s): AxState<Shared>, headers: HeaderMap) -> R
     // of them resumes both exactly.
     let gate_after = match gate_after {
         Some(seq) => seq,
-        None => last_sequence(&s, moira_protocol::subjects::GATES_STREAM).await,
+        None => last_sequence(&s, moira_protocol::wire::GATES_STREAM).await,
     };
     let run_after = match run_after {
         Some(seq) => seq,
-        None => last_sequence(&s, moira_protocol::run::RUNS_STREAM).await,
+        None => last_sequence(&s, moira_protocol::wire::RUNS_STREAM).await,
     };
     let gates = match s.client.watch_after(gate_after).await {
         Ok(f) => f.boxed(),

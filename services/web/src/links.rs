@@ -22,7 +22,7 @@ use moira_service::links::{Link, LinkError};
 use crate::State;
 
 /// The nonces of links used; kept longer than any link may live.
-pub const BUCKET: &str = "MOIRA_WEB_LINKS";
+pub use moira_protocol::wire::WEB_LINKS_BUCKET as BUCKET;
 /// The longest a link may live; one that says more is refused.
 pub const MAX_TTL_SECS: u64 = 7 * 24 * 3600;
 
@@ -222,14 +222,10 @@ async fn used_links(s: &State) -> Result<async_nats::jetstream::kv::Store, Strin
     match js.get_key_value(BUCKET).await {
         Ok(kv) => Ok(kv),
         Err(_) => js
-            .create_key_value(async_nats::jetstream::kv::Config {
-                bucket: BUCKET.to_string(),
-                description: "moira-web: nonces of one-click links used".into(),
-                history: 1,
-                // Longer than a link may live, so a nonce is never forgotten while its link works.
-                max_age: std::time::Duration::from_secs(MAX_TTL_SECS + 24 * 3600),
-                ..Default::default()
-            })
+            // Longer than a link may live, so a nonce is never forgotten while its link works.
+            .create_key_value(moira_protocol::wire::streams::web_links_bucket_config(
+                std::time::Duration::from_secs(MAX_TTL_SECS + 24 * 3600),
+            ))
             .await
             .map_err(|e| format!("cannot create the {BUCKET} bucket: {e}")),
     }

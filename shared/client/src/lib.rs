@@ -18,7 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod append;
-pub mod feed;
+mod ordered;
 mod reads;
 pub mod runs;
 pub mod signing;
@@ -46,7 +46,7 @@ pub use store::{fold_stored, GateRecord, ListFilter, StoredEvent};
 pub use waiter::Follower;
 
 use moira_protocol::command::Reply;
-use moira_protocol::subjects::{CONTENT_TYPE_MSGPACK, HDR_CONTENT_TYPE};
+use moira_protocol::wire::{CONTENT_TYPE_MSGPACK, HDR_CONTENT_TYPE};
 use moira_protocol::CommandId;
 
 /// The oldest nats-server moira works with.

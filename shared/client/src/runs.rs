@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use moira_protocol::run::*;
 use moira_protocol::statement::{run_id_for, run_statement, RunAbout, RunVerb};
-use moira_protocol::subjects::{CONTENT_TYPE_JSON, HDR_CONTENT_TYPE, RUN_CANCEL, RUN_SUBMIT};
 use moira_protocol::time::rfc3339;
+use moira_protocol::wire::{
+    job, run_events, run_logs, run_logs_all, CONTENT_TYPE_JSON, HDR_CONTENT_TYPE, HDR_LOG_STREAM,
+    RUNS_STREAM, RUN_CANCEL, RUN_EVENTS_ALL, RUN_SUBMIT,
+};
 use moira_protocol::{ErrorCode, GateId};
 use moira_workflow::Workflow;
 
@@ -169,9 +172,9 @@ pub struct LogLine {
 
 fn run_headers(env: &RunEnvelope) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(moira_protocol::subjects::HDR_EVENT, env.kind());
+    h.insert(moira_protocol::wire::HDR_EVENT, env.kind());
     h.insert(
-        moira_protocol::subjects::HDR_SCHEMA,
+        moira_protocol::wire::HDR_SCHEMA,
         env.schema.to_string().as_str(),
     );
     h
@@ -214,7 +217,7 @@ impl Client {
         let mut h = run_headers(env);
         if let Some(seq) = expected {
             h.insert(
-                moira_protocol::subjects::HDR_EXPECTED_LAST_SUBJECT_SEQ,
+                moira_protocol::wire::HDR_EXPECTED_LAST_SUBJECT_SEQ,
                 seq.to_string().as_str(),
             );
         }
@@ -225,7 +228,7 @@ impl Client {
     /// `Nats-Msg-Id`, so the same reason enqueues one job.
     pub async fn enqueue_run(&self, run_id: &str, dedupe: &str) -> Result<(), ClientError> {
         let mut h = HeaderMap::new();
-        h.insert(moira_protocol::subjects::HDR_MSG_ID, dedupe);
+        h.insert(moira_protocol::wire::HDR_MSG_ID, dedupe);
         request(&self.nats, job(run_id), h, Vec::new())
             .await
             .map(|_| ())
@@ -362,18 +365,15 @@ impl Client {
     /// Every run, oldest first, optionally of one status.
     pub async fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunView>, ClientError> {
         let mut runs: HashMap<String, Option<RunState>> = HashMap::new();
-        let mut feed = self.ordered(RUN_EVENTS_ALL, DeliverPolicy::All).await?;
-        if let Some(feed) = feed.as_mut() {
-            while let Some(msg) = feed.next().await {
-                let msg = msg.map_err(nats_err)?;
-                let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+        let found = self
+            .read_stored(RUNS_STREAM, RUN_EVENTS_ALL, |_, msg| {
                 if let Some(env) = RunEnvelope::decode(&msg.payload) {
                     apply_run(runs.entry(env.run_id.clone()).or_default(), &env);
                 }
-                if pending == 0 {
-                    break;
-                }
-            }
+            })
+            .await?;
+        if !found {
+            return Err(ClientError::NoRunStreams);
         }
         let mut out: Vec<RunView> = runs.values().flatten().map(RunView::from).collect();
         out.retain(|r| status.is_none_or(|s| r.status == s));
@@ -540,20 +540,9 @@ impl Client {
         subject: &str,
         deliver_policy: DeliverPolicy,
     ) -> Result<async_nats::jetstream::consumer::Consumer<push::OrderedConfig>, ClientError> {
-        let stream = self
-            .js
-            .get_stream(RUNS_STREAM)
-            .await
-            .map_err(|_| ClientError::NoRunStreams)?;
-        stream
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: self.nats.new_inbox(),
-                filter_subject: subject.to_string(),
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(nats_err)
+        self.ordered_consumer(RUNS_STREAM, subject, deliver_policy)
+            .await?
+            .ok_or(ClientError::NoRunStreams)
     }
 
     /// Publishes one log line of a step (acknowledged later by the caller).

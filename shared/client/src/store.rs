@@ -4,14 +4,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{push, DeliverPolicy};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
 
 use moira_protocol::event::Decoded;
 use moira_protocol::gate::{apply, apply_owned};
-use moira_protocol::subjects::{
-    gate_events, GATES_STREAM, GATE_EVENTS_ALL, HDR_LAST_SEQUENCE, HDR_SEQUENCE,
+use moira_protocol::wire::{
+    direct_get, gate_events, GATES_STREAM, GATE_EVENTS_ALL, HDR_LAST_SEQUENCE, HDR_NUM_PENDING,
+    HDR_SEQUENCE, HDR_TIME_STAMP,
 };
 use moira_protocol::{Envelope, GateId, GateState, GateStatus, GateView};
 
@@ -74,16 +75,13 @@ fn fold_gate((events, last_seq): (Vec<StoredEvent>, u64)) -> Option<GateRecord> 
     fold_stored(&events).map(|state| GateRecord { state, last_seq })
 }
 
-/// The header a Direct Get reply carries the storing time in.
-const HDR_TIME_STAMP: &str = "Nats-Time-Stamp";
-
 fn header_u64(h: Option<&HeaderMap>, name: &str) -> Option<u64> {
     h?.get(name)?.as_str().parse().ok()
 }
 
 /// Decodes a stored or republished message; logs and skips undecodable ones.
 pub(crate) fn decode_stored(subject: &str, seq: u64, payload: &[u8]) -> Option<StoredEvent> {
-    let gate_id = moira_protocol::subjects::gate_id_from_subject(subject)?;
+    let gate_id = moira_protocol::wire::gate_id_from_subject(subject)?;
     match Envelope::decode(payload) {
         Ok(Decoded::Unknown { kind, schema }) => {
             tracing::debug!(%gate_id, seq, kind, schema, "skipping an event kind this build does not know");
@@ -234,7 +232,7 @@ impl Client {
         stream: &str,
         subject: &str,
     ) -> Result<(Vec<StoredMessage>, u64), ClientError> {
-        let api = format!("$JS.API.DIRECT.GET.{stream}");
+        let api = direct_get(stream);
         let mut out = Vec::new();
         let mut last_seq = 0;
         let mut from = 1u64;
@@ -266,7 +264,7 @@ impl Client {
                         // End of batch: more may follow past it, even when
                         // the server ended the batch early.
                         204 => {
-                            let pending = header_u64(msg.headers.as_ref(), "Nats-Num-Pending")
+                            let pending = header_u64(msg.headers.as_ref(), HDR_NUM_PENDING)
                                 .unwrap_or(0);
                             if pending > 0 && got == 0 {
                                 return Err(ClientError::Nats(format!(
@@ -328,45 +326,19 @@ impl Client {
 
     /// Every gate that matches the filter, oldest first. Reads all gate
     /// events once through an ordered consumer.
-    /// An ordered consumer over every gate event subject.
-    async fn gate_events_consumer(
-        &self,
-        deliver_policy: DeliverPolicy,
-    ) -> Result<async_nats::jetstream::consumer::Consumer<push::OrderedConfig>, ClientError> {
-        let stream = self
-            .js
-            .get_stream(GATES_STREAM)
-            .await
-            .map_err(|_| ClientError::NoStream)?;
-        stream
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: self.nats.new_inbox(),
-                filter_subject: GATE_EVENTS_ALL.to_string(),
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(nats_err)
-    }
-
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<GateView>, ClientError> {
-        let consumer = self.gate_events_consumer(DeliverPolicy::All).await?;
         let mut gates: HashMap<GateId, Option<GateState>> = HashMap::new();
-        if consumer.cached_info().num_pending > 0 {
-            let mut messages = consumer.messages().await.map_err(nats_err)?;
-            while let Some(msg) = messages.next().await {
-                let msg = msg.map_err(nats_err)?;
-                let info = msg.info().map_err(nats_err)?;
-                let (seq, pending) = (info.stream_sequence, info.pending);
+        let found = self
+            .read_stored(GATES_STREAM, GATE_EVENTS_ALL, |seq, msg| {
                 if let Some(ev) = decode_stored(&msg.subject, seq, &msg.payload) {
                     if let Decoded::Event(env) = ev.event {
                         apply_owned(gates.entry(ev.gate_id).or_default(), env);
                     }
                 }
-                if pending == 0 {
-                    break;
-                }
-            }
+            })
+            .await?;
+        if !found {
+            return Err(ClientError::NoStream);
         }
         let mut out: Vec<GateState> = gates
             .into_values()
@@ -417,7 +389,10 @@ impl Client {
         policy: DeliverPolicy,
     ) -> Result<impl futures_util::Stream<Item = Result<StoredEvent, ClientError>>, ClientError>
     {
-        let consumer = self.gate_events_consumer(policy).await?;
+        let consumer = self
+            .ordered_consumer(GATES_STREAM, GATE_EVENTS_ALL, policy)
+            .await?
+            .ok_or(ClientError::NoStream)?;
         let messages = consumer.messages().await.map_err(nats_err)?;
         Ok(messages.filter_map(|msg| async move {
             let msg = match msg {

@@ -6,91 +6,10 @@
 use std::time::Duration;
 
 use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::stream::{
-    Config, DiscardPolicy, Republish, RetentionPolicy, StorageType,
-};
+use async_nats::jetstream::stream::Config;
 use async_nats::jetstream::Context;
 
-use moira_protocol::run::{JOBS_ALL, JOBS_STREAM, RUNS_STREAM, RUN_EVENTS_ALL, RUN_LOGS_ALL};
-use moira_protocol::subjects::{GATES_STREAM, GATE_EVENTS_ALL, GATE_SCHEDULES_ALL};
-
-/// The largest message the gate stream stores (an open is at most 64 KiB
-/// of command plus its signature). The stream has no per-subject or byte
-/// limit on purpose: message schedules need `discard: old`, so a limit
-/// would silently drop the start of old trails. How many events one gate
-/// holds is bounded by the gate rules instead (at most
-/// [`moira_protocol::gate::MAX_PUSH_BACKS`] push-backs, one approval per
-/// approver and iteration), and the store's size is the server's
-/// `max_file_store`, past which writes are refused.
-pub const GATE_MAX_MESSAGE: i32 = 256 * 1024;
-/// The most messages one run subject or one step's log subject may hold.
-/// A step that prints more keeps its first lines; a run's own events stay
-/// far below (workflow size, retries and push-backs are all bounded).
-pub const RUN_MESSAGES_PER_SUBJECT: i64 = 100_000;
-/// Jobs waiting for one run (they are deduplicated by their reason).
-pub const JOBS_PER_RUN: i64 = 1_000;
-
-/// Where the stream republishes each stored gate event.
-pub const REPUBLISH_DESTINATION: &str = "moira.live.gate.ev.{{wildcard(1)}}";
-
-pub fn gate_stream_config(replicas: usize) -> Config {
-    Config {
-        name: GATES_STREAM.to_string(),
-        description: Some("moira gate lifecycle events and timeout schedules".to_string()),
-        subjects: vec![GATE_EVENTS_ALL.to_string(), GATE_SCHEDULES_ALL.to_string()],
-        retention: RetentionPolicy::Limits,
-        // Required by message schedules; nothing here is ever trimmed
-        // because the stream sets no limit that would trim it.
-        discard: DiscardPolicy::Old,
-        max_message_size: GATE_MAX_MESSAGE,
-        storage: StorageType::File,
-        num_replicas: replicas,
-        duplicate_window: Duration::from_secs(600),
-        allow_direct: true,
-        allow_message_schedules: true,
-        allow_atomic_publish: true,
-        deny_delete: true,
-        republish: Some(Republish {
-            source: GATE_EVENTS_ALL.to_string(),
-            destination: REPUBLISH_DESTINATION.to_string(),
-            headers_only: false,
-        }),
-        ..Default::default()
-    }
-}
-
-pub fn runs_stream_config(replicas: usize) -> Config {
-    Config {
-        name: RUNS_STREAM.to_string(),
-        description: Some("moira workflow run events and step output".to_string()),
-        subjects: vec![RUN_EVENTS_ALL.to_string(), RUN_LOGS_ALL.to_string()],
-        discard: DiscardPolicy::New,
-        max_messages_per_subject: RUN_MESSAGES_PER_SUBJECT,
-        discard_new_per_subject: true,
-        storage: StorageType::File,
-        num_replicas: replicas,
-        duplicate_window: Duration::from_secs(600),
-        allow_direct: true,
-        deny_delete: true,
-        ..Default::default()
-    }
-}
-
-pub fn jobs_stream_config(replicas: usize) -> Config {
-    Config {
-        name: JOBS_STREAM.to_string(),
-        description: Some("moira runner work queue: advance this run".to_string()),
-        subjects: vec![JOBS_ALL.to_string()],
-        retention: RetentionPolicy::WorkQueue,
-        discard: DiscardPolicy::New,
-        max_messages_per_subject: JOBS_PER_RUN,
-        discard_new_per_subject: true,
-        storage: StorageType::File,
-        num_replicas: replicas,
-        duplicate_window: Duration::from_secs(600),
-        ..Default::default()
-    }
-}
+pub use moira_protocol::wire::streams::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {

@@ -17,7 +17,7 @@ use tokio::sync::{watch, Semaphore};
 
 use moira_protocol::event::Decoded;
 use moira_protocol::gate::apply;
-use moira_protocol::subjects::{gate_id_from_subject, LIVE_GATE_EVENTS_ALL};
+use moira_protocol::wire::{gate_id_from_subject, LIVE_GATE_EVENTS_ALL};
 use moira_protocol::{Envelope, GateId, GateState};
 
 use crate::store::live_seqs;

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Inputs, OnTimeout};
 use crate::ids::{CommandId, GateId};
-use crate::subjects::Verb;
 use crate::view::GateView;
+use crate::wire::Verb;
 
 /// Commands larger than this are refused before decoding.
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -72,103 +72,125 @@ pub struct OpenGate {
     pub signed_at: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApproveGate {
+/// The decision commands share their first fields (`id`, `gate_id`,
+/// `actor`) and their last ones (`signature`, `signed_at`, `via`); this
+/// writes them once. Each keeps its own struct, so the wire format stays
+/// a flat map with unknown fields refused.
+macro_rules! decision_command {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// Command id; a retry with the same id has no second effect.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub id: Option<CommandId>,
+            pub gate_id: GateId,
+            pub actor: String,
+            $($(#[$fdoc])* pub $field: $ty,)*
+            /// An SSH signature (`ssh-keygen -Y sign -n moira` armor) over the
+            /// command's statement (see `statement`).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub signature: Option<String>,
+            /// When the statement was signed, in ms since the epoch.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub signed_at: Option<u64>,
+            /// Set when a moira service (moira-web) decides for the actor and
+            /// signs as itself: how it authenticated them (`proxy`, `link`,
+            /// `slack` or `dev`). The statement covers it, and the registry
+            /// says whether the actor accepts decisions made this way.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub via: Option<String>,
+        }
+
+        impl Common for $name {
+            fn id(&self) -> Option<CommandId> {
+                self.id
+            }
+            fn gate_id(&self) -> Option<GateId> {
+                Some(self.gate_id)
+            }
+            fn actor(&self) -> &str {
+                &self.actor
+            }
+            fn signature(&self) -> (Option<&String>, Option<u64>) {
+                (self.signature.as_ref(), self.signed_at)
+            }
+            fn signature_mut(&mut self) -> (&mut Option<String>, &mut Option<u64>) {
+                (&mut self.signature, &mut self.signed_at)
+            }
+            fn via_mut(&mut self) -> Option<&mut Option<String>> {
+                Some(&mut self.via)
+            }
+            fn via(&self) -> Option<&str> {
+                self.via.as_deref()
+            }
+            fn encode(&self, format: Format) -> Vec<u8> {
+                format.encode(self)
+            }
+        }
+    };
+}
+
+decision_command!(ApproveGate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<CommandId>,
-    pub gate_id: GateId,
-    pub actor: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
+    comment: Option<String>,
     #[serde(default, skip_serializing_if = "Inputs::is_empty")]
-    pub inputs: Inputs,
-    /// An SSH signature (`ssh-keygen -Y sign -n moira` armor) over the
-    /// command's statement (see `statement`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<String>,
-    /// When the statement was signed, in ms since the epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signed_at: Option<u64>,
-    /// Set when a moira service (moira-web) decides for the actor and
-    /// signs as itself: how it authenticated them (`proxy`, `link`,
-    /// `slack` or `dev`). The statement covers it, and the registry says
-    /// whether the actor accepts decisions made this way.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub via: Option<String>,
-}
+    inputs: Inputs,
+});
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DenyGate {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<CommandId>,
-    pub gate_id: GateId,
-    pub actor: String,
-    pub reason: String,
-    /// An SSH signature (`ssh-keygen -Y sign -n moira` armor) over the
-    /// command's statement (see `statement`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<String>,
-    /// When the statement was signed, in ms since the epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signed_at: Option<u64>,
-    /// Set when a moira service (moira-web) decides for the actor and
-    /// signs as itself: how it authenticated them (`proxy`, `link`,
-    /// `slack` or `dev`). The statement covers it, and the registry says
-    /// whether the actor accepts decisions made this way.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub via: Option<String>,
-}
+decision_command!(DenyGate { reason: String });
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PushBackGate {
+decision_command!(PushBackGate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<CommandId>,
-    pub gate_id: GateId,
-    pub actor: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
+    comment: Option<String>,
     #[serde(default, skip_serializing_if = "Inputs::is_empty")]
-    pub inputs: Inputs,
-    /// An SSH signature (`ssh-keygen -Y sign -n moira` armor) over the
-    /// command's statement (see `statement`).
+    inputs: Inputs,
+});
+
+decision_command!(CancelGate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<String>,
-    /// When the statement was signed, in ms since the epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signed_at: Option<u64>,
-    /// Set when a moira service (moira-web) decides for the actor and
-    /// signs as itself: how it authenticated them (`proxy`, `link`,
-    /// `slack` or `dev`). The statement covers it, and the registry says
-    /// whether the actor accepts decisions made this way.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub via: Option<String>,
+    reason: Option<String>,
+});
+
+/// What every command carries, whatever its verb.
+trait Common {
+    fn id(&self) -> Option<CommandId>;
+    fn gate_id(&self) -> Option<GateId>;
+    fn actor(&self) -> &str;
+    fn signature(&self) -> (Option<&String>, Option<u64>);
+    fn signature_mut(&mut self) -> (&mut Option<String>, &mut Option<u64>);
+    /// `None` for a command that cannot be attested (opening a gate).
+    fn via_mut(&mut self) -> Option<&mut Option<String>>;
+    fn via(&self) -> Option<&str>;
+    fn encode(&self, format: Format) -> Vec<u8>;
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CancelGate {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<CommandId>,
-    pub gate_id: GateId,
-    pub actor: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// An SSH signature (`ssh-keygen -Y sign -n moira` armor) over the
-    /// command's statement (see `statement`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<String>,
-    /// When the statement was signed, in ms since the epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signed_at: Option<u64>,
-    /// Set when a moira service (moira-web) decides for the actor and
-    /// signs as itself: how it authenticated them (`proxy`, `link`,
-    /// `slack` or `dev`). The statement covers it, and the registry says
-    /// whether the actor accepts decisions made this way.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub via: Option<String>,
+impl Common for OpenGate {
+    fn id(&self) -> Option<CommandId> {
+        self.id
+    }
+    fn gate_id(&self) -> Option<GateId> {
+        self.gate_id
+    }
+    fn actor(&self) -> &str {
+        &self.actor
+    }
+    fn signature(&self) -> (Option<&String>, Option<u64>) {
+        (self.signature.as_ref(), self.signed_at)
+    }
+    fn signature_mut(&mut self) -> (&mut Option<String>, &mut Option<u64>) {
+        (&mut self.signature, &mut self.signed_at)
+    }
+    fn via_mut(&mut self) -> Option<&mut Option<String>> {
+        None
+    }
+    fn via(&self) -> Option<&str> {
+        None
+    }
+    fn encode(&self, format: Format) -> Vec<u8> {
+        format.encode(self)
+    }
 }
 
 // One short-lived value per request, so the open variant's size is no cost.
@@ -193,104 +215,72 @@ impl Command {
         }
     }
 
-    pub fn actor(&self) -> &str {
+    fn common(&self) -> &dyn Common {
         match self {
-            Command::Open(c) => &c.actor,
-            Command::Approve(c) => &c.actor,
-            Command::Deny(c) => &c.actor,
-            Command::PushBack(c) => &c.actor,
-            Command::Cancel(c) => &c.actor,
+            Command::Open(c) => c,
+            Command::Approve(c) => c,
+            Command::Deny(c) => c,
+            Command::PushBack(c) => c,
+            Command::Cancel(c) => c,
         }
+    }
+
+    fn common_mut(&mut self) -> &mut dyn Common {
+        match self {
+            Command::Open(c) => c,
+            Command::Approve(c) => c,
+            Command::Deny(c) => c,
+            Command::PushBack(c) => c,
+            Command::Cancel(c) => c,
+        }
+    }
+
+    pub fn actor(&self) -> &str {
+        self.common().actor()
     }
 
     /// The command id, if the sender gave one.
     pub fn id(&self) -> Option<CommandId> {
-        match self {
-            Command::Open(c) => c.id,
-            Command::Approve(c) => c.id,
-            Command::Deny(c) => c.id,
-            Command::PushBack(c) => c.id,
-            Command::Cancel(c) => c.id,
-        }
+        self.common().id()
     }
 
     /// The gate the command is about (an open without `gate_id` has none yet).
     pub fn gate_id(&self) -> Option<GateId> {
-        match self {
-            Command::Open(c) => c.gate_id,
-            Command::Approve(c) => Some(c.gate_id),
-            Command::Deny(c) => Some(c.gate_id),
-            Command::PushBack(c) => Some(c.gate_id),
-            Command::Cancel(c) => Some(c.gate_id),
-        }
+        self.common().gate_id()
     }
 
     /// When the signer says it signed.
     pub fn signed_at(&self) -> Option<u64> {
-        match self {
-            Command::Open(c) => c.signed_at,
-            Command::Approve(c) => c.signed_at,
-            Command::Deny(c) => c.signed_at,
-            Command::PushBack(c) => c.signed_at,
-            Command::Cancel(c) => c.signed_at,
-        }
+        self.common().signature().1
     }
 
     /// Attaches a signature made at `at`.
     pub fn set_signature(&mut self, signature: String, at: u64) {
-        let (sig, when) = match self {
-            Command::Open(c) => (&mut c.signature, &mut c.signed_at),
-            Command::Approve(c) => (&mut c.signature, &mut c.signed_at),
-            Command::Deny(c) => (&mut c.signature, &mut c.signed_at),
-            Command::PushBack(c) => (&mut c.signature, &mut c.signed_at),
-            Command::Cancel(c) => (&mut c.signature, &mut c.signed_at),
-        };
+        let (sig, when) = self.common_mut().signature_mut();
         *sig = Some(signature);
         *when = Some(at);
     }
 
     /// How a service authenticated the actor, for an attested decision.
     pub fn via(&self) -> Option<&str> {
-        match self {
-            Command::Open(_) => None,
-            Command::Approve(c) => c.via.as_deref(),
-            Command::Deny(c) => c.via.as_deref(),
-            Command::PushBack(c) => c.via.as_deref(),
-            Command::Cancel(c) => c.via.as_deref(),
-        }
+        self.common().via()
     }
 
-    /// Marks the command as attested by the service sending it.
+    /// Marks the command as attested by the service sending it (opening a
+    /// gate is never attested, so this leaves an open as it is).
     pub fn set_via(&mut self, via: &str) {
-        let slot = match self {
-            Command::Open(_) => return,
-            Command::Approve(c) => &mut c.via,
-            Command::Deny(c) => &mut c.via,
-            Command::PushBack(c) => &mut c.via,
-            Command::Cancel(c) => &mut c.via,
-        };
-        *slot = Some(via.to_string());
+        if let Some(slot) = self.common_mut().via_mut() {
+            *slot = Some(via.to_string());
+        }
     }
 
     pub fn signature(&self) -> Option<&String> {
-        match self {
-            Command::Open(c) => c.signature.as_ref(),
-            Command::Approve(c) => c.signature.as_ref(),
-            Command::Deny(c) => c.signature.as_ref(),
-            Command::PushBack(c) => c.signature.as_ref(),
-            Command::Cancel(c) => c.signature.as_ref(),
-        }
+        self.common().signature().0
     }
 
     /// Encodes the body for `verb().subject()`.
     pub fn encode(&self, format: Format) -> Vec<u8> {
-        match self {
-            Command::Open(c) => format.encode(c),
-            Command::Approve(c) => format.encode(c),
-            Command::Deny(c) => format.encode(c),
-            Command::PushBack(c) => format.encode(c),
-            Command::Cancel(c) => format.encode(c),
-        }
+        self.common().encode(format)
     }
 
     /// Decodes a request body for `verb`.

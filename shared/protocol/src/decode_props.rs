@@ -8,7 +8,7 @@ use crate::command::{ApproveGate, Format, PushBackGate};
 use crate::event::{Decoded, Envelope};
 use crate::ids::GateId;
 use crate::run::RunEnvelope;
-use crate::subjects::Verb;
+use crate::wire::Verb;
 use crate::Command;
 
 const VERBS: [Verb; 5] = [

@@ -4,12 +4,13 @@
 //!
 //! # Layout
 //! - [`ids`]: gate, run and command ids (UUID based, subject-safe).
-//! - [`subjects`]: every subject, stream name and header name in one place.
+//! - [`wire`]: everything on the wire that is not a message body: every
+//!   subject, stream, bucket, consumer and header name, and the stream configs.
 //! - [`event`]: gate events, their envelope and the MessagePack codec.
 //! - [`command`]: command requests and replies (MessagePack or JSON).
 //! - [`gate`]: the gate state, `decide` (all the rules) and `apply` (none).
 //! - [`view`]: the JSON shape of a gate shown to people and tools.
-//! - [`run`]: workflow run subjects, events and their fold.
+//! - [`run`]: workflow run events and their fold.
 //! - [`time`]: millisecond timestamps and duration parsing.
 
 #![forbid(unsafe_code)]
@@ -22,9 +23,9 @@ pub mod hex;
 pub mod ids;
 pub mod run;
 pub mod statement;
-pub mod subjects;
 pub mod time;
 pub mod view;
+pub mod wire;
 
 #[cfg(test)]
 mod decode_props;

@@ -1,9 +1,10 @@
-//! Workflow runs: subjects, events and the fold of a run's state.
+//! Workflow runs: events and the fold of a run's state.
 //!
-//! Each run's events are on `moira.run.ev.<run_id>`; step output lines on
-//! `moira.run.log.<run_id>.<step>`; "advance this run" jobs on
-//! `moira.job.<run_id>` (a work queue). What to do next is the runner's
-//! business; this module only records what happened and folds it.
+//! Each run's events are on `moira.run.ev.<run_id>`, step output lines on
+//! `moira.run.log.<run_id>.<step>`, and "advance this run" jobs on
+//! `moira.job.<run_id>` (a work queue); [`crate::wire`] builds them. What
+//! to do next is the runner's business; this module only records what
+//! happened and folds it.
 
 use std::collections::BTreeMap;
 
@@ -11,31 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Inputs;
 use crate::ids::GateId;
-
-pub const RUNS_STREAM: &str = "MOIRA_RUNS";
-pub const RUN_EVENTS_ALL: &str = "moira.run.ev.*";
-pub const RUN_LOGS_ALL: &str = "moira.run.log.*.*";
-pub const JOBS_STREAM: &str = "MOIRA_JOBS";
-pub const JOBS_ALL: &str = "moira.job.*";
-/// The durable consumer all runners share for jobs.
-pub const RUNNERS_CONSUMER: &str = "moira-runners";
-/// The durable consumer all runners share to turn gate decisions into jobs.
-pub const RESUMER_CONSUMER: &str = "moira-resumer";
-/// Header on log lines: `stdout` or `stderr`.
-pub const HDR_LOG_STREAM: &str = "Moira-Log-Stream";
-
-pub fn run_events(run_id: &str) -> String {
-    format!("moira.run.ev.{run_id}")
-}
-pub fn run_logs(run_id: &str, step: &str) -> String {
-    format!("moira.run.log.{run_id}.{step}")
-}
-pub fn run_logs_all(run_id: &str) -> String {
-    format!("moira.run.log.{run_id}.*")
-}
-pub fn job(run_id: &str) -> String {
-    format!("moira.job.{run_id}")
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -8,6 +8,8 @@
 //! - [`registry`]: the approvers registry (users, roles and keys), and
 //!   [`live`]: the same shared through a KV bucket, signed by admins;
 //! - [`requests`]: answering requests with bounded concurrency and drain;
+//! - [`feed`]: the durable consumers every copy of a service shares, and
+//!   the loop that follows one through broker errors;
 //! - [`ops`]: Prometheus metrics and the health and readiness probes;
 //! - [`verify`]: checking a gate's trail (chain, signatures, policy) and
 //!   exporting it for `ssh-keygen -Y verify`.
@@ -15,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod connect;
+pub mod feed;
 pub mod links;
 pub mod live;
 pub mod locate;

@@ -23,7 +23,7 @@ use moira_client::Client;
 
 use crate::Registry;
 
-pub const BUCKET: &str = "MOIRA_REGISTRY";
+pub use moira_protocol::wire::REGISTRY_BUCKET as BUCKET;
 pub const KEY: &str = "approvers";
 /// The SSH signature namespace of registry updates.
 pub const NAMESPACE: &str = "moira-registry";
@@ -222,12 +222,7 @@ pub async fn bucket(client: &Client) -> anyhow::Result<async_nats::jetstream::kv
     match js.get_key_value(BUCKET).await {
         Ok(kv) => Ok(kv),
         Err(_) => js
-            .create_key_value(async_nats::jetstream::kv::Config {
-                bucket: BUCKET.to_string(),
-                description: "moira approvers registry, signed by admins".to_string(),
-                history: 64,
-                ..Default::default()
-            })
+            .create_key_value(moira_protocol::wire::streams::registry_bucket_config())
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the registry bucket {BUCKET}: {e}")),
     }

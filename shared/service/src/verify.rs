@@ -8,15 +8,14 @@ use moira_client::{Client, ClientError};
 use moira_protocol::event::{Decoded, GateEvent};
 use moira_protocol::gate::{apply, decide, timed_out_event, Context, Decision, Policy};
 use moira_protocol::statement::{recorded, sha256_hex, statement, timeout_statement};
-use moira_protocol::subjects::{gate_events, GATES_STREAM};
+use moira_protocol::wire::{gate_events, GATES_STREAM};
 use moira_protocol::{Envelope, GateId, GateState};
 
 use std::collections::BTreeMap;
 
-use moira_protocol::run::{
-    apply_run, run_events, RunEnvelope, RunEvent, RunSignature, RunState, RUNS_STREAM,
-};
+use moira_protocol::run::{apply_run, RunEnvelope, RunEvent, RunSignature, RunState};
 use moira_protocol::statement::{run_id_for, run_statement, RunAbout, RunVerb};
+use moira_protocol::wire::{run_events, RUNS_STREAM};
 use moira_protocol::{CommandError, ErrorCode};
 
 use crate::Registry;

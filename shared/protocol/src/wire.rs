@@ -1,7 +1,18 @@
-//! Every subject, stream name and header name moira uses. Services build
-//! subjects only through these functions.
+//! Everything moira puts on the wire besides message bodies: every
+//! subject, stream, bucket, consumer and header name, and the configs of
+//! the streams, buckets and shared consumers. Services build them only
+//! here, so a name changes in one place and a reader finds them all.
+//!
+//! - gates: `MOIRA_GATES`, commands on `moira.cmd.gate.<verb>` and
+//!   `moira.svc.gate.<verb>`, live copies on `moira.live.gate.ev.<id>`;
+//! - runs: `MOIRA_RUNS`, `MOIRA_JOBS`, commands on `moira.cmd.run.*`;
+//! - notifications: `MOIRA_NOTIFY`, `MOIRA_NOTIFY_DELIVERIES`;
+//! - the approvers registry (`MOIRA_REGISTRY`) and moira-web's used
+//!   links (`MOIRA_WEB_LINKS`).
 
 use crate::ids::GateId;
+
+pub mod streams;
 
 /// The stream holding every gate's events and timeout schedules.
 pub const GATES_STREAM: &str = "MOIRA_GATES";
@@ -39,6 +50,86 @@ pub fn is_service_subject(subject: &str) -> bool {
     subject.starts_with(SERVICE_GATE_COMMAND_PREFIX)
 }
 
+// Runs.
+
+/// The stream of run events and step output.
+pub const RUNS_STREAM: &str = "MOIRA_RUNS";
+pub const RUN_EVENTS_ALL: &str = "moira.run.ev.*";
+pub const RUN_LOGS_ALL: &str = "moira.run.log.*.*";
+pub const JOBS_STREAM: &str = "MOIRA_JOBS";
+pub const JOBS_ALL: &str = "moira.job.*";
+const JOB_PREFIX: &str = "moira.job.";
+const RUN_EVENTS_PREFIX: &str = "moira.run.ev.";
+/// The durable consumer all runners share for jobs.
+pub const RUNNERS_CONSUMER: &str = "moira-runners";
+/// The durable consumer all runners share to turn gate decisions into jobs.
+pub const RESUMER_CONSUMER: &str = "moira-resumer";
+/// Header on log lines: `stdout` or `stderr`.
+pub const HDR_LOG_STREAM: &str = "Moira-Log-Stream";
+
+pub fn run_events(run_id: &str) -> String {
+    format!("{RUN_EVENTS_PREFIX}{run_id}")
+}
+pub fn run_logs(run_id: &str, step: &str) -> String {
+    format!("moira.run.log.{run_id}.{step}")
+}
+pub fn run_logs_all(run_id: &str) -> String {
+    format!("moira.run.log.{run_id}.*")
+}
+pub fn job(run_id: &str) -> String {
+    format!("{JOB_PREFIX}{run_id}")
+}
+/// The run id in a job subject (`moira.job.<run_id>`), unchecked.
+pub fn run_id_from_job(subject: &str) -> Option<&str> {
+    subject.strip_prefix(JOB_PREFIX)
+}
+/// Whether a subject is a run event's (`moira.run.ev.<run_id>`).
+pub fn is_run_event(subject: &str) -> bool {
+    subject.starts_with(RUN_EVENTS_PREFIX)
+}
+
+// Notifications.
+
+/// The notifier's stream: reminder and escalation schedules, the messages
+/// they fire, and failed deliveries.
+pub const NOTIFY_STREAM: &str = "MOIRA_NOTIFY";
+pub const NOTIFY_SCHEDULES_ALL: &str = "moira.notify.sched.*.*";
+pub const NOTIFY_FIRED_ALL: &str = "moira.notify.fire.*.*";
+/// Failed deliveries, one subject per channel (`moira notify failures`).
+pub const NOTIFY_FAILED_ALL: &str = "moira.notify.failed.*";
+const NOTIFY_FIRED_PREFIX: &str = "moira.notify.fire.";
+/// On a fired reminder: the schedule was stopped, nothing to send.
+pub const HDR_NOTIFY_STOP: &str = "Moira-Stop";
+/// Who delivered which notification, shared by the notifiers.
+pub const NOTIFY_DELIVERIES_BUCKET: &str = "MOIRA_NOTIFY_DELIVERIES";
+/// The notifiers' shared durable consumers: one per stream they follow.
+pub const NOTIFIER_GATES_CONSUMER: &str = "moira-notifier-gates";
+pub const NOTIFIER_RUNS_CONSUMER: &str = "moira-notifier-runs";
+pub const NOTIFIER_FIRED_CONSUMER: &str = "moira-notifier-fire";
+
+/// Where a gate's reminder or escalation (`what`) is scheduled.
+pub fn notify_schedule(gate: GateId, what: &str) -> String {
+    format!("moira.notify.sched.{gate}.{what}")
+}
+/// Where that schedule fires.
+pub fn notify_fired(gate: GateId, what: &str) -> String {
+    format!("{NOTIFY_FIRED_PREFIX}{gate}.{what}")
+}
+/// The `<gate>.<what>` of a fired schedule's subject.
+pub fn notify_fired_parts(subject: &str) -> Option<&str> {
+    subject.strip_prefix(NOTIFY_FIRED_PREFIX)
+}
+pub fn notify_failed(channel: &str) -> String {
+    format!("moira.notify.failed.{channel}")
+}
+
+// Buckets.
+
+/// The approvers registry, signed by admins.
+pub const REGISTRY_BUCKET: &str = "MOIRA_REGISTRY";
+/// moira-web: nonces of the one-click links already used.
+pub const WEB_LINKS_BUCKET: &str = "MOIRA_WEB_LINKS";
+
 /// Headers set on every stored event so tools can filter without decoding.
 pub const HDR_EVENT: &str = "Moira-Event";
 pub const HDR_SCHEMA: &str = "Moira-Schema";
@@ -58,9 +149,18 @@ pub const SCHEDULE_NEXT_PURGE: &str = "purge";
 /// on the same subject.
 pub const HDR_SEQUENCE: &str = "Nats-Sequence";
 pub const HDR_LAST_SEQUENCE: &str = "Nats-Last-Sequence";
+/// On Direct Get replies: when the broker stored the message, and how
+/// many more match after this batch.
+pub const HDR_TIME_STAMP: &str = "Nats-Time-Stamp";
+pub const HDR_NUM_PENDING: &str = "Nats-Num-Pending";
 pub const HDR_CONTENT_TYPE: &str = "Content-Type";
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 pub const CONTENT_TYPE_MSGPACK: &str = "application/msgpack";
+
+/// The JetStream API subject for Direct Gets (batched reads) on `stream`.
+pub fn direct_get(stream: &str) -> String {
+    format!("$JS.API.DIRECT.GET.{stream}")
+}
 
 pub fn gate_events(id: &GateId) -> String {
     format!("{GATE_EVENTS_PREFIX}{id}")

@@ -1,6 +1,7 @@
-//! Following a durable pull consumer that several processes share: the
-//! message stream is reopened after an error, and the feed ends when the
-//! process is asked to stop.
+//! Durable pull consumers that every copy of a service shares (each new
+//! message is handled once, by whichever copy is alive), and following
+//! one: the message stream is reopened after an error, and the feed ends
+//! when the process is asked to stop.
 
 use std::time::Duration;
 
@@ -8,6 +9,24 @@ use async_nats::jetstream::consumer::{pull, Consumer};
 use async_nats::jetstream::Message;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
+
+/// The shared consumer `name` on `stream` for `filter`, created if missing
+/// with [`moira_protocol::wire::streams::shared_consumer_config`].
+pub async fn shared_consumer(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    name: &str,
+    filter: &str,
+) -> anyhow::Result<Consumer<pull::Config>> {
+    Ok(js
+        .get_stream(stream)
+        .await?
+        .get_or_create_consumer(
+            name,
+            moira_protocol::wire::streams::shared_consumer_config(name, filter),
+        )
+        .await?)
+}
 
 pub struct DurableFeed {
     name: String,
