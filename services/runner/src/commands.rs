@@ -21,7 +21,7 @@ use moira_service::verify::{check_fresh, check_run_signature, Signatures};
 use moira_service::Registry;
 use moira_workflow::Workflow;
 
-use crate::job::RUNNER_ACTOR;
+use crate::steps::RUNNER_ACTOR;
 
 /// The registry role that may cancel any run.
 pub const ADMIN_ROLE: &str = "admin";

@@ -7,146 +7,27 @@
 //! expected last sequence, so two runners advancing the same run never both
 //! act on the same step: the loser reads the run again and plans again.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 
 use moira_client::append::AppendError;
-use moira_client::{Client, GateView, OpenGate};
-use moira_protocol::run::{GateOutcome, RunEnvelope, RunEvent, RunSignature, RunState, StepStatus};
-use moira_protocol::statement::{run_statement, RunAbout, RunVerb};
-use moira_protocol::time::now_ms;
-use moira_protocol::{GateId, GateStatus};
-use moira_workflow::{Step, Template, Workflow, GATE_OUTPUTS};
+use moira_client::Client;
+use moira_protocol::run::{RunEnvelope, RunEvent};
+use moira_workflow::Workflow;
 
-use crate::exec::{self, StepResult, StepRun};
-use crate::plan::{lookup, plan, Action};
+use crate::act::act;
+use crate::exec::StepResult;
+use crate::plan::plan;
+use crate::steps::{env, RUNNER_ACTOR};
 use crate::Shared;
 
-/// The actor runners use on gates they open and events they write.
-pub const RUNNER_ACTOR: &str = "moira:runner";
-
 /// What a finished step task reports.
-struct Done {
-    step: String,
-    attempt: u32,
-    result: StepResult,
-}
-
-fn env(run_id: &str, event: RunEvent, actor: &str) -> RunEnvelope {
-    RunEnvelope {
-        schema: 1,
-        run_id: run_id.to_string(),
-        actor: actor.to_string(),
-        at: now_ms(),
-        event,
-        signed: None,
-    }
-}
-
-/// The deterministic id of a step's gate (its review gate is another one,
-/// reused across push-backs). `n` is 1 unless someone else took that id
-/// first (see [`open_own_gate`]).
-pub fn gate_id(run_id: &str, step: &str, review: bool, n: u32) -> GateId {
-    if review {
-        GateId::for_step(run_id, &format!("{step}#review"), n)
-    } else {
-        GateId::for_step(run_id, step, n)
-    }
-}
-
-/// How many ids a step tries before it gives up on opening its gate.
-const GATE_ID_TRIES: u32 = 4;
-
-/// Opens a step's gate, or re-attaches to it (a restarted runner, a
-/// review after a push-back). Gate ids can be computed by anyone, so an
-/// existing gate is accepted only if this run opened it: same run, step,
-/// requester and policy. A gate someone else put there is never adopted
-/// (its opener would have chosen its approvers); the step moves to the
-/// next id instead.
-async fn open_own_gate(
-    client: &Client,
-    run: &RunState,
-    step: &str,
-    review: bool,
-    spec: OpenGate,
-) -> Result<(GateId, GateView), ActError> {
-    // What the gate-keeper would refuse, it will refuse every time.
-    let wanted = moira_protocol::gate::spec_from(&spec, &moira_protocol::gate::Policy::dev())
-        .map_err(|e| ActError::Refused(format!("{}: {}", e.code.as_str(), e.message)))?;
-    for n in 1..=GATE_ID_TRIES {
-        let g = gate_id(&run.id, step, review, n);
-        let attempt = OpenGate {
-            gate_id: Some(g),
-            ..spec.clone()
-        };
-        match client
-            .send_as_service(moira_protocol::Command::Open(attempt))
-            .await
-        {
-            Ok(v) => return Ok((g, v)),
-            Err(e) if e.code() == Some(moira_protocol::ErrorCode::Conflict) => {
-                let view = client.show_fresh(g).await?;
-                if ours(
-                    &view,
-                    run,
-                    step,
-                    &spec.actor,
-                    spec.allow_self_approval,
-                    &wanted,
-                ) {
-                    return Ok((g, view));
-                }
-                tracing::warn!(
-                    run_id = run.id,
-                    step,
-                    gate = %g,
-                    by = view.requested_by,
-                    "a gate this run did not open holds the step's gate id; using another id"
-                );
-            }
-            Err(moira_client::ClientError::Rejected(e))
-                if matches!(
-                    e.code,
-                    moira_protocol::ErrorCode::NotAllowed
-                        | moira_protocol::ErrorCode::BadRequest
-                        | moira_protocol::ErrorCode::TooLarge
-                        | moira_protocol::ErrorCode::Unsigned
-                        | moira_protocol::ErrorCode::BadSignature
-                        | moira_protocol::ErrorCode::WrongKey
-                ) =>
-            {
-                return Err(ActError::Refused(e.to_string()));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ActError::Refused(format!(
-        "every gate id step {step} may use is taken by a gate this run did not open"
-    )))
-}
-
-/// Whether an existing gate is the one this run opened for `step`.
-fn ours(
-    view: &GateView,
-    run: &RunState,
-    step: &str,
-    requester: &str,
-    spec_self_approval: Option<bool>,
-    wanted: &moira_protocol::event::GateSpec,
-) -> bool {
-    view.run_id.as_deref() == Some(run.id.as_str())
-        && view.step.as_deref() == Some(step)
-        && view.requested_by == requester
-        && view.approvers == wanted.approvers
-        && view.approvals_required == wanted.approvals_required
-        // Left unset, the gate-keeper's policy picks it.
-        && spec_self_approval.is_none_or(|a| a == view.allow_self_approval)
-        && view.input_names == wanted.inputs
-        && view.required_inputs == wanted.required
-        && view.on_timeout == wanted.on_timeout
+pub(crate) struct Done {
+    pub step: String,
+    pub attempt: u32,
+    pub result: StepResult,
 }
 
 pub async fn advance(
@@ -261,13 +142,13 @@ async fn remove_run_files(shared: &Shared, run_id: &str) {
 }
 
 /// What one job holds while it advances its run.
-struct Held {
+pub(crate) struct Held {
     /// The job's stream sequence, recorded on the steps it starts.
-    job_seq: u64,
+    pub job_seq: u64,
     /// The steps it runs.
-    tasks: JoinSet<Done>,
+    pub tasks: JoinSet<Done>,
     /// Cancelled when the run is cancelled; kills those steps.
-    cancel: tokio_util::sync::CancellationToken,
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 /// Aborts a task when dropped.
@@ -279,7 +160,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-enum ActError {
+pub(crate) enum ActError {
     Conflict,
     /// The gate-keeper refused a gate this step asked for: retrying cannot
     /// help, so the step ends with the reason.
@@ -302,322 +183,13 @@ impl From<moira_client::ClientError> for ActError {
     }
 }
 
-async fn append(client: &Client, last: &mut u64, ev: RunEnvelope) -> Result<(), ActError> {
+pub(crate) async fn append(
+    client: &Client,
+    last: &mut u64,
+    ev: RunEnvelope,
+) -> Result<(), ActError> {
     *last = client.append_run(&ev, Some(*last)).await?;
     Ok(())
-}
-
-/// Carries out one action; `Ok(true)` when it changed the run.
-async fn act(
-    shared: &Arc<Shared>,
-    wf: &Workflow,
-    run: &RunState,
-    action: Action,
-    last: &mut u64,
-    held: &mut Held,
-) -> Result<bool, ActError> {
-    let client = &shared.client;
-    let id = &run.id;
-    match action {
-        Action::Finish(status) => {
-            append(
-                client,
-                last,
-                env(id, RunEvent::RunFinished { status }, RUNNER_ACTOR),
-            )
-            .await?;
-            moira_service::ops::metrics()
-                .runs
-                .get_or_create(&moira_service::ops::StatusLabels {
-                    status: status.as_str().to_string(),
-                })
-                .inc();
-            tracing::info!(run_id = id, status = status.as_str(), "run finished");
-        }
-        Action::Skip { step, reason } => {
-            append(
-                client,
-                last,
-                env(id, RunEvent::StepSkipped { step, reason }, RUNNER_ACTOR),
-            )
-            .await?
-        }
-        Action::Abort { step, reason } => {
-            append(
-                client,
-                last,
-                env(id, RunEvent::StepAborted { step, reason }, RUNNER_ACTOR),
-            )
-            .await?
-        }
-        Action::Cancel { step } => {
-            append(
-                client,
-                last,
-                env(id, RunEvent::StepCancelled { step }, RUNNER_ACTOR),
-            )
-            .await?
-        }
-        Action::CutOff {
-            step,
-            attempt,
-            retry,
-        } => {
-            let reason = if retry {
-                "cut off: its runner stopped; retrying".to_string()
-            } else {
-                "cut off: its runner stopped while it ran (no retries left)".to_string()
-            };
-            tracing::warn!(run_id = id, step, "{reason}");
-            let ev = RunEvent::StepFinished {
-                step,
-                attempt,
-                ok: false,
-                exit_code: None,
-                outputs: BTreeMap::new(),
-                reason: Some(reason),
-                retry,
-            };
-            append(client, last, env(id, ev, RUNNER_ACTOR)).await?;
-        }
-        Action::Start {
-            step,
-            attempt,
-            iteration,
-        } => {
-            let Some(def) = wf.step(&step) else {
-                return Ok(false);
-            };
-            let ev = RunEvent::StepStarted {
-                step: step.clone(),
-                attempt,
-                iteration,
-                job: held.job_seq,
-                runner: shared.name.clone(),
-            };
-            // The append is the claim: only one runner gets to start it.
-            append(client, last, env(id, ev, RUNNER_ACTOR)).await?;
-            let st = run.steps.get(&step).cloned().unwrap_or_default();
-            let look = lookup(wf, run);
-            // Template values reach the command only as environment
-            // variables, never as shell text.
-            let (command, values) = Template::parse(def.run.as_deref().unwrap_or(""))
-                .map(|t| t.render_shell(&look))
-                .unwrap_or_default();
-            let mut vars = gate_inputs(wf, run, def);
-            for (k, v) in &def.env {
-                let v = Template::parse(&v.text())
-                    .map(|t| t.render(&look))
-                    .unwrap_or_default();
-                vars.insert(k.clone(), v);
-            }
-            vars.extend(st.push_back_inputs.clone());
-            // Approvers choose these values: never let them set PATH,
-            // LD_PRELOAD and the like (validation refuses such names too).
-            vars.retain(|k, _| !moira_workflow::is_reserved_env(k));
-            vars.extend(values);
-            let job = StepRun {
-                run_id: id.clone(),
-                step: step.clone(),
-                command,
-                env: vars,
-                pass_env: shared.pass_env.clone(),
-                dir: shared.work_dir.join(id).join(&step),
-                timeout: def.timeout(),
-                previous_outputs: (iteration > 1).then(|| st.outputs.clone()),
-                iteration,
-                attempt,
-                cancel: held.cancel.child_token(),
-            };
-            let client = client.clone();
-            tracing::info!(run_id = id, step, attempt, iteration, "step started");
-            held.tasks.spawn(async move {
-                let started = std::time::Instant::now();
-                let result = exec::run(&client, job).await;
-                moira_service::ops::metrics()
-                    .step_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                Done {
-                    step,
-                    attempt,
-                    result,
-                }
-            });
-        }
-        Action::AutoApprove { step } => {
-            let Some(def) = wf.step(&step) else {
-                return Ok(false);
-            };
-            let mut outputs: BTreeMap<String, String> = [
-                ("approved_by", moira_service::verify::AUTO_APPROVER),
-                ("approved_at", &moira_protocol::time::rfc3339(now_ms())),
-                ("reason", ""),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-            for i in def.gate().map(|g| g.inputs.clone()).unwrap_or_default() {
-                outputs.entry(i).or_default();
-            }
-            let g = gate_id(id, &step, false, 1);
-            append(
-                client,
-                last,
-                env(
-                    id,
-                    RunEvent::StepWaiting {
-                        step: step.clone(),
-                        gate_id: g,
-                        gate_iteration: 1,
-                    },
-                    RUNNER_ACTOR,
-                ),
-            )
-            .await?;
-            let mut resolved = env(
-                id,
-                RunEvent::GateResolved {
-                    step: step.clone(),
-                    gate_id: g,
-                    outcome: GateOutcome::Approved,
-                    status: StepStatus::Succeeded,
-                    outputs,
-                    inputs: BTreeMap::new(),
-                },
-                RUNNER_ACTOR,
-            );
-            // The runner decided this one: it signs it with its service key.
-            if let Some(signer) = client.signer() {
-                let command_id = g.to_string();
-                let none = BTreeMap::new();
-                let about = RunAbout {
-                    verb: RunVerb::AutoApprove,
-                    run_id: id,
-                    actor: RUNNER_ACTOR,
-                    workflow: &run.workflow,
-                    vars: &none,
-                    step: Some(&step),
-                    command_id: &command_id,
-                    at: resolved.at,
-                };
-                let signature = signer.sign(&run_statement(&about)).map_err(|e| {
-                    ActError::Other(anyhow::anyhow!("signing an auto-approval: {e}"))
-                })?;
-                resolved.signed = Some(RunSignature {
-                    command_id,
-                    signed_at: resolved.at,
-                    signature,
-                    signer: Some(moira_client::signing::fingerprint(&signer.public_key())),
-                });
-            }
-            append(client, last, resolved).await?;
-        }
-        Action::OpenGate { step, review } => {
-            let Some(def) = wf.step(&step) else {
-                return Ok(false);
-            };
-            let spec = open_spec(wf, run, def, review);
-            let (g, view) = match open_own_gate(client, run, &step, review, spec).await {
-                Err(ActError::Refused(why)) => {
-                    let reason = format!("the gate-keeper refused its gate: {why}");
-                    tracing::warn!(run_id = id, step, "{reason}");
-                    let ev = RunEvent::StepAborted { step, reason };
-                    append(client, last, env(id, ev, RUNNER_ACTOR)).await?;
-                    return Ok(true);
-                }
-                other => other?,
-            };
-            let ev = RunEvent::StepWaiting {
-                step: step.clone(),
-                gate_id: g,
-                gate_iteration: view.iteration,
-            };
-            append(client, last, env(id, ev, RUNNER_ACTOR)).await?;
-            tracing::info!(run_id = id, step, gate = %g, review, "waiting on a gate");
-        }
-        Action::CheckGate { step } => {
-            let Some(def) = wf.step(&step) else {
-                return Ok(false);
-            };
-            let Some(st) = run.steps.get(&step) else {
-                return Ok(false);
-            };
-            let Some(g) = st.gate_id else {
-                return Ok(false);
-            };
-            let view = match client.show_fresh(g).await {
-                Ok(v) => v,
-                Err(moira_client::ClientError::NotFound(_)) => return Ok(false),
-                Err(e) => return Err(e.into()),
-            };
-            let Some(ev) = resolution(def, st.gate_iteration, &view) else {
-                return Ok(false);
-            };
-            if let Some(registry) = &shared.verify {
-                let rules = moira_service::verify::Rules {
-                    require_signatures: true,
-                };
-                let registry = registry.current();
-                let report = moira_service::verify::verify_gate(
-                    client,
-                    g,
-                    &moira_service::verify::Registries::only(registry),
-                    rules,
-                )
-                .await?;
-                if !report.ok() {
-                    let problems: Vec<String> = report
-                        .findings
-                        .iter()
-                        .filter(|f| !f.ok())
-                        .map(|f| {
-                            format!(
-                                "#{} {} by {}: {}",
-                                f.seq,
-                                f.kind,
-                                f.actor,
-                                f.problems.join("; ")
-                            )
-                        })
-                        .collect();
-                    tracing::error!(
-                        run_id = id,
-                        step,
-                        gate = %g,
-                        "the gate's trail does not verify; the run does not act on it: {}",
-                        problems.join(" | ")
-                    );
-                    return Ok(false);
-                }
-            }
-            let pushed_back = matches!(
-                ev,
-                RunEvent::GateResolved {
-                    outcome: GateOutcome::PushedBack,
-                    ..
-                }
-            );
-            append(client, last, env(id, ev, RUNNER_ACTOR)).await?;
-            if pushed_back {
-                // Everything downstream of the reviewed step runs again.
-                for d in wf.dependents(&step) {
-                    if run
-                        .steps
-                        .get(&d)
-                        .is_some_and(|s| s.status != StepStatus::Pending)
-                    {
-                        append(
-                            client,
-                            last,
-                            env(id, RunEvent::StepReset { step: d }, RUNNER_ACTOR),
-                        )
-                        .await?;
-                    }
-                }
-            }
-        }
-    }
-    Ok(true)
 }
 
 /// Records a finished step (no expected sequence: nobody else writes about
@@ -727,108 +299,4 @@ async fn keep_recording(
     });
     task.await
         .map_err(|e| anyhow::anyhow!("recording {what}: the task failed: {e}"))?
-}
-
-/// Inputs of the gates a step depends on (directly or not), as env vars.
-fn gate_inputs(wf: &Workflow, run: &RunState, step: &Step) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for a in wf.ancestors(&step.name) {
-        let Some(g) = wf.step(&a).and_then(Step::gate) else {
-            continue;
-        };
-        if let Some(st) = run.steps.get(&a) {
-            for i in &g.inputs {
-                if let Some(v) = st.outputs.get(i) {
-                    out.insert(i.clone(), v.clone());
-                }
-            }
-        }
-    }
-    out
-}
-
-fn open_spec(wf: &Workflow, run: &RunState, def: &Step, review: bool) -> OpenGate {
-    let look = lookup(wf, run);
-    let render = |t: &str| {
-        Template::parse(t)
-            .map(|t| t.render(&look))
-            .unwrap_or_else(|_| t.to_string())
-    };
-    OpenGate {
-        gate_id: Some(gate_id(&run.id, &def.name, review, 1)),
-        actor: run.submitted_by.clone(),
-        run_id: Some(run.id.clone()),
-        ..wf.gate_request(def, review, render)
-    }
-}
-
-/// What a gate's state means for the step waiting on it, if it is decided.
-fn resolution(def: &Step, waited_iteration: u32, g: &GateView) -> Option<RunEvent> {
-    let review = !def.is_gate();
-    let mut outputs = BTreeMap::new();
-    for k in GATE_OUTPUTS {
-        outputs.insert(k.to_string(), String::new());
-    }
-    if let Some(gate) = def.gate() {
-        for i in &gate.inputs {
-            outputs.insert(i.clone(), String::new());
-        }
-    }
-    outputs.insert(
-        "approved_by".into(),
-        g.approved_by.clone().unwrap_or_default(),
-    );
-    outputs.insert(
-        "approved_at".into(),
-        g.approved_at.clone().unwrap_or_default(),
-    );
-    outputs.insert("reason".into(), g.reason.clone().unwrap_or_default());
-    outputs.extend(g.inputs.clone());
-    let (outcome, status) = match g.status {
-        GateStatus::Waiting if review && g.iteration > waited_iteration => {
-            let inputs = g
-                .push_backs
-                .last()
-                .map(|p| p.inputs.clone())
-                .unwrap_or_default();
-            return Some(RunEvent::GateResolved {
-                step: def.name.clone(),
-                gate_id: g.id,
-                outcome: GateOutcome::PushedBack,
-                status: StepStatus::Pending,
-                outputs: BTreeMap::new(),
-                inputs,
-            });
-        }
-        GateStatus::Waiting => return None,
-        GateStatus::Approved => (GateOutcome::Approved, StepStatus::Succeeded),
-        GateStatus::Denied => (GateOutcome::Denied, denied_status(def, review)),
-        GateStatus::TimedOut => (GateOutcome::TimedOut, StepStatus::Failed),
-        GateStatus::Cancelled => (GateOutcome::Cancelled, StepStatus::Cancelled),
-    };
-    // A review's outputs are the step's own; it only adds the reviewer's.
-    if review {
-        outputs.retain(|k, _| {
-            k == "approved_by" || k == "approved_at" || k == "reason" || g.inputs.contains_key(k)
-        });
-    }
-    Some(RunEvent::GateResolved {
-        step: def.name.clone(),
-        gate_id: g.id,
-        outcome,
-        status,
-        outputs,
-        inputs: BTreeMap::new(),
-    })
-}
-
-fn denied_status(def: &Step, review: bool) -> StepStatus {
-    if review {
-        return StepStatus::Rejected;
-    }
-    match def.on_deny {
-        moira_workflow::OnDeny::Fail => StepStatus::Rejected,
-        moira_workflow::OnDeny::Continue => StepStatus::Succeeded,
-        moira_workflow::OnDeny::Skip => StepStatus::Skipped,
-    }
 }

@@ -19,10 +19,12 @@
 
 #![forbid(unsafe_code)]
 
+mod act;
 mod commands;
 mod exec;
 mod job;
 pub mod plan;
+mod steps;
 pub mod supervise;
 
 use std::path::PathBuf;
@@ -45,7 +47,7 @@ use moira_protocol::Envelope;
 use moira_service::feed::DurableFeed;
 use moira_service::live::LiveRegistry;
 
-pub use job::RUNNER_ACTOR;
+pub use steps::RUNNER_ACTOR;
 
 #[derive(Debug, Clone)]
 pub struct Config {
