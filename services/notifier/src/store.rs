@@ -93,32 +93,21 @@ impl Deliveries {
         me: String,
         ttl: Duration,
     ) -> Result<Deliveries, String> {
-        let deadline = tokio::time::Instant::now() + moira_client::streams::ENSURE_PATIENCE;
-        loop {
-            let made = match js.get_key_value(NOTIFY_DELIVERIES_BUCKET).await {
+        // A cluster still forming answers "not yet" for a while.
+        let kv = moira_client::streams::patiently("opening the delivery record", || async {
+            match js.get_key_value(NOTIFY_DELIVERIES_BUCKET).await {
                 Ok(kv) => Ok(kv),
                 Err(_) => js
                     .create_key_value(notify_deliveries_bucket_config(replicas, RECORD_FOR))
                     .await
                     .map_err(|e| e.to_string()),
-            };
-            match made {
-                Ok(kv) => return Ok(Deliveries { kv, me, ttl }),
-                // A cluster still forming: not yet, rather than no.
-                Err(e)
-                    if moira_client::streams::is_transient(&e)
-                        && tokio::time::Instant::now() < deadline =>
-                {
-                    tracing::warn!("JetStream is not answering yet ({e}); trying again");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => {
-                    return Err(format!(
-                        "cannot create the delivery record {NOTIFY_DELIVERIES_BUCKET}: {e}"
-                    ))
-                }
             }
-        }
+        })
+        .await
+        .map_err(|e| {
+            format!("cannot create the delivery record {NOTIFY_DELIVERIES_BUCKET}: {e}")
+        })?;
+        Ok(Deliveries { kv, me, ttl })
     }
 
     fn record(&self, state: State) -> bytes::Bytes {

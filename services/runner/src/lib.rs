@@ -236,10 +236,17 @@ async fn jobs_consumer(
     Duration,
 )> {
     let want = moira_protocol::wire::streams::runners_consumer_config(ack_wait);
-    let stream = js.get_stream(JOBS_STREAM).await?;
-    let consumer = stream
-        .get_or_create_consumer(RUNNERS_CONSUMER, want.clone())
-        .await?;
+    let (stream, consumer) = moira_client::streams::patiently(
+        &format!("creating the consumer {RUNNERS_CONSUMER}"),
+        || async {
+            let stream = js.get_stream(JOBS_STREAM).await?;
+            let consumer = stream
+                .get_or_create_consumer(RUNNERS_CONSUMER, want.clone())
+                .await?;
+            anyhow::Ok((stream, consumer))
+        },
+    )
+    .await?;
     let have = consumer.cached_info().config.ack_wait;
     if have == ack_wait {
         return Ok((consumer, ack_wait));
@@ -259,7 +266,10 @@ async fn jobs_consumer(
         to = %moira_protocol::time::short_duration(ack_wait),
         "raising the shared job consumer's ack wait"
     );
-    let consumer = stream.update_consumer(want).await?;
+    let consumer = moira_client::streams::patiently("raising the job consumer's ack wait", || {
+        stream.update_consumer(want.clone())
+    })
+    .await?;
     Ok((consumer, ack_wait))
 }
 
@@ -315,6 +325,7 @@ impl Runner {
                 _ = shutdown.cancelled() => break,
                 p = slots.clone().acquire_owned() => p?,
             };
+            let asked = tokio::time::Instant::now();
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 b = self.jobs.fetch().max_messages(1).expires(Duration::from_secs(5)).messages() => b,
@@ -333,12 +344,24 @@ impl Runner {
                 m = batch.next() => m,
             };
             let Some(msg) = msg else {
+                // A long poll that ended at once returned no job for a
+                // reason of its own: do not ask again straight away.
+                if asked.elapsed() < Duration::from_millis(100) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 continue;
             };
             let msg = match msg {
                 Ok(m) => m,
+                // The stream has no leader (a cluster without quorum answers
+                // every fetch at once with 503): wait before asking again,
+                // or this loop spins and floods the log.
                 Err(e) => {
-                    tracing::warn!("receiving a job failed: {e}");
+                    tracing::warn!("receiving a job failed: {e}; trying again in 1s");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
                     continue;
                 }
             };

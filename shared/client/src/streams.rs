@@ -64,6 +64,29 @@ pub async fn ensure(js: &Context, want: Config) -> Result<(), StreamError> {
     }
 }
 
+/// Runs `attempt` until it succeeds, fails for good, or
+/// [`ENSURE_PATIENCE`] has passed while it kept failing with errors that
+/// mean "not yet" ([`is_transient`]): what a service does at start-up
+/// with each JetStream call, since a cluster that is electing a leader
+/// answers for a few seconds with "temporarily unavailable".
+pub async fn patiently<T, E, F, Fut>(what: &str, mut attempt: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + ENSURE_PATIENCE;
+    loop {
+        match attempt().await {
+            Err(e) if is_transient(&e.to_string()) && tokio::time::Instant::now() < deadline => {
+                tracing::warn!("{what}: JetStream is not answering yet ({e}); trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Errors that mean "not yet" rather than "no": no answer, or JetStream
 /// (or its leader) temporarily unavailable. A create that timed out may
 /// have been stored; the next try finds the stream and checks it.

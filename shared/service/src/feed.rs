@@ -18,14 +18,16 @@ pub async fn shared_consumer(
     name: &str,
     filter: &str,
 ) -> anyhow::Result<Consumer<pull::Config>> {
-    Ok(js
-        .get_stream(stream)
-        .await?
-        .get_or_create_consumer(
-            name,
-            moira_protocol::wire::streams::shared_consumer_config(name, filter),
-        )
-        .await?)
+    let config = moira_protocol::wire::streams::shared_consumer_config(name, filter);
+    moira_client::streams::patiently(&format!("creating the consumer {name}"), || async {
+        js.get_stream(stream)
+            .await
+            .map_err(anyhow::Error::from)?
+            .get_or_create_consumer(name, config.clone())
+            .await
+            .map_err(anyhow::Error::from)
+    })
+    .await
 }
 
 pub struct DurableFeed {
@@ -68,8 +70,22 @@ impl DurableFeed {
             };
             match next {
                 Some(Ok(msg)) => return Some(msg),
-                // An error or an ended stream: open a new one.
-                _ => self.messages = None,
+                // An error or an ended stream: open a new one, after a
+                // pause (a stream without a leader errs at once, and
+                // asking again straight away would spin).
+                other => {
+                    if let Some(Err(e)) = other {
+                        tracing::warn!(
+                            consumer = self.name,
+                            "reading messages failed: {e}; trying again in 1s"
+                        );
+                    }
+                    self.messages = None;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
             }
         }
     }

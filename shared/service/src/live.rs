@@ -219,13 +219,16 @@ fn consider(live: &LiveRegistry, accepted: &mut Option<Registry>, value: &[u8], 
 /// The registry bucket, created if missing.
 pub async fn bucket(client: &Client) -> anyhow::Result<async_nats::jetstream::kv::Store> {
     let js = async_nats::jetstream::new(client.nats().clone());
-    match js.get_key_value(BUCKET).await {
-        Ok(kv) => Ok(kv),
-        Err(_) => js
-            .create_key_value(moira_protocol::wire::streams::registry_bucket_config())
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot create the registry bucket {BUCKET}: {e}")),
-    }
+    moira_client::streams::patiently("opening the registry bucket", || async {
+        match js.get_key_value(BUCKET).await {
+            Ok(kv) => Ok(kv),
+            Err(_) => js
+                .create_key_value(moira_protocol::wire::streams::registry_bucket_config())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot create the registry bucket {BUCKET}: {e}")),
+        }
+    })
+    .await
 }
 
 /// The newest valid registry in the bucket: the registry, the value that
