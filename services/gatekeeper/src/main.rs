@@ -11,9 +11,6 @@ struct Args {
     /// NATS server URL (several may be given, comma-separated).
     #[arg(long, env = "MOIRA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
-    /// Approvers registry (TOML): `[users.<name>]` tables with `roles = [...]`.
-    #[arg(long, env = "MOIRA_APPROVERS")]
-    approvers: Option<PathBuf>,
     /// Replicas for the gate stream when this gate-keeper creates it.
     #[arg(long, env = "MOIRA_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     replicas: u8,
@@ -26,15 +23,13 @@ struct Args {
     /// registry lists for its actor (production); `off`: dev and demo.
     #[arg(long, env = "MOIRA_SIGNATURES", value_enum, default_value = "off")]
     signatures: moira_gatekeeper::handler::Signatures,
-    /// Follow the approvers registry shared in the MOIRA_REGISTRY KV bucket
-    /// (written with `moira approvers apply`), picking up changes live
-    #[arg(long, env = "MOIRA_APPROVERS_KV", conflicts_with = "approvers")]
-    approvers_kv: bool,
     /// The SSH key this gate-keeper signs the timeouts it prepares with;
     /// the registry lists it under [services.<name>]. Needed with
     /// `--signatures require`
     #[arg(long, env = "MOIRA_KEY")]
     key: Option<PathBuf>,
+    #[command(flatten)]
+    registry: moira_service::live::RegistryArgs,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
     #[command(flatten)]
@@ -46,7 +41,7 @@ async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let config = moira_gatekeeper::Config {
         nats_url: args.nats_url,
-        approvers: args.approvers,
+        approvers: args.registry.approvers,
         replicas: args.replicas as usize,
         policy: if args.strict {
             moira_protocol::gate::Policy::strict()
@@ -55,7 +50,7 @@ async fn main() -> std::process::ExitCode {
         },
         auth: args.connect.auth(),
         signatures: args.signatures,
-        approvers_kv: args.approvers_kv,
+        approvers_kv: args.registry.approvers_kv,
         key: args.key,
         metrics_listen: args.ops.metrics_listen,
     };

@@ -17,13 +17,8 @@ struct Args {
     /// Replicas for the streams when this notifier creates them.
     #[arg(long, env = "MOIRA_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     replicas: u8,
-    /// Approvers registry (TOML): who holds a role, and each user's
-    /// `email` and `slack` id, for the messages an approver alone gets.
-    #[arg(long, env = "MOIRA_APPROVERS")]
-    approvers: Option<PathBuf>,
-    /// Follow the registry in the MOIRA_REGISTRY KV bucket instead.
-    #[arg(long, env = "MOIRA_APPROVERS_KV", conflicts_with = "approvers")]
-    approvers_kv: bool,
+    #[command(flatten)]
+    registry: moira_service::live::RegistryArgs,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
     #[command(flatten)]
@@ -38,8 +33,8 @@ async fn main() -> std::process::ExitCode {
         config: args.config,
         auth: args.connect.auth(),
         replicas: args.replicas as usize,
-        approvers: args.approvers,
-        approvers_kv: args.approvers_kv,
+        approvers: args.registry.approvers,
+        approvers_kv: args.registry.approvers_kv,
         metrics_listen: args.ops.metrics_listen,
     };
     moira_service::signals::serve("moira-notifier", |shutdown| {

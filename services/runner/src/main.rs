@@ -33,21 +33,16 @@ struct Args {
     /// Replicas for streams this runner creates.
     #[arg(long, env = "MOIRA_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     replicas: u8,
-    /// Approvers registry (TOML, as for the gate-keeper): roles decide who
-    /// may cancel a run (`admin` may cancel any).
-    #[arg(long, env = "MOIRA_APPROVERS")]
-    approvers: Option<PathBuf>,
     /// `require`: act on a gate decision only if the gate's trail verifies
     /// against the registry (hash chain, signatures, keys, policy)
     #[arg(long, env = "MOIRA_SIGNATURES", value_enum, default_value = "off")]
     signatures: moira_service::verify::Signatures,
-    /// Follow the approvers registry shared in the MOIRA_REGISTRY KV bucket
-    #[arg(long, env = "MOIRA_APPROVERS_KV", conflicts_with = "approvers")]
-    approvers_kv: bool,
     /// The SSH key this runner signs its gate opens and cancels with; the
     /// registry lists it under [services.<name>]
     #[arg(long, env = "MOIRA_KEY")]
     key: Option<PathBuf>,
+    #[command(flatten)]
+    registry: moira_service::live::RegistryArgs,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
     #[command(flatten)]
@@ -76,9 +71,9 @@ async fn serve() -> std::process::ExitCode {
         pass_env: args.pass_env,
         keep_work_files: args.keep_work_files,
         auth: args.connect.auth(),
-        approvers: args.approvers,
+        approvers: args.registry.approvers,
         signatures: args.signatures,
-        approvers_kv: args.approvers_kv,
+        approvers_kv: args.registry.approvers_kv,
         key: args.key,
         metrics_listen: args.ops.metrics_listen,
     };

@@ -36,13 +36,6 @@ struct Args {
         default_value = "127.0.0.1,::1"
     )]
     trusted_proxies: Vec<IpAddr>,
-    /// Approvers registry (TOML); `slack = "U…"` on a user links their
-    /// Slack account, for the Slack buttons.
-    #[arg(long, env = "MOIRA_APPROVERS")]
-    approvers: Option<PathBuf>,
-    /// Follow the registry in the MOIRA_REGISTRY KV bucket instead.
-    #[arg(long, env = "MOIRA_APPROVERS_KV", conflicts_with = "approvers")]
-    approvers_kv: bool,
     /// A file holding the Slack app's signing secret: turns on
     /// POST /slack/interactivity.
     #[arg(long, env = "MOIRA_SLACK_SIGNING_SECRET_FILE")]
@@ -65,6 +58,8 @@ struct Args {
     /// `attests = true` and the user's `attested` names that way.
     #[arg(long, env = "MOIRA_WEB_KEY")]
     key: Option<PathBuf>,
+    #[command(flatten)]
+    registry: moira_service::live::RegistryArgs,
     #[command(flatten)]
     connect: moira_service::ConnectArgs,
     #[command(flatten)]
@@ -114,8 +109,8 @@ async fn main() -> std::process::ExitCode {
         user_header: args.user_header,
         trusted_proxies: args.trusted_proxies,
         connect: args.connect.auth(),
-        approvers: args.approvers,
-        approvers_kv: args.approvers_kv,
+        approvers: args.registry.approvers,
+        approvers_kv: args.registry.approvers_kv,
         slack,
         link_secret,
         key: args.key,

@@ -216,6 +216,21 @@ fn consider(live: &LiveRegistry, accepted: &mut Option<Registry>, value: &[u8], 
     }
 }
 
+/// Where a service reads the approvers registry from: the two flags every
+/// service that checks people takes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RegistryArgs {
+    /// Approvers registry (TOML): `[users.<name>]` with their roles, keys,
+    /// and `email` and `slack` for messages of their own; `[services.<name>]`
+    /// for service keys. Reloaded on SIGHUP.
+    #[arg(long, env = "MOIRA_APPROVERS")]
+    pub approvers: Option<std::path::PathBuf>,
+    /// Follow the registry shared in the MOIRA_REGISTRY KV bucket instead
+    /// (written with `moira approvers apply`), picking up changes live.
+    #[arg(long, env = "MOIRA_APPROVERS_KV", conflicts_with = "approvers")]
+    pub approvers_kv: bool,
+}
+
 /// The registry bucket, created if missing.
 pub async fn bucket(client: &Client) -> anyhow::Result<async_nats::jetstream::kv::Store> {
     let js = async_nats::jetstream::new(client.nats().clone());
