@@ -72,6 +72,42 @@ pub struct OpenGate {
     pub signed_at: Option<u64>,
 }
 
+/// [`Common`] for one command struct; only the gate id and `via` differ
+/// between an open and a decision.
+macro_rules! impl_common {
+    ($name:ident, gate_id = |$g:ident| $gate:expr, via = |$v:ident| $via:expr, via_mut = |$m:ident| $via_mut:expr) => {
+        impl Common for $name {
+            fn id(&self) -> Option<CommandId> {
+                self.id
+            }
+            fn gate_id(&self) -> Option<GateId> {
+                let $g = self;
+                $gate
+            }
+            fn actor(&self) -> &str {
+                &self.actor
+            }
+            fn signature(&self) -> (Option<&String>, Option<u64>) {
+                (self.signature.as_ref(), self.signed_at)
+            }
+            fn signature_mut(&mut self) -> (&mut Option<String>, &mut Option<u64>) {
+                (&mut self.signature, &mut self.signed_at)
+            }
+            fn via_mut(&mut self) -> Option<&mut Option<String>> {
+                let $m = self;
+                $via_mut
+            }
+            fn via(&self) -> Option<&str> {
+                let $v = self;
+                $via
+            }
+            fn encode(&self, format: Format) -> Vec<u8> {
+                format.encode(self)
+            }
+        }
+    };
+}
+
 /// The decision commands share their first fields (`id`, `gate_id`,
 /// `actor`) and their last ones (`signature`, `signed_at`, `via`); this
 /// writes them once. Each keeps its own struct, so the wire format stays
@@ -103,32 +139,12 @@ macro_rules! decision_command {
             pub via: Option<String>,
         }
 
-        impl Common for $name {
-            fn id(&self) -> Option<CommandId> {
-                self.id
-            }
-            fn gate_id(&self) -> Option<GateId> {
-                Some(self.gate_id)
-            }
-            fn actor(&self) -> &str {
-                &self.actor
-            }
-            fn signature(&self) -> (Option<&String>, Option<u64>) {
-                (self.signature.as_ref(), self.signed_at)
-            }
-            fn signature_mut(&mut self) -> (&mut Option<String>, &mut Option<u64>) {
-                (&mut self.signature, &mut self.signed_at)
-            }
-            fn via_mut(&mut self) -> Option<&mut Option<String>> {
-                Some(&mut self.via)
-            }
-            fn via(&self) -> Option<&str> {
-                self.via.as_deref()
-            }
-            fn encode(&self, format: Format) -> Vec<u8> {
-                format.encode(self)
-            }
-        }
+        impl_common!(
+            $name,
+            gate_id = |c| Some(c.gate_id),
+            via = |c| c.via.as_deref(),
+            via_mut = |c| Some(&mut c.via)
+        );
     };
 }
 
@@ -166,32 +182,12 @@ trait Common {
     fn encode(&self, format: Format) -> Vec<u8>;
 }
 
-impl Common for OpenGate {
-    fn id(&self) -> Option<CommandId> {
-        self.id
-    }
-    fn gate_id(&self) -> Option<GateId> {
-        self.gate_id
-    }
-    fn actor(&self) -> &str {
-        &self.actor
-    }
-    fn signature(&self) -> (Option<&String>, Option<u64>) {
-        (self.signature.as_ref(), self.signed_at)
-    }
-    fn signature_mut(&mut self) -> (&mut Option<String>, &mut Option<u64>) {
-        (&mut self.signature, &mut self.signed_at)
-    }
-    fn via_mut(&mut self) -> Option<&mut Option<String>> {
-        None
-    }
-    fn via(&self) -> Option<&str> {
-        None
-    }
-    fn encode(&self, format: Format) -> Vec<u8> {
-        format.encode(self)
-    }
-}
+impl_common!(
+    OpenGate,
+    gate_id = |c| c.gate_id,
+    via = |_c| None,
+    via_mut = |_c| None
+);
 
 // One short-lived value per request, so the open variant's size is no cost.
 #[allow(clippy::large_enum_variant)]
