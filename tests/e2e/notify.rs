@@ -321,8 +321,11 @@ async fn routing_rules_trust_run_gates_and_gates_name_only_opted_in_channels() {
     s.approve(&prod).await;
     s.approve(&spoof).await;
     s.approve(&dev).await;
+    // Events of one gate are handled concurrently: its open may be told
+    // after its approval, so wait for that too.
     rx.wait("all routed deliveries", |r| {
-        r.about("/prod", "approved", &prod) == 1
+        r.about("/prod", "opened", &prod) == 1
+            && r.about("/prod", "approved", &prod) == 1
             && r.about("/decisions", "approved", &dev) == 1
             && r.about("/decisions", "approved", &spoof) == 1
             && r.about("/named", "approved", &dev) == 1
@@ -608,12 +611,15 @@ async fn retries_then_success_and_failures_are_listed() {
         .expect("lock")
         .insert("/flaky".into(), 2);
     let config = format!(
-        "{}{}{}{}[[rules]]\nchannels = [\"flaky\", \"down\", \"garbage\", \"slow\"]\n[delivery]\nattempts = 3\nbackoff = \"50ms\"\ntimeout = \"500ms\"\n",
+        "{}{}{}{}[[rules]]\nchannels = [\"flaky\", \"down\", \"garbage\", \"slow\"]\n[delivery]\nattempts = 3\nbackoff = \"50ms\"\ntimeout = \"2s\"\n",
         webhook("flaky", port, "/flaky"),
         webhook("down", port, "/down"),
         webhook("garbage", port, "/garbage"),
         webhook("slow", port, "/slow"),
     );
+    // The timeout is what cuts `/slow` short; it is long enough that on a
+    // loaded machine no try of the others ends before the receiver reads it
+    // (a try cut short there would not be seen, and would count).
     let n = s.notifier(&config, "n1");
     let g = s.open(gate("Flaky?")).await;
     rx.wait("three tries each", |r| {

@@ -377,7 +377,14 @@ impl Client {
         headers.insert(HDR_CONTENT_TYPE, CONTENT_TYPE_MSGPACK);
         trace::add(&mut headers);
         let mut last = String::new();
-        for _ in 0..COMMAND_ATTEMPTS {
+        // No responders can be a moment's gap rather than no gate-keeper: one
+        // restarting, or one that just started on another node of a cluster,
+        // whose interest has not reached this node yet. Nothing was
+        // delivered, so asking again is safe.
+        let mut gaps = [50u64, 100, 200, 400, 800].into_iter();
+        let mut attempts = 0;
+        while attempts < COMMAND_ATTEMPTS {
+            attempts += 1;
             let req = async_nats::Request::new()
                 .payload(body.clone())
                 .headers(headers.clone())
@@ -395,10 +402,14 @@ impl Client {
                         });
                 }
                 Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-                    return Err(ClientError::NoGatekeeper {
-                        subject,
-                        reason: "no responders".into(),
-                    });
+                    let Some(pause) = gaps.next() else {
+                        return Err(ClientError::NoGatekeeper {
+                            subject,
+                            reason: "no responders".into(),
+                        });
+                    };
+                    attempts -= 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 }
                 Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
                     last = format!("no reply within {COMMAND_TIMEOUT:?}");
