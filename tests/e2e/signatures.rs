@@ -767,6 +767,64 @@ pub(crate) async fn parked_on(client: &Client, run: &str) -> GateId {
         .expect("the gate")
 }
 
+/// The replicas of a KV bucket, from its stream's config.
+async fn bucket_replicas(url: &str, bucket: &str) -> usize {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.expect("connect"));
+    let mut stream = js
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .unwrap_or_else(|e| panic!("no {bucket} bucket: {e}"));
+    stream.info().await.expect("info").config.num_replicas
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_the_registry_bucket_takes_the_gate_streams_replicas_whoever_creates_it() {
+    let dir = TempDir::new("moira-registry-r3").expect("tmp");
+    let d = dir.path();
+    let alice = ssh_keygen(d, "alice", "ed25519");
+    std::fs::write(
+        d.join("reg.toml"),
+        format!(
+            "[users.alice]\nroles = [\"admin\"]\nkeys = [\"{}\"]\n",
+            public(&alice)
+        ),
+    )
+    .expect("write");
+    // Through the CLI: the bucket does not exist yet, the R3 gate stream does.
+    let cluster = moira_tests::Cluster::start();
+    let url = cluster.urls();
+    let gk = moira_tests::gatekeeper(&url, &["--replicas", "3"]);
+    let (code, _, err) = moira_env(
+        &url,
+        &[
+            "--as",
+            "alice",
+            "--key",
+            &alice.display().to_string(),
+            "approvers",
+            "apply",
+            &d.join("reg.toml").display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        bucket_replicas(&cluster.nodes[0].url(), "MOIRA_REGISTRY").await,
+        3
+    );
+    drop(gk);
+    drop(cluster);
+    // Through a gate-keeper following the bucket on a fresh cluster: it
+    // makes the stream first, then the bucket.
+    let cluster = moira_tests::Cluster::start();
+    let url = cluster.urls();
+    let _gk = moira_tests::gatekeeper(&url, &["--replicas", "3", "--approvers-kv"]);
+    assert_eq!(
+        bucket_replicas(&cluster.nodes[0].url(), "MOIRA_REGISTRY").await,
+        3
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_registry_changes_live_on_two_gatekeepers_and_only_an_admin_can_change_it() {
     let dir = TempDir::new("moira-registry").expect("tmp");

@@ -99,13 +99,15 @@ pub async fn start(config: Config) -> anyhow::Result<Gatekeeper> {
         None => None,
     };
     let client = Client::connect_with(&config.nats_url, "moira-gatekeeper", &config.auth).await?;
+    // The stream first: a registry bucket this gate-keeper creates takes
+    // the stream's replicas.
+    moira_client::streams::ensure_gate_stream(&jetstream(&client), config.replicas).await?;
     let registry = moira_service::live::LiveRegistry::open(
         &client,
         config.approvers.as_deref(),
         config.approvers_kv,
     )
     .await?;
-    moira_client::streams::ensure_gate_stream(&jetstream(&client), config.replicas).await?;
     let mut subs = moira_service::requests::subscribe(
         client.nats(),
         &[GATE_COMMANDS_ALL, SERVICE_GATE_COMMANDS_ALL],

@@ -183,13 +183,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Notifier> {
     };
     let client = Client::connect_with(&settings.nats_url, "moira-notifier", &settings.auth).await?;
     let js = async_nats::jetstream::new(client.nats().clone());
+    moira_client::streams::ensure_gate_stream(&js, settings.replicas).await?;
     let registry = moira_service::live::LiveRegistry::open(
         &client,
         settings.approvers.as_deref(),
         settings.approvers_kv,
     )
     .await?;
-    moira_client::streams::ensure_gate_stream(&js, settings.replicas).await?;
     moira_client::streams::ensure_runs_stream(&js, settings.replicas).await?;
     moira_client::streams::ensure(&js, streams::notify_stream_config(settings.replicas)).await?;
     // A claim is renewed before each attempt and outlives one attempt (an

@@ -224,6 +224,7 @@ async fn used_links(s: &State) -> Result<async_nats::jetstream::kv::Store, Strin
         Err(_) => js
             // Longer than a link may live, so a nonce is never forgotten while its link works.
             .create_key_value(moira_protocol::wire::streams::web_links_bucket_config(
+                moira_client::streams::replicas_in_use(&js).await,
                 std::time::Duration::from_secs(MAX_TTL_SECS + 24 * 3600),
             ))
             .await

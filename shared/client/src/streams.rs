@@ -22,6 +22,16 @@ pub enum StreamError {
     Incompatible(String, String),
 }
 
+/// How many replicas moira's data has on this broker: the gate stream's
+/// (1 when there is none yet). Buckets that any process may create first,
+/// the CLI included, take this so they are as safe as the gates they serve.
+pub async fn replicas_in_use(js: &Context) -> usize {
+    match js.get_stream(moira_protocol::wire::GATES_STREAM).await {
+        Ok(s) => s.cached_info().config.num_replicas.max(1),
+        Err(_) => 1,
+    }
+}
+
 /// Creates the gate stream if missing; otherwise verifies its settings.
 pub async fn ensure_gate_stream(js: &Context, replicas: usize) -> Result<(), StreamError> {
     ensure(js, gate_stream_config(replicas)).await

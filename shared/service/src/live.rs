@@ -238,7 +238,9 @@ pub async fn bucket(client: &Client) -> anyhow::Result<async_nats::jetstream::kv
         match js.get_key_value(BUCKET).await {
             Ok(kv) => Ok(kv),
             Err(_) => js
-                .create_key_value(moira_protocol::wire::streams::registry_bucket_config())
+                .create_key_value(moira_protocol::wire::streams::registry_bucket_config(
+                    moira_client::streams::replicas_in_use(&js).await,
+                ))
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot create the registry bucket {BUCKET}: {e}")),
         }

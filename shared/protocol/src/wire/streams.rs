@@ -135,22 +135,24 @@ pub fn runners_consumer_config(ack_wait: Duration) -> pull::Config {
 }
 
 /// The approvers registry: each admin-signed version, with history.
-pub fn registry_bucket_config() -> kv::Config {
+pub fn registry_bucket_config(replicas: usize) -> kv::Config {
     kv::Config {
         bucket: REGISTRY_BUCKET.to_string(),
         description: "moira approvers registry, signed by admins".to_string(),
         history: 64,
+        num_replicas: replicas,
         ..Default::default()
     }
 }
 
 /// moira-web's used link nonces, kept for `keep` (longer than any link lives).
-pub fn web_links_bucket_config(keep: Duration) -> kv::Config {
+pub fn web_links_bucket_config(replicas: usize, keep: Duration) -> kv::Config {
     kv::Config {
         bucket: WEB_LINKS_BUCKET.to_string(),
         description: "moira-web: nonces of one-click links used".into(),
         history: 1,
         max_age: keep,
+        num_replicas: replicas,
         ..Default::default()
     }
 }
