@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod common;
+mod floor;
 mod gates;
 mod runs;
 mod scale;
@@ -31,6 +32,7 @@ use moira_protocol::time::now_ms;
 use moira_testkit::{NatsServer, Proc, ProcBuilder};
 
 use common::*;
+use floor::*;
 use gates::*;
 use runs::*;
 use scale::*;
@@ -143,6 +145,7 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
     eprintln!("[1/8] decision latency over {} gates", sizes.latency_gates);
     let floor = floor_latency(&url, sizes.latency_gates).await?;
     let lat = decision_latency(&url, sizes.latency_gates).await?;
+    let proto = protocol_floor_latency(&url, sizes.latency_gates).await?;
     let (p50, p99, f50, f99) = (
         pct(&lat, 0.5),
         pct(&lat, 0.99),
@@ -168,6 +171,20 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
         target: "≤ 5000 µs".into(),
         met: Some(p99 <= Duration::from_millis(5)),
     });
+    let (pf50, pf99) = (pct(&proto, 0.5), pct(&proto, 0.99));
+    results.insert("protocol_floor_p50_us".into(), json!(us(pf50)));
+    results.insert("protocol_floor_p99_us".into(), json!(us(pf99)));
+    let proto_ratio = p50.as_secs_f64() / pf50.as_secs_f64().max(1e-9);
+    rows.push(Row {
+        metric: "decision latency p50, against the protocol floor".into(),
+        value: format!("{} µs", us(p50)),
+        baseline: format!(
+            "request, append, reply, live copy: {} µs ({proto_ratio:.2}×)",
+            us(pf50)
+        ),
+        target: "≤ 1.5× protocol floor".into(),
+        met: Some(proto_ratio <= 1.5),
+    });
 
     // 2. Throughput with 1 and 2 gate-keepers, against raw appends.
     eprintln!(
@@ -175,12 +192,17 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
         sizes.lifecycles, sizes.concurrency
     );
     let raw = raw_appends(&url, sizes.lifecycles * 2, sizes.concurrency).await?;
+    let proto_lc = protocol_floor_lifecycles(&url, sizes.lifecycles, sizes.concurrency).await?;
     let one = lifecycles(&url, sizes.lifecycles, sizes.concurrency).await?;
     let _gk2 = gatekeeper(&url)?;
     let two = lifecycles(&url, sizes.lifecycles, sizes.concurrency).await?;
     results.insert("raw_appends_per_s".into(), json!(raw.round()));
     results.insert("lifecycles_per_s_1gk".into(), json!(one.round()));
     results.insert("lifecycles_per_s_2gk".into(), json!(two.round()));
+    results.insert(
+        "protocol_floor_lifecycles_per_s".into(),
+        json!(proto_lc.round()),
+    );
     for (label, v) in [
         ("lifecycles/s, 1 gate-keeper", one),
         ("lifecycles/s, 2 gate-keepers", two),
@@ -193,6 +215,16 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
             met: Some(v >= 10_000.0 && v / raw.max(1.0) >= 0.25),
         });
     }
+    rows.push(Row {
+        metric: "lifecycles/s, 1 gate-keeper, against the protocol floor".into(),
+        value: format!("{one:.0}"),
+        baseline: format!(
+            "2 × (request, append, reply) + live copy: {proto_lc:.0}/s ({:.2}×)",
+            one / proto_lc.max(1.0)
+        ),
+        target: "≥ 0.6× protocol floor".into(),
+        met: Some(one / proto_lc.max(1.0) >= 0.6),
+    });
 
     // 3 and 4. Many waiting gates in one process, and listing them.
     eprintln!("[3/8] {} gates waiting in one process", sizes.waiting_gates);
