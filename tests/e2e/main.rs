@@ -12,6 +12,7 @@ mod deploy;
 mod faults;
 mod gates;
 mod hostile;
+mod index;
 mod locked;
 mod notify;
 mod ops;

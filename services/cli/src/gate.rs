@@ -181,6 +181,10 @@ pub struct ListArgs {
     status: String,
     #[arg(long = "run", value_name = "ID")]
     run_id: Option<String>,
+    /// Fold every stored gate event instead of reading the read model
+    /// (slower; the source of truth, for checking)
+    #[arg(long)]
+    from_events: bool,
 }
 
 pub fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -370,12 +374,15 @@ pub async fn run(cli: &Cli, cmd: &GateCmd) -> anyhow::Result<u8> {
             } else {
                 GateStatus::parse(&a.status)
             };
-            let gates = client
-                .list(&ListFilter {
-                    status,
-                    run_id: a.run_id.clone(),
-                })
-                .await?;
+            let filter = ListFilter {
+                status,
+                run_id: a.run_id.clone(),
+            };
+            let gates = if a.from_events {
+                client.list_from_events(&filter).await?
+            } else {
+                client.list(&filter).await?
+            };
             if cli.json {
                 // Streamed: a list of 100,000 gates is tens of megabytes.
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -765,8 +772,9 @@ pub async fn audit(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<u8> {
                 )
             });
             let recent = |at: &str| cutoff.as_deref().is_none_or(|c| at >= c);
+            // The events themselves, not the read model: this is the audit.
             let gates = client
-                .list(&ListFilter {
+                .list_from_events(&ListFilter {
                     status: None,
                     run_id: run_id.clone(),
                 })
@@ -780,7 +788,7 @@ pub async fn audit(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<u8> {
             }
             let runs: Vec<String> = match run_id {
                 Some(r) => vec![r.clone()],
-                None => match client.list_runs(None).await {
+                None => match client.list_runs_from_events(None).await {
                     Ok(runs) => runs
                         .into_iter()
                         .filter(|r| recent(&r.submitted_at))

@@ -9,6 +9,7 @@
 #[macro_use]
 mod term;
 
+mod admin;
 mod approvers;
 mod dev;
 mod gate;
@@ -91,6 +92,9 @@ pub enum Top {
     /// Make NKeys for users of the locked-down broker
     #[command(subcommand)]
     Nkey(keys::NkeyCmd),
+    /// Look after moira's derived data
+    #[command(subcommand)]
+    Admin(admin::AdminCmd),
 }
 
 impl Cli {
@@ -236,6 +240,7 @@ fn main() -> ExitCode {
             Top::Nkey(cmd) => keys::run(cmd),
             Top::Audit(cmd) => gate::audit(&cli, cmd).await,
             Top::Approvers(cmd) => approvers::run(&cli, cmd).await,
+            Top::Admin(cmd) => admin::run(&cli, cmd).await,
         }
     }));
     // A read of stdin (`run --local`) sits on a blocking thread that would

@@ -7,7 +7,7 @@ use serde::Serialize;
 use moira_client::protocol::event::Envelope;
 use moira_client::protocol::time::{now_ms, rfc3339, short_duration};
 use moira_client::protocol::GateEvent;
-use moira_client::{GateId, GateStatus, GateView};
+use moira_client::{GateId, GateStatus, GateSummary, GateView};
 
 fn ms_of(rfc: &str) -> Option<u64> {
     humantime::parse_rfc3339(rfc)
@@ -48,7 +48,7 @@ fn one_line(s: &str, max: usize) -> String {
 }
 
 /// The table printed by `moira gate list`.
-pub fn table(gates: &[GateView]) -> String {
+pub fn table(gates: &[GateSummary]) -> String {
     let mut rows = vec![["ID", "STATUS", "AGE", "APPROVALS", "RUN/STEP", "MESSAGE"]
         .map(String::from)
         .to_vec()];
@@ -63,7 +63,7 @@ pub fn table(gates: &[GateView]) -> String {
             g.id.to_string(),
             status_word(g.status).to_string(),
             ago(&g.opened_at),
-            format!("{}/{}", g.approvals.len(), g.approvals_required),
+            format!("{}/{}", g.approvals, g.approvals_required),
             run,
             one_line(g.title.as_deref().unwrap_or(&g.message), 60),
         ]);

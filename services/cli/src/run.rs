@@ -39,6 +39,9 @@ pub enum RunCmd {
     List {
         #[arg(long, value_parser = ["queued", "running", "waiting", "succeeded", "failed", "rejected", "cancelled", "all"], default_value = "all")]
         status: String,
+        /// Fold every stored run event instead of reading the read model
+        #[arg(long)]
+        from_events: bool,
     },
     /// Print step output (all steps, or one)
     Logs {
@@ -105,13 +108,20 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        RunCmd::List { status } => {
+        RunCmd::List {
+            status,
+            from_events,
+        } => {
             let filter = if status == "all" {
                 None
             } else {
                 RunStatus::parse(status)
             };
-            let runs = client.list_runs(filter).await?;
+            let runs = if *from_events {
+                client.list_runs_from_events(filter).await?
+            } else {
+                client.list_runs(filter).await?
+            };
             if cli.json {
                 outln!("{}", serde_json::to_string(&runs)?);
             } else if runs.is_empty() {

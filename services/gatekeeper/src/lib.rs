@@ -85,6 +85,9 @@ pub struct Gatekeeper {
     sub: async_nats::Subscriber,
     /// Commands from moira's services (`moira.svc.gate.*`).
     svc_sub: async_nats::Subscriber,
+    /// The gate-keepers' shared consumer projecting gate events into the
+    /// read model.
+    index: async_nats::jetstream::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>,
     metrics_listen: Option<std::net::SocketAddr>,
 }
 
@@ -108,6 +111,9 @@ pub async fn start(config: Config) -> anyhow::Result<Gatekeeper> {
         config.approvers_kv,
     )
     .await?;
+    let index =
+        moira_service::index::start::<moira_service::index::Gates>(&client, config.replicas)
+            .await?;
     let mut subs = moira_service::requests::subscribe(
         client.nats(),
         &[GATE_COMMANDS_ALL, SERVICE_GATE_COMMANDS_ALL],
@@ -135,6 +141,7 @@ pub async fn start(config: Config) -> anyhow::Result<Gatekeeper> {
         signer,
         sub,
         svc_sub,
+        index,
         metrics_listen: config.metrics_listen,
     })
 }
@@ -150,6 +157,7 @@ impl Gatekeeper {
             signer,
             sub,
             svc_sub,
+            index,
             metrics_listen,
         } = self;
         if let Some(addr) = metrics_listen {
@@ -161,7 +169,15 @@ impl Gatekeeper {
             )
             .await?;
             // Started means streams checked and subscribed.
+            moira_service::index::watch_waiting(client.clone(), shutdown.clone());
         }
+        let projector = tokio::spawn(
+            moira_service::index::project::<moira_service::index::Gates>(
+                client.clone(),
+                index,
+                shutdown.clone(),
+            ),
+        );
         let cache = Arc::new(cache::Cache::default());
         let handler = Arc::new(handler::Handler {
             client: client.clone(),
@@ -190,6 +206,7 @@ impl Gatekeeper {
             },
         )
         .await;
+        let _ = projector.await;
         tracing::info!("moira-gatekeeper stopped");
         Ok(())
     }

@@ -165,6 +165,8 @@ pub struct Runner {
     commands: async_nats::Subscriber,
     jobs: async_nats::jetstream::consumer::Consumer<pull::Config>,
     resumer: async_nats::jetstream::consumer::Consumer<pull::Config>,
+    /// The runners' shared consumer projecting run events into the read model.
+    index: async_nats::jetstream::consumer::Consumer<pull::Config>,
     concurrency: usize,
     ack_wait: Duration,
     metrics_listen: Option<std::net::SocketAddr>,
@@ -191,6 +193,8 @@ pub async fn start(config: Config) -> anyhow::Result<Runner> {
     let resumer =
         moira_service::feed::shared_consumer(&js, GATES_STREAM, RESUMER_CONSUMER, GATE_EVENTS_ALL)
             .await?;
+    let index =
+        moira_service::index::start::<moira_service::index::Runs>(&client, config.replicas).await?;
     check_work_dir(&config.work_dir).await?;
     let registry =
         LiveRegistry::open(&client, config.approvers.as_deref(), config.approvers_kv).await?;
@@ -215,6 +219,7 @@ pub async fn start(config: Config) -> anyhow::Result<Runner> {
         commands,
         jobs,
         resumer,
+        index,
         concurrency: config.concurrency.max(1),
         ack_wait,
         metrics_listen: config.metrics_listen,
@@ -302,6 +307,11 @@ impl Runner {
                 shutdown.clone(),
             );
         }
+        let index = tokio::spawn(moira_service::index::project::<moira_service::index::Runs>(
+            self.shared.client.clone(),
+            self.index,
+            shutdown.clone(),
+        ));
         let resumer = tokio::spawn(resume_loop(
             self.shared.client.clone(),
             self.resumer,
@@ -435,6 +445,7 @@ impl Runner {
         }
         resumer.abort();
         commands.abort();
+        let _ = index.await;
         // Jobs in flight are not drained: their steps would be cut off by a
         // long wait anyway; another runner takes them over after ack_wait.
         tracing::info!("moira-runner stopped");

@@ -190,7 +190,7 @@ pub(crate) struct ListQuery {
     /// At most 1000 (the default).
     #[param(minimum = 0, maximum = 1000)]
     limit: Option<u32>,
-    #[param(minimum = 0, maximum = 4294967295_u64)]
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 4294967295_u64)]
     offset: Option<u32>,
 }
 
@@ -302,7 +302,7 @@ pub(crate) struct RunsQuery {
     status: Option<String>,
     #[param(minimum = 0, maximum = 1000)]
     limit: Option<u32>,
-    #[param(minimum = 0, maximum = 4294967295_u64)]
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 4294967295_u64)]
     offset: Option<u32>,
 }
 

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
-use moira_client::{GateView, LogLine, RunView};
+use moira_client::{GateSummary, GateView, LogLine, RunView};
 
 /// `{"ok": true, "gate": …}`
 #[derive(Serialize, ToSchema)]
@@ -20,7 +20,7 @@ pub(crate) struct GatesReply {
     ok: bool,
     /// How many matched, before paging.
     total: usize,
-    gates: Vec<GateView>,
+    gates: Vec<GateSummary>,
 }
 
 #[derive(Serialize, ToSchema)]

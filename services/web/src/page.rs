@@ -29,7 +29,7 @@ use axum::Router;
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
-use moira_client::{ClientError, GateId, GateView, ListFilter, RunView};
+use moira_client::{ClientError, GateId, GateSummary, GateView, ListFilter, RunView};
 use moira_protocol::ids::CommandId;
 use moira_protocol::GateStatus;
 
@@ -281,13 +281,17 @@ struct Paging {
 }
 
 fn gate_title(g: &GateView) -> String {
-    visible(g.title.as_deref().unwrap_or(&g.message))
+    title_of(g.title.as_deref(), &g.message)
 }
 
-fn row(g: &GateView) -> Markup {
+fn title_of(title: Option<&str>, message: &str) -> String {
+    visible(title.unwrap_or(message))
+}
+
+fn row(g: &GateSummary) -> Markup {
     html! {
         li.gate #{"gate-" (g.id)} data-gate=(g.id) {
-            a.title href={"/gates/" (g.id)} { (gate_title(g)) }
+            a.title href={"/gates/" (g.id)} { (title_of(g.title.as_deref(), &g.message)) }
             @if g.title.is_some() { div.msg { (visible(&g.message)) } }
             div.meta {
                 "asked by " strong { (g.requested_by) } " "
@@ -296,7 +300,7 @@ fn row(g: &GateView) -> Markup {
                     " · run " a href={"/runs/" (run)} { (run) }
                     @if let Some(step) = &g.step { " / " (step) }
                 }
-                " · " (g.approvals.len()) " of " (g.approvals_required) " approvals"
+                " · " (g.approvals) " of " (g.approvals_required) " approvals"
                 @if let Some(t) = &g.timeout_at {
                     " · due " time.countdown datetime=(t) data-deadline=(t) { (t) }
                 }
@@ -323,7 +327,7 @@ async fn waiting_page(
     };
     let total = gates.len();
     // Newest first, as the live updates add them.
-    let shown: Vec<&GateView> = gates.iter().rev().skip(offset).take(PAGE_ROWS).collect();
+    let shown: Vec<&GateSummary> = gates.iter().rev().skip(offset).take(PAGE_ROWS).collect();
     let body = html! {
         h1 { "Waiting gates " span.count #count { (total) } }
         @if total > PAGE_ROWS {
@@ -350,7 +354,7 @@ async fn row_fragment(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Re
         return StatusCode::BAD_REQUEST.into_response();
     };
     match s.client.show(id).await {
-        Ok(g) if g.status == GateStatus::Waiting => fragment(row(&g)),
+        Ok(g) if g.status == GateStatus::Waiting => fragment(row(&GateSummary::of_view(&g, 0))),
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(ClientError::NotFound(_)) => StatusCode::NOT_FOUND.into_response(),
         Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),

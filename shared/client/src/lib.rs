@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod append;
+pub mod index;
 mod ordered;
 mod reads;
 pub mod runs;
@@ -38,6 +39,7 @@ pub use moira_protocol as protocol;
 pub use moira_protocol::command::{
     ApproveGate, CancelGate, DenyGate, Format, OpenGate, PushBackGate,
 };
+pub use moira_protocol::view::GateSummary;
 pub use moira_protocol::{
     Command, CommandError, ErrorCode, GateId, GateState, GateStatus, GateView,
 };

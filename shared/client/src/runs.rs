@@ -14,7 +14,7 @@ use moira_protocol::statement::{run_id_for, run_statement, RunAbout, RunVerb};
 use moira_protocol::time::rfc3339;
 use moira_protocol::wire::{
     job, run_events, run_logs, run_logs_all, CONTENT_TYPE_JSON, HDR_CONTENT_TYPE, HDR_LOG_STREAM,
-    RUNS_STREAM, RUN_CANCEL, RUN_EVENTS_ALL, RUN_SUBMIT,
+    INDEX_RUN, INDEX_RUNS_CONSUMER, RUNS_STREAM, RUN_CANCEL, RUN_EVENTS_ALL, RUN_SUBMIT,
 };
 use moira_protocol::{ErrorCode, GateId};
 use moira_workflow::Workflow;
@@ -53,6 +53,15 @@ pub struct RunView {
     pub submitted_at: String,
     pub vars: BTreeMap<String, String>,
     pub steps: Vec<StepView>,
+}
+
+/// A run as the read model holds it: its view and the sequence of the
+/// last run event it reflects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEntry {
+    pub last_seq: u64,
+    #[serde(flatten)]
+    pub run: RunView,
 }
 
 impl From<&RunState> for RunView {
@@ -362,22 +371,97 @@ impl Client {
         }
     }
 
-    /// Every run, oldest first, optionally of one status.
+    /// Every run, oldest first, optionally of one status, from the read
+    /// model; folds the run events instead when no runner maintains it or
+    /// it is behind (see [`Client::list`]).
     pub async fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunView>, ClientError> {
-        let mut runs: HashMap<String, Option<RunState>> = HashMap::new();
+        use crate::index::Freshness;
+        match self
+            .index_freshness(RUNS_STREAM, RUN_EVENTS_ALL, INDEX_RUNS_CONSUMER)
+            .await
+        {
+            Ok(Freshness::CaughtUp) => {
+                if let Some(list) = self.list_runs_indexed(status).await? {
+                    return Ok(list);
+                }
+            }
+            Ok(Freshness::NoProjector) => {
+                tracing::debug!("no runner maintains the read model; folding the run events")
+            }
+            Ok(Freshness::Behind(n)) => tracing::warn!(
+                behind = n,
+                "the read model is behind the run events (are the runners running?); folding the events instead"
+            ),
+            // No run stream yet: the fold says so in its own words.
+            Err(e) => tracing::debug!("cannot check the read model: {e}"),
+        }
+        self.list_runs_from_events(status).await
+    }
+
+    /// [`Client::list_runs`] from the read model as it is; `None` when
+    /// there is no read model stream.
+    pub async fn list_runs_indexed(
+        &self,
+        status: Option<RunStatus>,
+    ) -> Result<Option<Vec<RunView>>, ClientError> {
+        let Some(entries) = self
+            .index_entries(INDEX_RUN, status.map(|s| s.as_str()))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut out: Vec<RunView> = crate::index::newest_per_id(entries)
+            .into_iter()
+            .filter_map(|e| match serde_json::from_slice::<RunEntry>(&e.body) {
+                Ok(r) => Some(r.run),
+                Err(err) => {
+                    tracing::warn!(id = e.id, "skipping an undecodable read model entry: {err}");
+                    None
+                }
+            })
+            .filter(|r| status.is_none_or(|s| r.status == s))
+            .collect();
+        out.sort_by(|a, b| (&a.submitted_at, &a.id).cmp(&(&b.submitted_at, &b.id)));
+        Ok(Some(out))
+    }
+
+    /// Every run, oldest first, by folding every run event stored.
+    pub async fn list_runs_from_events(
+        &self,
+        status: Option<RunStatus>,
+    ) -> Result<Vec<RunView>, ClientError> {
+        let mut out: Vec<RunView> = self
+            .fold_all_runs()
+            .await?
+            .into_iter()
+            .map(|r| RunView::from(&r.state))
+            .collect();
+        out.retain(|r| status.is_none_or(|s| r.status == s));
+        Ok(out)
+    }
+
+    /// Every run's folded state and last event sequence, oldest first.
+    pub async fn fold_all_runs(&self) -> Result<Vec<RunRecord>, ClientError> {
+        let mut runs: HashMap<String, (Option<RunState>, u64)> = HashMap::new();
         let found = self
-            .read_stored(RUNS_STREAM, RUN_EVENTS_ALL, |_, msg| {
+            .read_stored(RUNS_STREAM, RUN_EVENTS_ALL, |seq, msg| {
                 if let Some(env) = RunEnvelope::decode(&msg.payload) {
-                    apply_run(runs.entry(env.run_id.clone()).or_default(), &env);
+                    let entry = runs.entry(env.run_id.clone()).or_default();
+                    entry.1 = seq;
+                    apply_run(&mut entry.0, &env);
                 }
             })
             .await?;
         if !found {
             return Err(ClientError::NoRunStreams);
         }
-        let mut out: Vec<RunView> = runs.values().flatten().map(RunView::from).collect();
-        out.retain(|r| status.is_none_or(|s| r.status == s));
-        out.sort_by(|a, b| (&a.submitted_at, &a.id).cmp(&(&b.submitted_at, &b.id)));
+        let mut out: Vec<RunRecord> = runs
+            .into_values()
+            .filter_map(|(s, last_seq)| s.map(|state| RunRecord { state, last_seq }))
+            .collect();
+        out.sort_by(|a, b| {
+            (a.state.submitted_at, &a.state.id).cmp(&(b.state.submitted_at, &b.state.id))
+        });
         Ok(out)
     }
 

@@ -10,11 +10,12 @@ use futures_util::StreamExt;
 
 use moira_protocol::event::Decoded;
 use moira_protocol::gate::{apply, apply_owned};
+use moira_protocol::view::GateSummary;
 use moira_protocol::wire::{
     direct_get, gate_events, GATES_STREAM, GATE_EVENTS_ALL, HDR_LAST_SEQUENCE, HDR_NUM_PENDING,
-    HDR_SEQUENCE, HDR_TIME_STAMP,
+    HDR_SEQUENCE, HDR_TIME_STAMP, INDEX_GATE, INDEX_GATES_CONSUMER,
 };
-use moira_protocol::{Envelope, GateId, GateState, GateStatus, GateView};
+use moira_protocol::{Envelope, GateId, GateState, GateStatus};
 
 use crate::reads::ReadMux;
 use crate::{nats_err, Client, ClientError};
@@ -324,15 +325,97 @@ impl Client {
         Ok(fold_gate(self.read_events_fresh(id).await?))
     }
 
-    /// Every gate that matches the filter, oldest first. Reads all gate
-    /// events once through an ordered consumer.
-    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<GateView>, ClientError> {
-        let mut gates: HashMap<GateId, Option<GateState>> = HashMap::new();
+    /// Every gate that matches the filter, oldest first, from the read
+    /// model: only the gates in the asked status are read. Folds the
+    /// events instead ([`Client::list_from_events`]) when no projector
+    /// maintains the model or it is behind by more than [`crate::index::CATCH_UP`].
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<GateSummary>, ClientError> {
+        use crate::index::Freshness;
+        match self
+            .index_freshness(GATES_STREAM, GATE_EVENTS_ALL, INDEX_GATES_CONSUMER)
+            .await?
+        {
+            Freshness::CaughtUp => {
+                if let Some(list) = self.list_indexed(filter).await? {
+                    return Ok(list);
+                }
+                tracing::debug!("no read model stream; folding the gate events");
+            }
+            Freshness::NoProjector => {
+                tracing::debug!("no gate-keeper maintains the read model; folding the gate events")
+            }
+            Freshness::Behind(n) => tracing::warn!(
+                behind = n,
+                "the read model is behind the gate events (are the gate-keepers running?); folding the events instead"
+            ),
+        }
+        self.list_from_events(filter).await
+    }
+
+    /// [`Client::list`] from the read model as it is, without waiting for
+    /// it to catch up; `None` when there is no read model stream.
+    pub async fn list_indexed(
+        &self,
+        filter: &ListFilter,
+    ) -> Result<Option<Vec<GateSummary>>, ClientError> {
+        let status = filter.status.map(|s| s.as_str());
+        let Some(entries) = self.index_entries(INDEX_GATE, status).await? else {
+            return Ok(None);
+        };
+        let mut out: Vec<GateSummary> = crate::index::newest_per_id(entries)
+            .into_iter()
+            .filter_map(|e| match serde_json::from_slice::<GateSummary>(&e.body) {
+                Ok(g) => Some(g),
+                Err(err) => {
+                    tracing::warn!(id = e.id, "skipping an undecodable read model entry: {err}");
+                    None
+                }
+            })
+            .filter(|g| filter.status.is_none_or(|s| g.status == s))
+            .filter(|g| {
+                filter
+                    .run_id
+                    .as_ref()
+                    .is_none_or(|r| g.run_id.as_ref() == Some(r))
+            })
+            .collect();
+        // Times are stored in one rfc3339 form, so they sort as text.
+        out.sort_by(|a, b| (&a.opened_at, a.id).cmp(&(&b.opened_at, b.id)));
+        Ok(Some(out))
+    }
+
+    /// Every gate that matches the filter, oldest first, by folding every
+    /// gate event ever stored (the source of truth; `--from-events`).
+    pub async fn list_from_events(
+        &self,
+        filter: &ListFilter,
+    ) -> Result<Vec<GateSummary>, ClientError> {
+        Ok(self
+            .fold_all_gates()
+            .await?
+            .into_iter()
+            .filter(|(g, _)| filter.status.is_none_or(|s| g.status == s))
+            .filter(|(g, _)| {
+                filter
+                    .run_id
+                    .as_ref()
+                    .is_none_or(|r| g.spec.run_id.as_ref() == Some(r))
+            })
+            .map(|(g, seq)| GateSummary::of(&g, seq))
+            .collect())
+    }
+
+    /// Every gate's folded state and the sequence of its last event,
+    /// oldest first: one read of all gate events.
+    pub async fn fold_all_gates(&self) -> Result<Vec<(GateState, u64)>, ClientError> {
+        let mut gates: HashMap<GateId, (Option<GateState>, u64)> = HashMap::new();
         let found = self
             .read_stored(GATES_STREAM, GATE_EVENTS_ALL, |seq, msg| {
                 if let Some(ev) = decode_stored(&msg.subject, seq, &msg.payload) {
+                    let entry = gates.entry(ev.gate_id).or_default();
+                    entry.1 = seq;
                     if let Decoded::Event(env) = ev.event {
-                        apply_owned(gates.entry(ev.gate_id).or_default(), env);
+                        apply_owned(&mut entry.0, env);
                     }
                 }
             })
@@ -340,19 +423,12 @@ impl Client {
         if !found {
             return Err(ClientError::NoStream);
         }
-        let mut out: Vec<GateState> = gates
+        let mut out: Vec<(GateState, u64)> = gates
             .into_values()
-            .flatten()
-            .filter(|g| filter.status.is_none_or(|s| g.status == s))
-            .filter(|g| {
-                filter
-                    .run_id
-                    .as_ref()
-                    .is_none_or(|r| g.spec.run_id.as_ref() == Some(r))
-            })
+            .filter_map(|(g, seq)| g.map(|g| (g, seq)))
             .collect();
-        out.sort_by_key(|g| (g.opened_at, g.id));
-        Ok(out.into_iter().map(GateView::from).collect())
+        out.sort_by_key(|(g, _)| (g.opened_at, g.id));
+        Ok(out)
     }
 
     /// A feed of gate events stored from now on (or from the start with

@@ -49,6 +49,17 @@ pub async fn ensure_run_streams(js: &Context, replicas: usize) -> Result<(), Str
     ensure(js, jobs_stream_config(replicas)).await
 }
 
+/// Creates the read model's stream if missing; otherwise verifies it.
+/// Returns whether it was created now (a projector then starts over).
+pub async fn ensure_index_stream(js: &Context, replicas: usize) -> Result<bool, StreamError> {
+    let existed = js
+        .get_stream(moira_protocol::wire::INDEX_STREAM)
+        .await
+        .is_ok();
+    ensure(js, index_stream_config(replicas)).await?;
+    Ok(!existed)
+}
+
 /// How long start-up keeps trying while JetStream is not answering yet (a
 /// cluster that is still forming, a leader being elected).
 pub const ENSURE_PATIENCE: Duration = Duration::from_secs(30);

@@ -74,6 +74,76 @@ pub struct GateView {
     pub push_backs_omitted: u32,
 }
 
+/// One gate as the read model holds it and `moira gate list` prints it:
+/// what a list needs, without the approvals' and push-backs' detail
+/// (`moira gate show` has those).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GateSummary {
+    pub id: GateId,
+    pub status: GateStatus,
+    pub title: Option<String>,
+    pub message: String,
+    pub run_id: Option<String>,
+    pub step: Option<String>,
+    pub requested_by: String,
+    pub opened_at: String,
+    pub timeout_at: Option<String>,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<String>,
+    /// Approvals of the current iteration, and how many it needs.
+    pub approvals: u32,
+    pub approvals_required: u32,
+    pub iteration: u32,
+    /// The stream sequence of the gate's last event this summary reflects.
+    pub last_seq: u64,
+}
+
+impl GateSummary {
+    pub fn of(s: &GateState, last_seq: u64) -> Self {
+        GateSummary {
+            id: s.id,
+            status: s.status,
+            title: s.spec.title.clone(),
+            message: s.spec.message.clone(),
+            run_id: s.spec.run_id.clone(),
+            step: s.spec.step.clone(),
+            requested_by: s.requested_by.clone(),
+            opened_at: rfc3339(s.opened_at),
+            timeout_at: s.timeout_at.map(rfc3339),
+            decided_by: s.decided_by.clone(),
+            decided_at: s.decided_at.map(rfc3339),
+            approvals: u32::try_from(s.approvals.len()).unwrap_or(u32::MAX),
+            approvals_required: s.spec.approvals_required,
+            iteration: s.iteration,
+            last_seq,
+        }
+    }
+}
+
+impl GateSummary {
+    /// The summary of a whole gate view (which names no sequence).
+    pub fn of_view(v: &GateView, last_seq: u64) -> Self {
+        GateSummary {
+            id: v.id,
+            status: v.status,
+            title: v.title.clone(),
+            message: v.message.clone(),
+            run_id: v.run_id.clone(),
+            step: v.step.clone(),
+            requested_by: v.requested_by.clone(),
+            opened_at: v.opened_at.clone(),
+            timeout_at: v.timeout_at.clone(),
+            decided_by: v.decided_by.clone(),
+            decided_at: v.decided_at.clone(),
+            approvals: u32::try_from(v.approvals.len()).unwrap_or(u32::MAX),
+            approvals_required: v.approvals_required,
+            iteration: v.iteration,
+            last_seq,
+        }
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }

@@ -83,6 +83,10 @@ pub fn job(run_id: &str) -> String {
 pub fn run_id_from_job(subject: &str) -> Option<&str> {
     subject.strip_prefix(JOB_PREFIX)
 }
+/// The run id in a run event subject (`moira.run.ev.<run_id>`), unchecked.
+pub fn run_id_from_event_subject(subject: &str) -> Option<&str> {
+    subject.strip_prefix(RUN_EVENTS_PREFIX)
+}
 /// Whether a subject is a run event's (`moira.run.ev.<run_id>`).
 pub fn is_run_event(subject: &str) -> bool {
     subject.starts_with(RUN_EVENTS_PREFIX)
@@ -121,6 +125,44 @@ pub fn notify_fired_parts(subject: &str) -> Option<&str> {
 }
 pub fn notify_failed(channel: &str) -> String {
     format!("moira.notify.failed.{channel}")
+}
+
+// The read model.
+
+/// The read model: one message per gate and per run, the summary of its
+/// current state, on `moira.idx.<kind>.<status>.<id>`. Derived from the
+/// event streams and never the source of truth: it can be dropped and
+/// rebuilt (`moira admin reindex`).
+pub const INDEX_STREAM: &str = "MOIRA_INDEX";
+pub const INDEX_ALL: &str = "moira.idx.>";
+/// Gate and run summaries.
+pub const INDEX_GATE: &str = "gate";
+pub const INDEX_RUN: &str = "run";
+/// The gate-keepers' shared consumer that projects gate events, and the
+/// runners' one that projects run events.
+pub const INDEX_GATES_CONSUMER: &str = "moira-index-gates";
+pub const INDEX_RUNS_CONSUMER: &str = "moira-index-runs";
+/// Scopes the last-subject-sequence check to a filter: an index write is
+/// checked against every status's entry of its gate or run at once.
+pub const HDR_EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: &str =
+    "Nats-Expected-Last-Subject-Sequence-Subject";
+
+/// Where the summary of `kind` `id` in `status` is stored.
+pub fn index_entry(kind: &str, status: &str, id: &str) -> String {
+    format!("moira.idx.{kind}.{status}.{id}")
+}
+/// Every status's entry of one gate or run (at most one is kept).
+pub fn index_entries_of(kind: &str, id: &str) -> String {
+    format!("moira.idx.{kind}.*.{id}")
+}
+/// Every entry of `kind` in `status`, or in any status with `None`.
+pub fn index_entries_in(kind: &str, status: Option<&str>) -> String {
+    format!("moira.idx.{kind}.{}.*", status.unwrap_or("*"))
+}
+/// The status and id of an index subject.
+pub fn index_parts(subject: &str) -> Option<(&str, &str, &str)> {
+    let mut t = subject.strip_prefix("moira.idx.")?.splitn(3, '.');
+    Some((t.next()?, t.next()?, t.next()?))
 }
 
 // Buckets.
@@ -251,5 +293,11 @@ mod tests {
             assert!(!is_service_subject(&v.subject()));
         }
         assert_eq!(Verb::from_subject("moira.cmd.gate.explode"), None);
+        let e = index_entry(INDEX_GATE, "waiting", &id.to_string());
+        assert_eq!(
+            index_parts(&e),
+            Some((INDEX_GATE, "waiting", id.to_string().as_str()))
+        );
+        assert_eq!(index_parts("moira.gate.ev.x"), None);
     }
 }

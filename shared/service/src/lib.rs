@@ -18,6 +18,7 @@
 
 pub mod connect;
 pub mod feed;
+pub mod index;
 pub mod links;
 pub mod live;
 pub mod locate;

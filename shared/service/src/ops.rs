@@ -68,6 +68,11 @@ pub struct ConsumerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub service: String,
     pub version: String,
@@ -102,6 +107,11 @@ pub struct Metrics {
     pub delivery_seconds: Family<ChannelLabels, Histogram>,
     /// Messages a durable consumer of this process has yet to get.
     pub consumer_pending: Family<ConsumerLabels, Gauge>,
+    /// Events this process projected into the read model, by kind.
+    pub index_projected: Family<KindLabels, Counter>,
+    /// Gates waiting across the cluster, as the read model counts them
+    /// (gate-keeper).
+    pub gates_waiting: Gauge,
     build: Family<BuildLabels, Gauge>,
 }
 
@@ -131,6 +141,8 @@ impl Metrics {
             notifications: Family::default(),
             delivery_seconds: Family::new_with_constructor(latency),
             consumer_pending: Family::default(),
+            index_projected: Family::default(),
+            gates_waiting: Gauge::default(),
             build: Family::default(),
             registry: Registry::with_prefix("moira"),
         };
@@ -199,6 +211,16 @@ impl Metrics {
             "consumer_pending_messages",
             "Messages a durable consumer has yet to deliver to this process",
             m.consumer_pending.clone(),
+        );
+        registry.register(
+            "index_projected_events",
+            "Events this process projected into the read model, by kind",
+            m.index_projected.clone(),
+        );
+        registry.register(
+            "gates_waiting",
+            "Gates waiting across the cluster, as the read model counts them",
+            m.gates_waiting.clone(),
         );
         registry.register("build_info", "The running build", m.build.clone());
         m

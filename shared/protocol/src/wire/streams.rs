@@ -107,6 +107,40 @@ pub fn notify_stream_config(replicas: usize) -> Config {
     }
 }
 
+/// The read model's stream: one summary per gate and per run. It keeps
+/// one message per subject; a gate or run that changes status moves to
+/// another subject, and its projector purges the old one.
+pub fn index_stream_config(replicas: usize) -> Config {
+    Config {
+        name: INDEX_STREAM.into(),
+        description: Some(
+            "moira read model: the current summary of each gate and run, derived from the events"
+                .into(),
+        ),
+        subjects: vec![INDEX_ALL.into()],
+        max_messages_per_subject: 1,
+        max_message_size: GATE_MAX_MESSAGE,
+        storage: StorageType::File,
+        num_replicas: replicas,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// A projector's shared consumer: like [`shared_consumer_config`], but
+/// from the first event, so a new read model starts with the whole
+/// history, and with room for many events in flight.
+pub fn index_consumer_config(name: &str, filter: &str) -> pull::Config {
+    pull::Config {
+        deliver_policy: DeliverPolicy::All,
+        max_ack_pending: 20_000,
+        // A projection takes milliseconds; one a dead projector held is
+        // taken up again soon.
+        ack_wait: Duration::from_secs(10),
+        ..shared_consumer_config(name, filter)
+    }
+}
+
 /// A durable pull consumer that every copy of a service shares, so each
 /// new message on `filter` is handled once, by whichever copy is alive.
 pub fn shared_consumer_config(name: &str, filter: &str) -> pull::Config {
