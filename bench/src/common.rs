@@ -96,3 +96,13 @@ pub(crate) fn median_ms(mut v: Vec<Duration>) -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// A plain NATS connection to `url`, which may list several servers
+/// separated by commas (a cluster's nodes).
+pub(crate) async fn nats_connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    let servers = url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(async_nats::connect(servers).await?)
+}

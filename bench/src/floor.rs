@@ -15,13 +15,14 @@ const COMMANDS: &str = "bench.pf.cmd";
 
 /// Starts the responder (on its own connection, in a queue group as the
 /// gate-keepers are) and the stream it appends to.
-async fn responder(url: &str) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let nats = async_nats::connect(url).await?;
+async fn responder(url: &str, replicas: usize) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let nats = nats_connect(url).await?;
     let js = async_nats::jetstream::new(nats.clone());
     js.get_or_create_stream(async_nats::jetstream::stream::Config {
         name: STREAM.into(),
         subjects: vec!["bench.pf.ev.*".into()],
         storage: async_nats::jetstream::stream::StorageType::File,
+        num_replicas: replicas,
         republish: Some(async_nats::jetstream::stream::Republish {
             source: "bench.pf.ev.*".into(),
             destination: "bench.pf.live.{{wildcard(1)}}".into(),
@@ -61,7 +62,7 @@ struct Live {
 
 impl Live {
     async fn start(url: &str) -> anyhow::Result<Live> {
-        let nats = async_nats::connect(url).await?;
+        let nats = nats_connect(url).await?;
         let mut sub = nats.subscribe("bench.pf.live.>").await?;
         nats.flush().await?;
         let waiting: Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>> = Arc::default();
@@ -102,10 +103,15 @@ async fn request(nats: &async_nats::Client, id: &str) -> anyhow::Result<()> {
 
 /// The same timing as moira's decision latency: from sending the request
 /// until the waiter on another connection has the republished copy.
-pub(crate) async fn protocol_floor_latency(url: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
-    let _responder = AbortOnDrop(responder(url).await?);
+/// `replicas` is the stream's, as the gate stream's on the same broker.
+pub(crate) async fn protocol_floor_latency(
+    url: &str,
+    n: usize,
+    replicas: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let _responder = AbortOnDrop(responder(url, replicas).await?);
     let live = Live::start(url).await?;
-    let sender = async_nats::connect(url).await?;
+    let sender = nats_connect(url).await?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n + 50 {
         let id = format!("l{i}");
@@ -128,12 +134,13 @@ pub(crate) async fn protocol_floor_lifecycles(
     url: &str,
     n: usize,
     concurrency: usize,
+    replicas: usize,
 ) -> anyhow::Result<f64> {
-    let _responder = AbortOnDrop(responder(url).await?);
+    let _responder = AbortOnDrop(responder(url, replicas).await?);
     let live = Arc::new(Live::start(url).await?);
     let mut senders = Vec::new();
     for _ in 0..4 {
-        senders.push(async_nats::connect(url).await?);
+        senders.push(nats_connect(url).await?);
     }
     let next = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();

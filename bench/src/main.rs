@@ -3,8 +3,8 @@
 //! and release builds of `moira-gatekeeper` and `moira`).
 //!
 //! Prints a table and writes `target/bench/results.json`.
-//! `moira-bench waiter URL IDS_FILE` is the child process of the
-//! waiting-scale benchmark (run by the benchmark itself), and
+//! `moira-bench waiter URL IDS_FILE [--whole-feed]` is the child process of
+//! the waiting-scale and fan-out benchmarks (run by the benchmark itself), and
 //! `moira-bench populate URL N` opens N waiting gates on a running stack.
 
 #![forbid(unsafe_code)]
@@ -45,7 +45,8 @@ struct Sizes {
     concurrency: usize,
     waiting_gates: usize,
     timeout_gates: usize,
-    history_events: usize,
+    history_gates: usize,
+    history_waiting: usize,
     runs: usize,
     resumes: usize,
     web_gates: usize,
@@ -58,7 +59,8 @@ const QUICK: Sizes = Sizes {
     concurrency: 64,
     waiting_gates: 10_000,
     timeout_gates: 200,
-    history_events: 100_000,
+    history_gates: 100_000,
+    history_waiting: 10_000,
     runs: 100,
     resumes: 20,
     web_gates: 2_000,
@@ -70,7 +72,8 @@ const FULL: Sizes = Sizes {
     concurrency: 128,
     waiting_gates: 100_000,
     timeout_gates: 1_000,
-    history_events: 1_000_000,
+    history_gates: 1_000_000,
+    history_waiting: 100_000,
     runs: 300,
     resumes: 100,
     web_gates: 10_000,
@@ -85,7 +88,8 @@ fn main() -> anyhow::Result<()> {
                 args.get(1).context("waiter URL")?,
                 args.get(2).context("waiter IDS_FILE")?,
             );
-            rt.block_on(waiter::run(url, file))
+            let whole_feed = args.get(3).is_some_and(|a| a == "--whole-feed");
+            rt.block_on(waiter::run(url, file, whole_feed))
         }
         Some("quick") => rt.block_on(bench(&QUICK)),
         // Fills a running stack with waiting gates, for profiling by hand.
@@ -98,6 +102,16 @@ fn main() -> anyhow::Result<()> {
             .map(|ids| {
                 eprintln!("opened {} gates", ids.len());
             })
+        }
+        // Lifecycles/s against a running stack, for profiling by hand.
+        Some("lifecycles") => {
+            let usage = "lifecycles URL N CONCURRENCY";
+            let url = args.get(1).context(usage)?;
+            let n: usize = args.get(2).context(usage)?.parse()?;
+            let c: usize = args.get(3).context(usage)?.parse()?;
+            let per_s = rt.block_on(lifecycles(url, n, c))?;
+            println!("{per_s:.0} lifecycles/s");
+            Ok(())
         }
         // Only the moira-web figures, at the full sizes.
         Some("web") => rt.block_on(async {
@@ -118,6 +132,64 @@ fn main() -> anyhow::Result<()> {
         None | Some("full") => rt.block_on(bench(&FULL)),
         Some(other) => anyhow::bail!("unknown mode '{other}'; use: moira-bench [quick|full|web]"),
     }
+}
+
+/// Decision latency and lifecycles/s on a 3-node loopback cluster whose
+/// streams keep three replicas, against the protocol floor on the same
+/// cluster. Clients connect to any node, as in production.
+async fn r3_figures(
+    sizes: &Sizes,
+    results: &mut BTreeMap<String, Value>,
+) -> anyhow::Result<Vec<Row>> {
+    let cluster = moira_testkit::Cluster::start();
+    let urls = cluster.urls();
+    let gk = gatekeeper_with(&urls, &["--replicas", "3"])?;
+    let lat = decision_latency(&urls, sizes.latency_gates).await?;
+    let proto = protocol_floor_latency(&urls, sizes.latency_gates, 3).await?;
+    let proto_lc = protocol_floor_lifecycles(&urls, sizes.lifecycles, sizes.concurrency, 3).await?;
+    let one = lifecycles(&urls, sizes.lifecycles, sizes.concurrency).await?;
+    drop(gk);
+    drop(cluster);
+    let (p50, p99, pf50, pf99) = (
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        pct(&proto, 0.5),
+        pct(&proto, 0.99),
+    );
+    results.insert("r3_decision_p50_us".into(), json!(us(p50)));
+    results.insert("r3_decision_p99_us".into(), json!(us(p99)));
+    results.insert("r3_protocol_floor_p50_us".into(), json!(us(pf50)));
+    results.insert("r3_protocol_floor_p99_us".into(), json!(us(pf99)));
+    results.insert("r3_lifecycles_per_s".into(), json!(one.round()));
+    results.insert(
+        "r3_protocol_floor_lifecycles_per_s".into(),
+        json!(proto_lc.round()),
+    );
+    let ratio = p50.as_secs_f64() / pf50.as_secs_f64().max(1e-9);
+    let lc_ratio = one / proto_lc.max(1.0);
+    Ok(vec![
+        Row {
+            metric: "R3 cluster: decision latency p50".into(),
+            value: format!("{} µs", us(p50)),
+            baseline: format!("R3 protocol floor {} µs ({ratio:.2}×)", us(pf50)),
+            target: "≤ 1.5× protocol floor".into(),
+            met: Some(ratio <= 1.5),
+        },
+        Row {
+            metric: "R3 cluster: decision latency p99".into(),
+            value: format!("{} µs", us(p99)),
+            baseline: format!("R3 protocol floor p99 {} µs", us(pf99)),
+            target: "-".into(),
+            met: None,
+        },
+        Row {
+            metric: "R3 cluster: lifecycles/s, 1 gate-keeper".into(),
+            value: format!("{one:.0}"),
+            baseline: format!("R3 protocol floor {proto_lc:.0}/s ({lc_ratio:.2}×)"),
+            target: "≥ 0.6× protocol floor".into(),
+            met: Some(lc_ratio >= 0.6),
+        },
+    ])
 }
 
 /// One row of the printed table.
@@ -142,10 +214,10 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
     let mut rows = Vec::new();
 
     // 1. Decision latency, and the JetStream floor.
-    eprintln!("[1/8] decision latency over {} gates", sizes.latency_gates);
+    eprintln!("[1/9] decision latency over {} gates", sizes.latency_gates);
     let floor = floor_latency(&url, sizes.latency_gates).await?;
     let lat = decision_latency(&url, sizes.latency_gates).await?;
-    let proto = protocol_floor_latency(&url, sizes.latency_gates).await?;
+    let proto = protocol_floor_latency(&url, sizes.latency_gates, 1).await?;
     let (p50, p99, f50, f99) = (
         pct(&lat, 0.5),
         pct(&lat, 0.99),
@@ -188,11 +260,11 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
 
     // 2. Throughput with 1 and 2 gate-keepers, against raw appends.
     eprintln!(
-        "[2/8] throughput: {} lifecycles, {} concurrent clients",
+        "[2/9] throughput: {} lifecycles, {} concurrent clients",
         sizes.lifecycles, sizes.concurrency
     );
     let raw = raw_appends(&url, sizes.lifecycles * 2, sizes.concurrency).await?;
-    let proto_lc = protocol_floor_lifecycles(&url, sizes.lifecycles, sizes.concurrency).await?;
+    let proto_lc = protocol_floor_lifecycles(&url, sizes.lifecycles, sizes.concurrency, 1).await?;
     let one = lifecycles(&url, sizes.lifecycles, sizes.concurrency).await?;
     let _gk2 = gatekeeper(&url)?;
     let two = lifecycles(&url, sizes.lifecycles, sizes.concurrency).await?;
@@ -226,9 +298,14 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
         met: Some(one / proto_lc.max(1.0) >= 0.6),
     });
 
-    // 3 and 4. Many waiting gates in one process, and listing them.
-    eprintln!("[3/8] {} gates waiting in one process", sizes.waiting_gates);
-    let scale = waiting_scale(&url, sizes.waiting_gates).await?;
+    // 3. The same on a 3-node cluster with R3 streams, each against its
+    // own protocol floor on that cluster.
+    eprintln!("[3/9] decision latency and throughput on a 3-node R3 cluster");
+    rows.extend(r3_figures(sizes, &mut results).await?);
+
+    // 4 and 5. Many waiting gates in one process, and listing them.
+    eprintln!("[4/9] {} gates waiting in one process", sizes.waiting_gates);
+    let (scale, fanout) = waiting_scale(&url, sizes.waiting_gates).await?;
     results.insert("waiting_gates".into(), json!(sizes.waiting_gates));
     results.insert("waiting_rss_mb".into(), json!(scale.rss_mb));
     results.insert("waiters_woken_ok".into(), json!(scale.woken_ok));
@@ -262,9 +339,37 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
         target: "≤ 2000 ms".into(),
         met: Some(scale.list_ms <= 2_000),
     });
+    let mean = |f: fn(&scale::Woken) -> f64| {
+        fanout.shares.iter().map(f).sum::<f64>() / fanout.shares.len().max(1) as f64
+    };
+    let followed = fanout.shares.first().map_or(0, |w| w.followed);
+    let (msgs, cpu) = (mean(|w| w.in_msgs), mean(|w| w.cpu_ms));
+    let base = &fanout.whole_feed;
+    let all_ok = fanout.shares.iter().all(|w| w.ok == w.followed) && base.ok == base.followed;
+    results.insert("fanout_processes".into(), json!(fanout.shares.len()));
+    results.insert("fanout_followed_per_process".into(), json!(followed));
+    results.insert("fanout_msgs_per_process".into(), json!(msgs.round()));
+    results.insert("fanout_cpu_ms_per_process".into(), json!(cpu.round()));
+    results.insert("fanout_whole_feed_msgs".into(), json!(base.in_msgs));
+    results.insert("fanout_whole_feed_cpu_ms".into(), json!(base.cpu_ms));
+    results.insert("fanout_woken_ok".into(), json!(all_ok));
+    rows.push(Row {
+        metric: format!(
+            "fan-out: {} processes each following {followed} of {} decided gates, messages / CPU each",
+            fanout.shares.len(),
+            sizes.waiting_gates
+        ),
+        value: format!("{msgs:.0} msgs / {cpu:.0} ms"),
+        baseline: format!(
+            "whole live feed: {:.0} msgs / {:.0} ms",
+            base.in_msgs, base.cpu_ms
+        ),
+        target: "≤ 2× followed, all woken right".into(),
+        met: Some(msgs <= 2.0 * followed as f64 && all_ok),
+    });
 
-    // 5. Timeout precision.
-    eprintln!("[4/8] timeout precision over {} gates", sizes.timeout_gates);
+    // 6. Timeout precision.
+    eprintln!("[5/9] timeout precision over {} gates", sizes.timeout_gates);
     let late = timeout_lateness(&url, sizes.timeout_gates).await?;
     let (l50, l99) = (pct(&late, 0.5), pct(&late, 0.99));
     results.insert("timeout_late_p50_ms".into(), json!(l50.as_millis() as u64));
@@ -277,30 +382,85 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
         met: Some(l99 <= Duration::from_secs(1)),
     });
 
-    // 6. Listing over a long history.
+    // 7. Listing over a long history, from the read model and by folding.
     eprintln!(
-        "[5/8] gate list over {} stored events",
-        sizes.history_events
+        "[6/9] gate list: {} waiting among {} stored gates",
+        sizes.history_waiting, sizes.history_gates
     );
-    let history = history_list(sizes.history_events).await?;
-    results.insert("history_events".into(), json!(history.events));
-    results.insert("history_waiting".into(), json!(history.waiting));
-    results.insert("history_list_ms".into(), json!(history.list_ms as u64));
+    let h = history_list(sizes.history_gates, sizes.history_waiting).await?;
+    let k = |n: usize| match n {
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}m", n / 1_000_000),
+        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    };
+    let (w, g) = (k(h.waiting), k(h.gates));
+    results.insert("history_gates".into(), json!(h.gates));
+    results.insert("history_events".into(), json!(h.events));
+    results.insert("history_waiting".into(), json!(h.waiting));
+    results.insert("reindex_ms".into(), json!(h.reindex_ms as u64));
+    results.insert(
+        format!("list_waiting_{w}_of_{g}_ms"),
+        json!(h.list_ms as u64),
+    );
+    results.insert(format!("list_fold_{w}_of_{g}_ms"), json!(h.fold_ms as u64));
+    results.insert(
+        format!("list_waiting_{}_of_{g}_ms", h.few),
+        json!(h.few_list_ms as u64),
+    );
+    // The figure this one replaces: the same list by folding.
+    results.insert("history_list_ms".into(), json!(h.fold_ms as u64));
+    results.insert(
+        "projector_cold_events_per_s".into(),
+        json!(h.projected_per_s.round()),
+    );
     rows.push(Row {
         metric: format!(
-            "gate list --status waiting, {} waiting among {} events stored",
-            history.waiting, history.events
+            "gate list --status waiting, {} waiting among {} gates",
+            h.waiting, h.gates
         ),
-        value: format!("{} ms", history.list_ms),
+        value: format!("{} ms", h.list_ms),
+        baseline: format!(
+            "fold: {} ms ({:.2}×)",
+            h.fold_ms,
+            h.list_ms as f64 / h.fold_ms.max(1) as f64
+        ),
+        target: "≤ 300 ms and ≤ 0.2× fold".into(),
+        met: Some(h.list_ms <= 300 && h.list_ms * 5 <= h.fold_ms),
+    });
+    rows.push(Row {
+        metric: format!(
+            "gate list --status waiting, {} waiting among {} gates",
+            h.few, h.gates
+        ),
+        value: format!("{} ms", h.few_list_ms),
         baseline: "-".into(),
-        // No target yet: the read model (the scale issue) sets one.
+        target: "≤ 20 ms".into(),
+        met: Some(h.few_list_ms <= 20),
+    });
+    rows.push(Row {
+        metric: format!(
+            "moira admin reindex, {} gates ({} events)",
+            h.gates, h.events
+        ),
+        value: format!("{:.1} s", h.reindex_ms as f64 / 1000.0),
+        baseline: "-".into(),
+        target: "-".into(),
+        met: None,
+    });
+    rows.push(Row {
+        metric: format!(
+            "projector, {} decisions, cold (each gate read again)",
+            h.projected
+        ),
+        value: format!("{:.0} events/s", h.projected_per_s),
+        baseline: "-".into(),
         target: "-".into(),
         met: None,
     });
 
-    // 7. Runs through a runner process.
+    // 8. Runs through a runner process.
     eprintln!(
-        "[6/8] {} runs of a 3-step workflow, {} resumes after a gate",
+        "[7/9] {} runs of a 3-step workflow, {} resumes after a gate",
         sizes.runs, sizes.resumes
     );
     let _runner = runner(&url)?;
@@ -336,8 +496,8 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
         met: None,
     });
 
-    // 7. The same decisions signed, against a gate-keeper that requires it.
-    eprintln!("[7/8] signed decisions: --signatures require, Ed25519 keys");
+    // 9. The same decisions signed, against a gate-keeper that requires it.
+    eprintln!("[8/9] signed decisions: --signatures require, Ed25519 keys");
     let (keys, registry_dir) = bench_keys()?;
     let signed_server = NatsServer::start();
     let surl = signed_server.url();
@@ -378,10 +538,10 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
         met: None,
     });
 
-    // 8. moira-web: listing many waiting gates, and how soon a decision
+    // 10. moira-web: listing many waiting gates, and how soon a decision
     // reaches a page, beside the CLI's own list and `moira gate watch`.
     eprintln!(
-        "[8/8] moira-web: {} waiting gates, decisions seen live",
+        "[9/9] moira-web: {} waiting gates, decisions seen live",
         sizes.web_gates
     );
     let web = web_figures(sizes).await?;

@@ -10,7 +10,7 @@ use crate::{open, Stack};
 const WAIT: Option<Duration> = Some(Duration::from_secs(30));
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_waiters_in_one_process_share_one_subscription() {
+async fn many_waiters_in_one_process_each_see_their_own_decision() {
     let s = Stack::start().await;
     let waiter = Client::connect(&s.url()).await.expect("connect");
     let mut ids = Vec::new();
@@ -59,6 +59,87 @@ async fn many_waiters_in_one_process_share_one_subscription() {
         };
         assert_eq!(v.status, want, "gate {i}");
     }
+}
+
+fn received(c: &Client) -> u64 {
+    c.nats()
+        .statistics()
+        .in_messages
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Follows `ids` on `c`, decides every gate in `all`, and returns how many
+/// messages `c` received while the decisions were made.
+async fn decide_all_while_following(
+    s: &Stack,
+    c: &Client,
+    ids: &[moira_client::GateId],
+    all: &[moira_client::GateId],
+) -> u64 {
+    let mut followers = Vec::new();
+    for id in ids {
+        followers.push(c.follow(*id).await.expect("follow"));
+    }
+    let before = received(c);
+    for id in all {
+        s.client
+            .approve(ApproveGate {
+                gate_id: *id,
+                actor: "bob".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("approve");
+    }
+    for mut f in followers {
+        let seen = tokio::time::timeout(
+            Duration::from_secs(30),
+            f.wait_until(|g| g.status.is_terminal()),
+        )
+        .await
+        .expect("in time")
+        .expect("follow");
+        assert_eq!(seen.status, GateStatus::Approved);
+    }
+    received(c) - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_receives_only_the_gates_it_follows_until_past_its_limit_it_takes_the_whole_feed()
+{
+    let s = Stack::start().await;
+    let mut all = Vec::new();
+    for i in 0..200 {
+        all.push(
+            s.client
+                .open(open("alice", &format!("gate {i}")))
+                .await
+                .expect("open")
+                .id,
+        );
+    }
+    let (first, second) = all.split_at(100);
+
+    // Ten gates followed, a hundred decided: one decision each arrives,
+    // not the other ninety.
+    let few = Client::connect(&s.url()).await.expect("connect");
+    let got = decide_all_while_following(&s, &few, &first[..10], first).await;
+    assert!(!few.takes_whole_live_feed());
+    assert!(
+        (10..=20).contains(&got),
+        "following 10 of 100 decided gates received {got} messages"
+    );
+
+    // Past a limit of five the client takes the whole feed (cheaper than
+    // thousands of subscriptions) and still sees every decision it follows.
+    let many = Client::connect(&s.url()).await.expect("connect");
+    many.set_per_gate_limit(5);
+    let got = decide_all_while_following(&s, &many, &second[..10], second).await;
+    assert!(many.takes_whole_live_feed());
+    assert!(
+        got >= 100,
+        "the whole feed gave {got} messages for 100 decisions"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,13 +239,23 @@ async fn a_waiter_whose_live_feed_drops_the_decision_as_a_slow_consumer_still_se
     drop(follower);
     let before = slow.resyncs();
     let flood = Client::connect(&s.url()).await.expect("connect");
-    let noise = moira_client::protocol::wire::live_gate_events(&moira_client::GateId::new());
+    // Noise on the followed gate's own live subject (the waiter subscribes
+    // to just that), with sequence headers that say "already seen", so only
+    // the slow-consumer resync can bring the decision back once dropped.
+    let noise = moira_client::protocol::wire::live_gate_events(&gate.id);
+    let mut stale = async_nats::HeaderMap::new();
+    stale.insert(moira_client::protocol::wire::HDR_SEQUENCE, "0");
+    stale.insert(moira_client::protocol::wire::HDR_LAST_SEQUENCE, "0");
     // The decision lands in the middle of a burst of live messages.
     for round in 0..40 {
         for _ in 0..5_000 {
             flood
                 .nats()
-                .publish(noise.clone(), bytes::Bytes::from_static(b"noise"))
+                .publish_with_headers(
+                    noise.clone(),
+                    stale.clone(),
+                    bytes::Bytes::from_static(b"noise"),
+                )
                 .await
                 .expect("publish");
         }

@@ -239,7 +239,7 @@ impl Client {
                 ));
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            pause = (pause * 2).min(Duration::from_millis(10));
             info = s.consumer_info(consumer).await.map_err(nats_err)?;
         }
     }

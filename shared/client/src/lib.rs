@@ -45,7 +45,7 @@ pub use moira_protocol::{
 };
 pub use runs::{LogLine, RunRecord, RunView, StepView};
 pub use store::{fold_stored, GateRecord, ListFilter, StoredEvent};
-pub use waiter::Follower;
+pub use waiter::{Follower, PER_GATE_MAX};
 
 use moira_protocol::command::Reply;
 use moira_protocol::wire::{CONTENT_TYPE_MSGPACK, HDR_CONTENT_TYPE};
@@ -121,6 +121,9 @@ pub(crate) struct Inner {
     /// (re)connect, and each time the client dropped messages for a slow
     /// subscription (the live feed's messages are never redelivered).
     pub(crate) connects: watch::Receiver<u64>,
+    /// Gates followed with a subscription each before the waiter takes the
+    /// whole live feed; read when the first gate is followed.
+    pub(crate) per_gate_max: std::sync::atomic::AtomicUsize,
 }
 
 fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
@@ -294,6 +297,7 @@ impl Client {
                 hub: OnceCell::new(),
                 reads: Arc::default(),
                 connects: rx,
+                per_gate_max: waiter::PER_GATE_MAX.into(),
             }),
             signer: None,
         })
@@ -484,6 +488,22 @@ impl Client {
     }
 
     /// Follows one gate's state as it changes, with no polling.
+    /// Sets how many gates this client follows with a subscription each
+    /// before it takes the whole live feed instead (default
+    /// [`PER_GATE_MAX`]). Takes effect if set before the first
+    /// gate is followed.
+    pub fn set_per_gate_limit(&self, max: usize) {
+        self.inner
+            .per_gate_max
+            .store(max, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether this client's waiter has taken the whole live feed (it
+    /// follows more gates than the per-gate limit).
+    pub fn takes_whole_live_feed(&self) -> bool {
+        self.inner.hub.get().is_some_and(|h| h.takes_whole_feed())
+    }
+
     pub async fn follow(&self, id: GateId) -> Result<Follower, ClientError> {
         self.hub().await?.follow(id).await
     }
@@ -497,7 +517,7 @@ impl Client {
     ) -> Result<(GateView, Follower), ClientError> {
         let id = *c.gate_id.get_or_insert_with(GateId::new);
         let hub = self.hub().await?;
-        let follower = hub.clone().register(id);
+        let follower = hub.clone().register(id).await?;
         let view = self.open(c).await?;
         hub.ensure_state(id).await?;
         Ok((view, follower))

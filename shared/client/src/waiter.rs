@@ -1,23 +1,29 @@
 //! Waiting on gates with no polling and no consumer per gate.
 //!
-//! One process keeps one core subscription on the live feed
-//! (`moira.live.gate.ev.>`, which the stream republishes) and a map from gate
-//! id to the followed state. Following a gate subscribes first and then reads
-//! the gate from the stream to catch up. A republished event carries its
-//! sequence and the previous sequence on the same subject; when the previous
-//! one is not the last we know, something was missed (core messages are not
-//! redelivered), so the gate is read again. After a reconnect every followed
-//! gate is read again, since messages sent while disconnected are lost.
+//! One process keeps a map from gate id to the followed state, fed by the
+//! live copies the stream republishes on `moira.live.gate.ev.<id>`. While
+//! it follows up to [`PER_GATE_MAX`] gates it subscribes to each one's
+//! subject, so it receives what it follows and nothing else; past that it
+//! switches to one subscription on the whole feed (`moira.live.gate.ev.>`),
+//! which costs less than that many subscriptions. Following a gate
+//! subscribes first and then reads the gate from the stream to catch up.
+//! A republished event carries its sequence and the previous sequence on
+//! the same subject; when the previous one is not the last we know,
+//! something was missed (core messages are not redelivered), so the gate
+//! is read again. After a reconnect every followed gate is read again,
+//! since messages sent while disconnected are lost.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use futures_util::StreamExt;
 use tokio::sync::{watch, Semaphore};
+use tokio::task::AbortHandle;
 
 use moira_protocol::event::Decoded;
 use moira_protocol::gate::apply;
-use moira_protocol::wire::{gate_id_from_subject, LIVE_GATE_EVENTS_ALL};
+use moira_protocol::wire::{gate_id_from_subject, live_gate_events, LIVE_GATE_EVENTS_ALL};
 use moira_protocol::{Envelope, GateId, GateState};
 
 use crate::store::live_seqs;
@@ -25,6 +31,9 @@ use crate::{nats_err, Client, ClientError, Inner};
 
 /// Gate re-reads in flight at once after a reconnect.
 const REREAD_CONCURRENCY: usize = 64;
+/// Gates followed with one subscription each; past this many, the process
+/// takes the whole live feed instead.
+pub const PER_GATE_MAX: usize = 10_000;
 
 type Snapshot = Option<Arc<GateState>>;
 
@@ -33,6 +42,26 @@ struct Entry {
     last_seq: u64,
     tx: watch::Sender<Snapshot>,
     followers: usize,
+    /// The task reading this gate's own subscription, if it has one.
+    listener: Option<AbortHandle>,
+    /// A re-read is running; `Again` when another was asked for meanwhile,
+    /// so a burst of gaps costs at most two reads, not one task each.
+    reread: Reread,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reread {
+    Idle,
+    Running,
+    Again,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if let Some(l) = self.listener.take() {
+            l.abort();
+        }
+    }
 }
 
 pub(crate) struct Hub {
@@ -40,6 +69,22 @@ pub(crate) struct Hub {
     reader: Client,
     entries: Mutex<HashMap<GateId, Entry>>,
     rereads: Semaphore,
+    /// Whether the whole live feed is taken (then no gate has its own
+    /// subscription).
+    whole_feed: AtomicBool,
+    per_gate_max: usize,
+    switching: tokio::sync::Mutex<()>,
+}
+
+/// Hands every message of `sub` to the hub until either goes away.
+fn forward(hub: Weak<Hub>, mut sub: async_nats::Subscriber) -> AbortHandle {
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let Some(hub) = hub.upgrade() else { break };
+            hub.on_live(&msg);
+        }
+    })
+    .abort_handle()
 }
 
 impl Hub {
@@ -51,41 +96,100 @@ impl Hub {
                 hub: Default::default(),
                 reads: client.inner.reads.clone(),
                 connects: client.inner.connects.clone(),
+                per_gate_max: 0.into(),
             }),
             signer: None,
         };
-        let mut sub = reader
-            .nats
-            .subscribe(LIVE_GATE_EVENTS_ALL)
-            .await
-            .map_err(nats_err)?;
         let hub = Arc::new(Hub {
             reader,
             entries: Mutex::default(),
             rereads: Semaphore::new(REREAD_CONCURRENCY),
+            whole_feed: AtomicBool::new(false),
+            per_gate_max: client.inner.per_gate_max.load(Ordering::Relaxed),
+            switching: tokio::sync::Mutex::new(()),
         });
         let weak: Weak<Hub> = Arc::downgrade(&hub);
         let mut connects = client.inner.connects.clone();
         connects.borrow_and_update();
         tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    msg = sub.next() => {
-                        let (Some(msg), Some(hub)) = (msg, weak.upgrade()) else { break };
-                        hub.on_live(&msg);
-                    }
-                    changed = connects.changed() => {
-                        let (Ok(()), Some(hub)) = (changed, weak.upgrade()) else { break };
-                        tracing::info!("reconnected or fell behind; re-reading every followed gate");
-                        let ids: Vec<GateId> = hub.lock().keys().copied().collect();
-                        for id in ids {
-                            hub.clone().spawn_reread(id);
-                        }
-                    }
+            while connects.changed().await.is_ok() {
+                let Some(hub) = weak.upgrade() else { break };
+                tracing::info!("reconnected or fell behind; re-reading every followed gate");
+                let ids: Vec<GateId> = hub.lock().keys().copied().collect();
+                for id in ids {
+                    hub.clone().spawn_reread(id);
                 }
             }
         });
         Ok(hub)
+    }
+
+    /// Makes sure events of `id` reach this hub from now on: its own
+    /// subscription, or the whole feed. Returns once the subscription is
+    /// registered, so a read sent after it on this connection cannot miss
+    /// an event.
+    async fn listen(self: &Arc<Self>, id: GateId) -> Result<(), ClientError> {
+        if self.whole_feed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let followed = self.lock().len();
+        if followed > self.per_gate_max {
+            return self.take_whole_feed().await;
+        }
+        if self.lock().get(&id).is_some_and(|e| e.listener.is_some()) {
+            return Ok(());
+        }
+        let sub = self
+            .reader
+            .nats
+            .subscribe(live_gate_events(&id))
+            .await
+            .map_err(nats_err)?;
+        let handle = forward(Arc::downgrade(self), sub);
+        let mut entries = self.lock();
+        match entries.get_mut(&id) {
+            Some(e) if e.listener.is_none() && !self.whole_feed.load(Ordering::Acquire) => {
+                e.listener = Some(handle)
+            }
+            // Another follower subscribed first, the whole feed is taken,
+            // or the gate is followed no more.
+            _ => handle.abort(),
+        }
+        Ok(())
+    }
+
+    /// Switches to one subscription on the whole live feed and drops the
+    /// per-gate ones (after the new one is registered, so nothing falls in
+    /// between; an event heard twice is ignored by its sequence).
+    async fn take_whole_feed(self: &Arc<Self>) -> Result<(), ClientError> {
+        let _one = self.switching.lock().await;
+        if self.whole_feed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let sub = self
+            .reader
+            .nats
+            .subscribe(LIVE_GATE_EVENTS_ALL)
+            .await
+            .map_err(nats_err)?;
+        // Lives as long as the hub: the task ends when the hub is dropped.
+        let _ = forward(Arc::downgrade(self), sub);
+        self.whole_feed.store(true, Ordering::Release);
+        let mut entries = self.lock();
+        tracing::info!(
+            followed = entries.len(),
+            "following many gates: taking the whole live feed"
+        );
+        for e in entries.values_mut() {
+            if let Some(l) = e.listener.take() {
+                l.abort();
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn takes_whole_feed(&self) -> bool {
+        self.whole_feed.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<GateId, Entry>> {
@@ -129,10 +233,35 @@ impl Hub {
     }
 
     fn spawn_reread(self: Arc<Self>, id: GateId) {
+        {
+            let mut entries = self.lock();
+            let Some(entry) = entries.get_mut(&id) else {
+                return;
+            };
+            match entry.reread {
+                Reread::Idle => entry.reread = Reread::Running,
+                Reread::Running | Reread::Again => {
+                    entry.reread = Reread::Again;
+                    return;
+                }
+            }
+        }
         tokio::spawn(async move {
             let _permit = self.rereads.acquire().await;
-            if let Err(e) = self.reread(id).await {
-                tracing::warn!(%id, "re-reading gate failed: {e}");
+            loop {
+                if let Err(e) = self.reread(id).await {
+                    tracing::warn!(%id, "re-reading gate failed: {e}");
+                }
+                let mut entries = self.lock();
+                let Some(entry) = entries.get_mut(&id) else {
+                    return;
+                };
+                if entry.reread == Reread::Again {
+                    entry.reread = Reread::Running;
+                } else {
+                    entry.reread = Reread::Idle;
+                    return;
+                }
             }
         });
     }
@@ -156,7 +285,7 @@ impl Hub {
     }
 
     pub(crate) async fn follow(self: Arc<Self>, id: GateId) -> Result<Follower, ClientError> {
-        let follower = self.clone().register(id);
+        let follower = self.clone().register(id).await?;
         // Subscribed (the hub's subscription predates this read on the same
         // connection), so nothing stored after this read can be missed.
         self.reread(id).await?;
@@ -168,7 +297,7 @@ impl Hub {
 
     /// Starts following a gate without reading it: for a gate this process
     /// is about to open, whose events will all come on the live feed.
-    pub(crate) fn register(self: Arc<Self>, id: GateId) -> Follower {
+    pub(crate) async fn register(self: Arc<Self>, id: GateId) -> Result<Follower, ClientError> {
         let rx = {
             let mut entries = self.lock();
             let entry = entries.entry(id).or_insert_with(|| Entry {
@@ -176,11 +305,20 @@ impl Hub {
                 last_seq: 0,
                 tx: watch::channel(None).0,
                 followers: 0,
+                listener: None,
+                reread: Reread::Idle,
             });
             entry.followers += 1;
             entry.tx.subscribe()
         };
-        Follower { hub: self, id, rx }
+        // Made now, so a failed subscription lets the gate go again.
+        let follower = Follower {
+            hub: self.clone(),
+            id,
+            rx,
+        };
+        self.listen(id).await?;
+        Ok(follower)
     }
 
     /// Reads the gate unless the live feed already gave us its state.

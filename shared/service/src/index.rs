@@ -11,7 +11,9 @@
 //! one at a time within a process; across processes the checked write
 //! settles races. A gate's next event usually applies to the state this
 //! process holds (its `prev` names the last event seen), so only the write
-//! costs a round trip; otherwise the gate's events are read again.
+//! costs a round trip; otherwise the gate's events are read again. A new
+//! summary waits a few milliseconds before it is written, and events of
+//! the same id that arrive meanwhile join that one write.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,6 +39,11 @@ use crate::feed::DurableFeed;
 
 /// Events projected at once by one process.
 const IN_FLIGHT: usize = 256;
+/// How long a new summary waits before it is written, so that events of
+/// one id that come close together (a gate opened and decided at once by
+/// a tool, a run's steps) cost one write instead of one each. A list
+/// right after a change waits this much longer for the projector.
+const COALESCE: Duration = Duration::from_millis(20);
 /// Ids whose state a projector keeps between events (waiting gates and
 /// runs in progress; ended ones are let go at once).
 const CACHED: usize = 20_000;
@@ -198,6 +205,10 @@ struct Slot<S> {
     index_seq: u64,
     status: Option<&'static str>,
     last_seq: u64,
+    /// The last event applied to `state`, and its projection while it
+    /// waits to be written.
+    applied: u64,
+    pending: Option<Projected>,
 }
 
 impl<S> Default for Slot<S> {
@@ -207,6 +218,8 @@ impl<S> Default for Slot<S> {
             index_seq: 0,
             status: None,
             last_seq: 0,
+            applied: 0,
+            pending: None,
         }
     }
 }
@@ -317,60 +330,138 @@ async fn one<S: Source>(
         }
         map.entry(id.to_string()).or_default().clone()
     };
-    let mut held = slot.lock().await;
-    let result = project_one::<S>(client, &mut held, id, seq, payload).await;
-    let ended = match &result {
-        Ok(ended) => *ended,
-        Err(_) => {
-            *held = Slot::default();
-            false
+    let ended = {
+        let mut held = slot.lock().await;
+        match apply_one::<S>(client, &mut held, id, seq, payload).await {
+            Ok(Step::Done(ended)) => Ok(ended),
+            Ok(Step::Write) => Err(held),
+            Err(e) => {
+                *held = Slot::default();
+                return Err(e);
+            }
         }
     };
-    drop(held);
+    let ended = match ended {
+        Ok(ended) => ended,
+        Err(held) => {
+            // Let events of the same id that come meanwhile join this write.
+            drop(held);
+            tokio::time::sleep(COALESCE).await;
+            let mut held = slot.lock().await;
+            match write_pending::<S>(client, &mut held, id, seq).await {
+                Ok(ended) => ended,
+                Err(e) => {
+                    *held = Slot::default();
+                    return Err(e);
+                }
+            }
+        }
+    };
     if ended {
         let mut map = slots.lock().unwrap_or_else(|p| p.into_inner());
         if map.get(id).is_some_and(|s| Arc::strong_count(s) <= 2) {
             map.remove(id);
         }
     }
-    result.map(|_| ())
+    Ok(())
 }
 
-/// Returns whether the id has ended (nothing will follow, usually).
-async fn project_one<S: Source>(
+/// What is left to do for an event once it is applied.
+enum Step {
+    /// An entry that reflects the event is stored (the flag: the id ended).
+    Done(bool),
+    /// Write the pending projection, unless a write covers it by then.
+    Write,
+}
+
+/// Applies an event to the state held, or reads the id's events again
+/// (and then stores at once) when it does not follow what is held.
+async fn apply_one<S: Source>(
     client: &Client,
     slot: &mut Slot<S::State>,
     id: &str,
     seq: u64,
     payload: &[u8],
+) -> Result<Step, ClientError> {
+    if seq != 0 && seq <= slot.applied {
+        // Already applied (a redelivery, or read along with an earlier
+        // one): stored, or waiting to be.
+        return Ok(if seq <= slot.last_seq {
+            Step::Done(false)
+        } else {
+            Step::Write
+        });
+    }
+    match S::advance(&mut slot.state, seq, payload) {
+        Some(p) => {
+            slot.applied = p.last_seq;
+            slot.pending = Some(p);
+            Ok(Step::Write)
+        }
+        None => reread_and_store::<S>(client, slot, id)
+            .await
+            .map(Step::Done),
+    }
+}
+
+/// Stores what waits to be written, if no write since covers event `seq`.
+async fn write_pending<S: Source>(
+    client: &Client,
+    slot: &mut Slot<S::State>,
+    id: &str,
+    seq: u64,
 ) -> Result<bool, ClientError> {
-    if seq != 0 && seq <= slot.last_seq {
-        // Already reflected (a redelivery, or read along with an earlier one).
+    if seq <= slot.last_seq {
         return Ok(false);
     }
-    let fast = S::advance(&mut slot.state, seq, payload);
-    let (p, expected, known_status) = match fast {
-        Some(p) => (p, slot.index_seq, slot.status),
-        None => {
-            let Some((p, state)) = S::read(client, id).await? else {
-                return Ok(false);
-            };
-            slot.state = state;
-            let current = client.index_current(S::KIND, id).await?;
-            if let Some(cur) = &current {
-                if cur.last_seq >= p.last_seq {
-                    // Stored already; still tidy, as a projector may have
-                    // died between storing and tidying.
-                    client.index_tidy(S::KIND, id).await?;
-                    slot.index_seq = cur.index_seq;
-                    slot.status = None;
-                    slot.last_seq = cur.last_seq;
-                    return Ok(p.ended);
-                }
-            }
-            (p, current.map(|c| c.index_seq).unwrap_or(0), None)
-        }
+    match slot.pending.take() {
+        Some(p) => store::<S>(client, slot, id, p).await,
+        // The slot was reset by a failure meanwhile: start from the events.
+        None => reread_and_store::<S>(client, slot, id).await,
+    }
+}
+
+/// Reads the id's events again and stores what they say, unless the
+/// stored entry is as new. Returns whether the id has ended (nothing will
+/// follow, usually).
+async fn reread_and_store<S: Source>(
+    client: &Client,
+    slot: &mut Slot<S::State>,
+    id: &str,
+) -> Result<bool, ClientError> {
+    let Some((p, state)) = S::read(client, id).await? else {
+        return Ok(false);
     };
+    slot.state = state;
+    slot.pending = None;
+    slot.applied = p.last_seq;
+    let current = client.index_current(S::KIND, id).await?;
+    if let Some(cur) = &current {
+        if cur.last_seq >= p.last_seq {
+            // Stored already; still tidy, as a projector may have died
+            // between storing and tidying.
+            client.index_tidy(S::KIND, id).await?;
+            slot.index_seq = cur.index_seq;
+            slot.status = None;
+            slot.last_seq = cur.last_seq;
+            slot.applied = slot.applied.max(cur.last_seq);
+            return Ok(p.ended);
+        }
+    }
+    slot.index_seq = current.map(|c| c.index_seq).unwrap_or(0);
+    slot.status = None;
+    store::<S>(client, slot, id, p).await
+}
+
+/// Writes a projection, checked against the entry this process last
+/// stored (`slot.index_seq`), and tidies the entry it replaced.
+async fn store<S: Source>(
+    client: &Client,
+    slot: &mut Slot<S::State>,
+    id: &str,
+    p: Projected,
+) -> Result<bool, ClientError> {
+    let (expected, known_status) = (slot.index_seq, slot.status);
     let put = client
         .index_put(S::KIND, id, p.status, p.body, p.last_seq, expected)
         .await?;
