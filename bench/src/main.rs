@@ -113,6 +113,32 @@ fn main() -> anyhow::Result<()> {
             println!("{per_s:.0} lifecycles/s");
             Ok(())
         }
+        // Runs/s and resume latency against a running stack with a runner,
+        // for profiling by hand.
+        Some("runs") => {
+            let usage = "runs URL N";
+            let url = args.get(1).context(usage)?;
+            let n: usize = args.get(2).context(usage)?.parse()?;
+            let per_s = rt.block_on(runs_throughput(url, n))?;
+            let resume = rt.block_on(resume_latency(url, (n / 3).max(1)))?;
+            println!(
+                "{per_s:.1} runs/s; resume p50 {} ms",
+                pct(&resume, 0.5).as_millis()
+            );
+            Ok(())
+        }
+        // Only the history listing, at the sizes given.
+        Some("history") => {
+            let usage = "history GATES WAITING";
+            let gates: usize = args.get(1).context(usage)?.parse()?;
+            let waiting: usize = args.get(2).context(usage)?.parse()?;
+            let h = rt.block_on(history_list(gates, waiting))?;
+            println!(
+                "{} waiting of {} gates: list {} ms, fold {} ms, {} left {} ms, reindex {} ms",
+                h.waiting, h.gates, h.list_ms, h.fold_ms, h.few, h.few_list_ms, h.reindex_ms
+            );
+            Ok(())
+        }
         // Only the moira-web figures, at the full sizes.
         Some("web") => rt.block_on(async {
             let w = web_figures(&FULL).await?;

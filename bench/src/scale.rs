@@ -339,6 +339,18 @@ pub(crate) async fn history_list(gates: usize, waiting: usize) -> anyhow::Result
     let reindex_ms = t0.elapsed().as_millis();
     eprintln!("      {}", reindex.trim().replace('\n', "; "));
     let list_ms = timed_list(&url, &["--status", "waiting"], std::process::Stdio::null())?;
+    if std::env::var_os("MOIRA_BENCH_DETAIL").is_some() {
+        let t0 = Instant::now();
+        let entries = client
+            .index_entries(moira_protocol::wire::INDEX_GATE, Some("waiting"))
+            .await?
+            .unwrap_or_default();
+        eprintln!(
+            "      reading {} entries in-process: {} ms",
+            entries.len(),
+            t0.elapsed().as_millis()
+        );
+    }
     let fold_ms = timed_list(
         &url,
         &["--status", "waiting", "--from-events"],
@@ -346,27 +358,8 @@ pub(crate) async fn history_list(gates: usize, waiting: usize) -> anyhow::Result
     )?;
 
     // Decide all but a few of the waiting gates, and let a gate-keeper's
-    // projector take the decisions in. Its consumer starts where the
-    // rebuilt model ends, as a projector that had kept up would be.
-    let last = js
-        .get_stream(GATES_STREAM)
-        .await?
-        .info()
-        .await?
-        .state
-        .last_sequence;
-    js.get_stream(GATES_STREAM)
-        .await?
-        .create_consumer(async_nats::jetstream::consumer::pull::Config {
-            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: last + 1,
-            },
-            ..moira_protocol::wire::streams::index_consumer_config(
-                INDEX_GATES_CONSUMER,
-                moira_protocol::wire::GATE_EVENTS_ALL,
-            )
-        })
-        .await?;
+    // projector take the decisions in (its consumer starts where reindex
+    // left the model, as a projector that had kept up would be).
     let few = 100.min(left_waiting.len());
     let decide = &left_waiting[few..];
     for id in decide {

@@ -46,7 +46,9 @@ pub struct Entry {
     pub index_seq: u64,
     pub status: String,
     pub id: String,
-    /// The event sequence it reflects.
+    /// The event sequence it reflects; 0 in the entries of one status,
+    /// which are read without decoding (a status holds one entry per id,
+    /// so nothing needs comparing).
     pub last_seq: u64,
     pub body: Bytes,
 }
@@ -63,12 +65,18 @@ fn reflects(body: &[u8]) -> u64 {
 }
 
 fn entry(subject: &str, index_seq: u64, body: Bytes) -> Option<Entry> {
+    let mut e = entry_as_stored(subject, index_seq, body)?;
+    e.last_seq = reflects(&e.body);
+    Some(e)
+}
+
+fn entry_as_stored(subject: &str, index_seq: u64, body: Bytes) -> Option<Entry> {
     let (_, status, id) = index_parts(subject)?;
     Some(Entry {
         index_seq,
         status: status.to_string(),
         id: id.to_string(),
-        last_seq: reflects(&body),
+        last_seq: 0,
         body,
     })
 }
@@ -262,9 +270,16 @@ impl Client {
             }
         }
         let mut out = Vec::new();
+        let make = if status.is_some() {
+            entry_as_stored
+        } else {
+            entry
+        };
+        // Each subject holds one message, so its last is all of it.
+        let last = async_nats::jetstream::consumer::DeliverPolicy::LastPerSubject;
         let found = self
-            .read_stored(INDEX_STREAM, &filter, |seq, msg| {
-                if let Some(e) = entry(&msg.subject, seq, msg.payload.clone()) {
+            .read_stored_from(INDEX_STREAM, &filter, last, |seq, msg| {
+                if let Some(e) = make(&msg.subject, seq, msg.payload.clone()) {
                     out.push(e);
                 }
             })
@@ -330,7 +345,7 @@ impl Client {
                 .and_then(|h| h.get("Nats-Subject"))
                 .map(|v| v.as_str().to_string())
                 .unwrap_or_default();
-            if let Some(e) = entry(&subject, seq, msg.payload) {
+            if let Some(e) = entry_as_stored(&subject, seq, msg.payload) {
                 out.push(e);
             }
         }
@@ -345,6 +360,9 @@ enum MultiLast {
 
 /// Keeps one entry per id, the one reflecting the latest event (two can
 /// coexist for a moment while a gate changes status).
+/// Entries of every status (read with `index_entries(kind, None)`) may
+/// hold two for one id for a moment, while a projector moves it between
+/// statuses; this keeps the newer.
 pub fn newest_per_id(entries: Vec<Entry>) -> Vec<Entry> {
     let mut by_id: HashMap<String, Entry> = HashMap::with_capacity(entries.len());
     for e in entries {

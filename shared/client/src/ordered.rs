@@ -39,12 +39,24 @@ impl Client {
         &self,
         stream: &str,
         filter: &str,
+        each: impl FnMut(u64, Message),
+    ) -> Result<bool, ClientError> {
+        self.read_stored_from(stream, filter, DeliverPolicy::All, each)
+            .await
+    }
+
+    /// [`Client::read_stored`] with a delivery policy: `LastPerSubject`
+    /// makes the server look up the matching subjects in its subject index
+    /// and send only their last messages, instead of scanning every
+    /// message of the stream for ones that match.
+    pub async fn read_stored_from(
+        &self,
+        stream: &str,
+        filter: &str,
+        deliver: DeliverPolicy,
         mut each: impl FnMut(u64, Message),
     ) -> Result<bool, ClientError> {
-        let Some(consumer) = self
-            .ordered_consumer(stream, filter, DeliverPolicy::All)
-            .await?
-        else {
+        let Some(consumer) = self.ordered_consumer(stream, filter, deliver).await? else {
             return Ok(false);
         };
         if consumer.cached_info().num_pending == 0 {

@@ -410,7 +410,12 @@ impl Client {
         else {
             return Ok(None);
         };
-        let mut out: Vec<RunView> = crate::index::newest_per_id(entries)
+        // One status holds one entry per run; all of them may hold two.
+        let entries = match status {
+            Some(_) => entries,
+            None => crate::index::newest_per_id(entries),
+        };
+        let mut out: Vec<RunView> = entries
             .into_iter()
             .filter_map(|e| match serde_json::from_slice::<RunEntry>(&e.body) {
                 Ok(r) => Some(r.run),

@@ -362,7 +362,12 @@ impl Client {
         let Some(entries) = self.index_entries(INDEX_GATE, status).await? else {
             return Ok(None);
         };
-        let mut out: Vec<GateSummary> = crate::index::newest_per_id(entries)
+        // One status holds one entry per gate; all of them may hold two.
+        let entries = match status {
+            Some(_) => entries,
+            None => crate::index::newest_per_id(entries),
+        };
+        let mut out: Vec<GateSummary> = entries
             .into_iter()
             .filter_map(|e| match serde_json::from_slice::<GateSummary>(&e.body) {
                 Ok(g) => Some(g),
