@@ -106,3 +106,21 @@ pub(crate) async fn nats_connect(url: &str) -> anyhow::Result<async_nats::Client
         .collect::<Result<Vec<_>, _>>()?;
     Ok(async_nats::connect(servers).await?)
 }
+
+/// Waits (up to 2 minutes) until the gate-keepers' read-model projector
+/// has taken in every gate event, so that one figure does not pay for the
+/// projections the previous one left behind.
+pub(crate) async fn settle(url: &str) -> anyhow::Result<()> {
+    use moira_protocol::wire::{GATES_STREAM, INDEX_GATES_CONSUMER};
+    let js = async_nats::jetstream::new(nats_connect(url).await?);
+    let stream = js.get_stream(GATES_STREAM).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let info = stream.consumer_info(INDEX_GATES_CONSUMER).await?;
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the read-model projector did not catch up within 2 minutes")
+}

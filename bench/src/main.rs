@@ -289,6 +289,7 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
         "[2/9] throughput: {} lifecycles, {} concurrent clients",
         sizes.lifecycles, sizes.concurrency
     );
+    settle(&url).await?;
     let raw = raw_appends(&url, sizes.lifecycles * 2, sizes.concurrency).await?;
     let proto_lc = protocol_floor_lifecycles(&url, sizes.lifecycles, sizes.concurrency, 1).await?;
     let one = lifecycles(&url, sizes.lifecycles, sizes.concurrency).await?;
@@ -396,6 +397,7 @@ async fn bench(sizes: &Sizes) -> anyhow::Result<()> {
 
     // 6. Timeout precision.
     eprintln!("[5/9] timeout precision over {} gates", sizes.timeout_gates);
+    settle(&url).await?;
     let late = timeout_lateness(&url, sizes.timeout_gates).await?;
     let (l50, l99) = (pct(&late, 0.5), pct(&late, 0.99));
     results.insert("timeout_late_p50_ms".into(), json!(l50.as_millis() as u64));

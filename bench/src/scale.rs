@@ -51,8 +51,8 @@ pub(crate) struct Woken {
     pub(crate) cpu_ms: f64,
 }
 
-/// A child process following the gates `ids[range]`; even indices will be
-/// approved and odd ones denied.
+/// A child process following the gates `ids[i]` for each `i` of
+/// `indices`; even indices will be approved and odd ones denied.
 struct Waiter {
     proc: Proc,
     followed: usize,
@@ -62,20 +62,18 @@ fn spawn_waiter(
     url: &str,
     dir: &std::path::Path,
     ids: &[GateId],
-    range: std::ops::Range<usize>,
+    name: &str,
+    indices: impl Iterator<Item = usize>,
     whole_feed: bool,
 ) -> anyhow::Result<Waiter> {
-    let file = dir.join(format!(
-        "ids-{}-{}-{whole_feed}.txt",
-        range.start, range.end
-    ));
-    let followed = range.len();
-    let lines: Vec<String> = range
+    let file = dir.join(format!("ids-{name}.txt"));
+    let lines: Vec<String> = indices
         .map(|i| {
             let want = if i % 2 == 0 { "approved" } else { "denied" };
             format!("{} {want}", ids[i])
         })
         .collect();
+    let followed = lines.len();
     std::fs::write(&file, lines.join("\n"))?;
     let mut args = vec![
         "waiter".to_string(),
@@ -123,21 +121,23 @@ pub(crate) struct Fanout {
 pub(crate) async fn waiting_scale(url: &str, n: usize) -> anyhow::Result<(Scale, Fanout)> {
     let ids = open_many(url, n, |i| gate("alice", &format!("waiting gate {i}"))).await?;
     let dir = moira_testkit::TempDir::new("moira-bench")?;
-    let all = spawn_waiter(url, dir.path(), &ids, 0..n, false)?;
+    let all = spawn_waiter(url, dir.path(), &ids, "all", 0..n, false)?;
     let idle = all
         .proc
         .wait_for_line("idle rss_mb=", Duration::from_secs(60));
     all.proc
         .wait_for_line("following", Duration::from_secs(600));
-    // The fan-out processes: 1/16 of the gates each, and the same share
-    // again on the whole feed.
-    let share = n.div_ceil(FANOUT_PROCESSES);
+    // The fan-out processes: every 16th gate each (the gates are decided
+    // in order, so each one's last gate is decided near the end and its
+    // count covers nearly all the decisions), and the first share again on
+    // the whole feed.
+    let share = |k: usize| (k..n).step_by(FANOUT_PROCESSES);
     let mut shares = Vec::new();
     for k in 0..FANOUT_PROCESSES {
-        let range = (k * share).min(n)..((k + 1) * share).min(n);
-        shares.push(spawn_waiter(url, dir.path(), &ids, range, false)?);
+        let name = format!("share-{k}");
+        shares.push(spawn_waiter(url, dir.path(), &ids, &name, share(k), false)?);
     }
-    let baseline = spawn_waiter(url, dir.path(), &ids, 0..share.min(n), true)?;
+    let baseline = spawn_waiter(url, dir.path(), &ids, "whole-feed", share(0), true)?;
     for w in shares.iter().chain([&baseline]) {
         w.proc.wait_for_line("following", Duration::from_secs(600));
     }
@@ -340,16 +340,32 @@ pub(crate) async fn history_list(gates: usize, waiting: usize) -> anyhow::Result
     eprintln!("      {}", reindex.trim().replace('\n', "; "));
     let list_ms = timed_list(&url, &["--status", "waiting"], std::process::Stdio::null())?;
     if std::env::var_os("MOIRA_BENCH_DETAIL").is_some() {
-        let t0 = Instant::now();
-        let entries = client
-            .index_entries(moira_protocol::wire::INDEX_GATE, Some("waiting"))
-            .await?
-            .unwrap_or_default();
-        eprintln!(
-            "      reading {} entries in-process: {} ms",
-            entries.len(),
-            t0.elapsed().as_millis()
+        use async_nats::jetstream::consumer::DeliverPolicy;
+        let filter = moira_protocol::wire::index_entries_in(
+            moira_protocol::wire::INDEX_GATE,
+            Some("waiting"),
         );
+        for (name, policy) in [
+            ("all", DeliverPolicy::All),
+            ("last per subject", DeliverPolicy::LastPerSubject),
+            ("all", DeliverPolicy::All),
+            ("last per subject", DeliverPolicy::LastPerSubject),
+        ] {
+            let t0 = Instant::now();
+            let mut n = 0usize;
+            client
+                .read_stored_from(
+                    moira_protocol::wire::INDEX_STREAM,
+                    &filter,
+                    policy,
+                    |_, _| n += 1,
+                )
+                .await?;
+            eprintln!(
+                "      reading {n} entries in-process, {name}: {} ms",
+                t0.elapsed().as_millis()
+            );
+        }
     }
     let fold_ms = timed_list(
         &url,

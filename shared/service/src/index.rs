@@ -39,6 +39,9 @@ use crate::feed::DurableFeed;
 
 /// Events projected at once by one process.
 const IN_FLIGHT: usize = 256;
+/// Events taken and not yet finished, including those whose write waits
+/// to coalesce (above the consumer's `max_ack_pending`, so never reached).
+const STARTED_MAX: usize = 25_000;
 /// How long a new summary waits before it is written, so that events of
 /// one id that come close together (a gate opened and decided at once by
 /// a tool, a run's steps) cost one write instead of one each. A list
@@ -273,6 +276,8 @@ pub async fn project<S: Source>(
 ) {
     let slots: Arc<Slots<S::State>> = Arc::default();
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    // Every projection started and not finished, waiting or working.
+    let started = Arc::new(Semaphore::new(STARTED_MAX));
     let mut feed = DurableFeed::new(S::CONSUMER, consumer);
     let projected = crate::ops::metrics()
         .index_projected
@@ -284,15 +289,19 @@ pub async fn project<S: Source>(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
+        let Ok(one_more) = started.clone().acquire_owned().await else {
+            break;
+        };
         let (client, slots, projected) = (client.clone(), slots.clone(), projected.clone());
+        let permits = permits.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _started = one_more;
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
             let Some(id) = S::id(&msg.subject) else {
                 let _ = msg.ack().await;
                 return;
             };
-            match one::<S>(&client, &slots, &id, seq, &msg.payload).await {
+            match one::<S>(&client, &slots, &id, seq, &msg.payload, (&permits, permit)).await {
                 Ok(()) => {
                     projected.inc();
                     let _ = msg.ack().await;
@@ -312,16 +321,22 @@ pub async fn project<S: Source>(
         });
     }
     // Wait for the projections in flight.
-    let _ = permits.acquire_many(IN_FLIGHT as u32).await;
+    let _ = started.acquire_many(STARTED_MAX as u32).await;
 }
 
+/// `work` bounds the projections doing work at once; the permit held is
+/// given back while the write waits to coalesce, so waiting writes do not
+/// hold back the events behind them (the consumer's `max_ack_pending`
+/// bounds how many wait).
 async fn one<S: Source>(
     client: &Client,
     slots: &Slots<S::State>,
     id: &str,
     seq: u64,
     payload: &[u8],
+    work: (&Arc<Semaphore>, tokio::sync::OwnedSemaphorePermit),
 ) -> Result<(), ClientError> {
+    let (permits, permit) = work;
     let slot = {
         let mut map = slots.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= CACHED {
@@ -330,30 +345,21 @@ async fn one<S: Source>(
         }
         map.entry(id.to_string()).or_default().clone()
     };
+    let due = apply_one::<S>(&mut *slot.lock().await, seq, payload);
+    if !due {
+        return Ok(());
+    }
+    // Let events of the same id that come meanwhile join this write.
+    drop(permit);
+    tokio::time::sleep(COALESCE).await;
+    let _permit = permits.acquire().await;
     let ended = {
         let mut held = slot.lock().await;
-        match apply_one::<S>(client, &mut held, id, seq, payload).await {
-            Ok(Step::Done(ended)) => Ok(ended),
-            Ok(Step::Write) => Err(held),
+        match write_pending::<S>(client, &mut held, id, seq).await {
+            Ok(ended) => ended,
             Err(e) => {
                 *held = Slot::default();
                 return Err(e);
-            }
-        }
-    };
-    let ended = match ended {
-        Ok(ended) => ended,
-        Err(held) => {
-            // Let events of the same id that come meanwhile join this write.
-            drop(held);
-            tokio::time::sleep(COALESCE).await;
-            let mut held = slot.lock().await;
-            match write_pending::<S>(client, &mut held, id, seq).await {
-                Ok(ended) => ended,
-                Err(e) => {
-                    *held = Slot::default();
-                    return Err(e);
-                }
             }
         }
     };
@@ -366,42 +372,23 @@ async fn one<S: Source>(
     Ok(())
 }
 
-/// What is left to do for an event once it is applied.
-enum Step {
-    /// An entry that reflects the event is stored (the flag: the id ended).
-    Done(bool),
-    /// Write the pending projection, unless a write covers it by then.
-    Write,
-}
-
-/// Applies an event to the state held, or reads the id's events again
-/// (and then stores at once) when it does not follow what is held.
-async fn apply_one<S: Source>(
-    client: &Client,
-    slot: &mut Slot<S::State>,
-    id: &str,
-    seq: u64,
-    payload: &[u8],
-) -> Result<Step, ClientError> {
+/// Applies an event to the state held when it follows it, and says
+/// whether a write is due for it: not when an entry that reflects it is
+/// stored already. The write (or, for an event that does not follow, the
+/// read and the write) comes later.
+fn apply_one<S: Source>(slot: &mut Slot<S::State>, seq: u64, payload: &[u8]) -> bool {
     if seq != 0 && seq <= slot.applied {
         // Already applied (a redelivery, or read along with an earlier
         // one): stored, or waiting to be.
-        return Ok(if seq <= slot.last_seq {
-            Step::Done(false)
-        } else {
-            Step::Write
-        });
+        return seq > slot.last_seq;
     }
-    match S::advance(&mut slot.state, seq, payload) {
-        Some(p) => {
-            slot.applied = p.last_seq;
-            slot.pending = Some(p);
-            Ok(Step::Write)
-        }
-        None => reread_and_store::<S>(client, slot, id)
-            .await
-            .map(Step::Done),
+    if let Some(p) = S::advance(&mut slot.state, seq, payload) {
+        slot.applied = p.last_seq;
+        slot.pending = Some(p);
     }
+    // Otherwise the id's events are read when the write is due, once for
+    // all of its events that came meanwhile (a run's are always read).
+    true
 }
 
 /// Stores what waits to be written, if no write since covers event `seq`.
@@ -414,11 +401,16 @@ async fn write_pending<S: Source>(
     if seq <= slot.last_seq {
         return Ok(false);
     }
-    match slot.pending.take() {
-        Some(p) => store::<S>(client, slot, id, p).await,
-        // The slot was reset by a failure meanwhile: start from the events.
-        None => reread_and_store::<S>(client, slot, id).await,
+    let mut ended = false;
+    if let Some(p) = slot.pending.take() {
+        ended = store::<S>(client, slot, id, p).await?;
     }
+    if seq > slot.last_seq {
+        // Not applied to the state held (it did not follow it, or the slot
+        // was reset by a failure meanwhile): start from the events.
+        ended = reread_and_store::<S>(client, slot, id).await?;
+    }
+    Ok(ended)
 }
 
 /// Reads the id's events again and stores what they say, unless the
