@@ -4,8 +4,11 @@
 //!
 //! Prints a table and writes `target/bench/results.json`.
 //! `moira-bench waiter URL IDS_FILE [--whole-feed]` is the child process of
-//! the waiting-scale and fan-out benchmarks (run by the benchmark itself), and
-//! `moira-bench populate URL N` opens N waiting gates on a running stack.
+//! the waiting-scale and fan-out benchmarks (run by the benchmark itself).
+//! For profiling by hand: `populate URL N` opens N waiting gates on a
+//! running stack, `lifecycles URL N CONCURRENCY` and `runs URL N` measure
+//! one figure against a running stack, `history GATES WAITING` runs the
+//! history listing alone, and `web` the moira-web figures alone.
 
 #![forbid(unsafe_code)]
 
@@ -94,8 +97,9 @@ fn main() -> anyhow::Result<()> {
         Some("quick") => rt.block_on(bench(&QUICK)),
         // Fills a running stack with waiting gates, for profiling by hand.
         Some("populate") => {
-            let url = args.get(1).context("populate URL N")?;
-            let n: usize = args.get(2).context("populate URL N")?.parse()?;
+            let usage = "populate URL N";
+            let url = args.get(1).context(usage)?;
+            let n: usize = number(&args, 2, usage)?;
             rt.block_on(open_many(url, n, |i| {
                 gate("alice", &format!("waiting gate {i}"))
             }))
@@ -107,8 +111,7 @@ fn main() -> anyhow::Result<()> {
         Some("lifecycles") => {
             let usage = "lifecycles URL N CONCURRENCY";
             let url = args.get(1).context(usage)?;
-            let n: usize = args.get(2).context(usage)?.parse()?;
-            let c: usize = args.get(3).context(usage)?.parse()?;
+            let (n, c) = (number(&args, 2, usage)?, number(&args, 3, usage)?);
             let per_s = rt.block_on(lifecycles(url, n, c))?;
             println!("{per_s:.0} lifecycles/s");
             Ok(())
@@ -118,7 +121,7 @@ fn main() -> anyhow::Result<()> {
         Some("runs") => {
             let usage = "runs URL N";
             let url = args.get(1).context(usage)?;
-            let n: usize = args.get(2).context(usage)?.parse()?;
+            let n = number(&args, 2, usage)?;
             let per_s = rt.block_on(runs_throughput(url, n))?;
             let resume = rt.block_on(resume_latency(url, (n / 3).max(1)))?;
             println!(
@@ -130,8 +133,7 @@ fn main() -> anyhow::Result<()> {
         // Only the history listing, at the sizes given.
         Some("history") => {
             let usage = "history GATES WAITING";
-            let gates: usize = args.get(1).context(usage)?.parse()?;
-            let waiting: usize = args.get(2).context(usage)?.parse()?;
+            let (gates, waiting) = (number(&args, 1, usage)?, number(&args, 2, usage)?);
             let h = rt.block_on(history_list(gates, waiting))?;
             println!(
                 "{} waiting of {} gates: list {} ms, fold {} ms, {} left {} ms, reindex {} ms",
@@ -156,8 +158,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }),
         None | Some("full") => rt.block_on(bench(&FULL)),
-        Some(other) => anyhow::bail!("unknown mode '{other}'; use: moira-bench [quick|full|web]"),
+        Some(other) => anyhow::bail!(
+            "unknown mode '{other}'; use: moira-bench [quick|full|web|populate|lifecycles|runs|history]"
+        ),
     }
+}
+
+/// The count at `args[i]`, with `usage` in the error when it is missing or
+/// not a number.
+fn number(args: &[String], i: usize, usage: &str) -> anyhow::Result<usize> {
+    args.get(i)
+        .context(usage.to_string())?
+        .parse()
+        .with_context(|| format!("{usage}: '{}' is not a count", args[i]))
 }
 
 /// Decision latency and lifecycles/s on a 3-node loopback cluster whose

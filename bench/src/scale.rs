@@ -395,14 +395,7 @@ pub(crate) async fn history_list(gates: usize, waiting: usize) -> anyhow::Result
     }
     let t0 = Instant::now();
     let _gk = gatekeeper(&url)?;
-    let stream = js.get_stream(GATES_STREAM).await?;
-    loop {
-        let info = stream.consumer_info(INDEX_GATES_CONSUMER).await?;
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    settle(&url).await?;
     let projected_per_s = decide.len() as f64 / t0.elapsed().as_secs_f64();
     let few_list_ms = timed_list(&url, &["--status", "waiting"], std::process::Stdio::null())?;
     let check = moira_cmd(&url, &["admin", "reindex", "--check"])?;

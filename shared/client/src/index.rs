@@ -358,11 +358,9 @@ enum MultiLast {
     NoStream,
 }
 
-/// Keeps one entry per id, the one reflecting the latest event (two can
-/// coexist for a moment while a gate changes status).
-/// Entries of every status (read with `index_entries(kind, None)`) may
-/// hold two for one id for a moment, while a projector moves it between
-/// statuses; this keeps the newer.
+/// Keeps one entry per id, the one reflecting the latest event. Needed for
+/// entries of every status (`index_entries(kind, None)`): two can coexist
+/// for a moment while a projector moves an id between statuses.
 pub fn newest_per_id(entries: Vec<Entry>) -> Vec<Entry> {
     let mut by_id: HashMap<String, Entry> = HashMap::with_capacity(entries.len());
     for e in entries {

@@ -487,7 +487,6 @@ impl Client {
         Ok(GateView::from(&*state))
     }
 
-    /// Follows one gate's state as it changes, with no polling.
     /// Sets how many gates this client follows with a subscription each
     /// before it takes the whole live feed instead (default
     /// [`PER_GATE_MAX`]). Takes effect if set before the first
@@ -504,6 +503,7 @@ impl Client {
         self.inner.hub.get().is_some_and(|h| h.takes_whole_feed())
     }
 
+    /// Follows one gate's state as it changes, with no polling.
     pub async fn follow(&self, id: GateId) -> Result<Follower, ClientError> {
         self.hub().await?.follow(id).await
     }

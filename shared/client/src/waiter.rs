@@ -286,8 +286,9 @@ impl Hub {
 
     pub(crate) async fn follow(self: Arc<Self>, id: GateId) -> Result<Follower, ClientError> {
         let follower = self.clone().register(id).await?;
-        // Subscribed (the hub's subscription predates this read on the same
-        // connection), so nothing stored after this read can be missed.
+        // Subscribed (registering returns once the subscription is sent,
+        // before this read on the same connection), so nothing stored after
+        // this read can be missed.
         self.reread(id).await?;
         if follower.rx.borrow().is_none() {
             return Err(ClientError::NotFound(id));

@@ -398,14 +398,16 @@ async fn write_pending<S: Source>(
     id: &str,
     seq: u64,
 ) -> Result<bool, ClientError> {
-    if seq <= slot.last_seq {
+    // A sequence of 0 (none known) is treated as newer than anything held.
+    let covered = |slot: &Slot<S::State>| seq != 0 && seq <= slot.last_seq;
+    if covered(slot) {
         return Ok(false);
     }
     let mut ended = false;
     if let Some(p) = slot.pending.take() {
         ended = store::<S>(client, slot, id, p).await?;
     }
-    if seq > slot.last_seq {
+    if !covered(slot) {
         // Not applied to the state held (it did not follow it, or the slot
         // was reset by a failure meanwhile): start from the events.
         ended = reread_and_store::<S>(client, slot, id).await?;
