@@ -449,6 +449,54 @@ async fn two_runners_share_the_work() {
     }
 }
 
+/// Consumers on the runs stream, durable and ephemeral.
+async fn run_stream_consumers(client: &Client) -> usize {
+    let js = async_nats::jetstream::new(client.nats().clone());
+    let mut stream = js.get_stream("MOIRA_RUNS").await.expect("runs stream");
+    stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .consumer_count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_reads_and_runner_jobs_leave_no_consumers_behind() {
+    // Every wait, log read and job follows the run through an ephemeral
+    // consumer. The server keeps an abandoned one for 30 s and refuses new
+    // ones past its limit, so each must be deleted when it is done.
+    let s = Runs::start(1).await;
+    let before = run_stream_consumers(&s.client).await;
+    let yaml = "name: tidy\nsteps:\n  - {name: a, run: 'echo one'}\n  - {name: b, run: 'echo two', depends_on: [a]}\n";
+    for _ in 0..20 {
+        let run = s.submit(yaml, &[]).await;
+        assert_eq!(s.finished(&run).await.status, RunStatus::Succeeded);
+        s.step_printed(&run, "b", "two").await;
+        let logs: Vec<_> = s
+            .client
+            .run_logs(&run, None, false)
+            .await
+            .expect("logs")
+            .collect()
+            .await;
+        assert_eq!(logs.len(), 2, "{logs:?}");
+    }
+    // Well inside the server's 30 s inactivity threshold.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = run_stream_consumers(&s.client).await;
+        if now <= before {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{now} consumers on the runs stream, {before} before 20 runs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_killed_mid_step_and_one_killed_while_parked() {
     let mut s = Runs::start(1).await;

@@ -75,7 +75,7 @@ struct GroupGuard(Option<u32>);
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pid) = self.0 {
-            crate::supervise::kill_group(pid, "-KILL");
+            crate::supervise::kill_group(pid, crate::supervise::Signal::KILL);
         }
     }
 }

@@ -14,6 +14,9 @@ use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 
+use rustix::process::Pid;
+pub use rustix::process::Signal;
+
 /// The first argument that makes a moira binary a step supervisor.
 pub const SUPERVISE_ARG: &str = "__moira-step-supervisor";
 
@@ -51,7 +54,7 @@ fn supervise(command: &OsStr) -> i32 {
         let mut stdin = std::io::stdin();
         while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
         // The runner is gone: take the step down with it.
-        kill_group(group, "-KILL");
+        kill_group(group, Signal::KILL);
         std::process::exit(137);
     });
     match child.wait() {
@@ -59,9 +62,9 @@ fn supervise(command: &OsStr) -> i32 {
             (Some(code), _) => code,
             // Die the way the step died, so the runner sees a signal too.
             (None, Some(sig)) => {
-                let _ = std::process::Command::new("kill")
-                    .args([format!("-{sig}"), group.to_string()])
-                    .status();
+                if let Some(s) = Signal::from_named_raw(sig) {
+                    kill_group(group, s);
+                }
                 128 + sig
             }
             (None, None) => 1,
@@ -73,11 +76,13 @@ fn supervise(command: &OsStr) -> i32 {
     }
 }
 
-/// Sends `sig` to the process group `group` (by its id, with kill(1)).
-pub fn kill_group(group: u32, sig: &str) {
-    let _ = std::process::Command::new("kill")
-        .args([sig, "--", &format!("-{group}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+/// Sends `sig` to the process group `group`. A system call, not a kill(1)
+/// process: it is made on every step's end, from the runner's async
+/// threads, and must neither block them nor cost a process.
+pub fn kill_group(group: u32, sig: Signal) {
+    let pid = i32::try_from(group).ok().and_then(Pid::from_raw);
+    if let Some(pid) = pid {
+        // ESRCH (the group is gone already) is the usual answer.
+        let _ = rustix::process::kill_process_group(pid, sig);
+    }
 }

@@ -20,6 +20,7 @@
 pub mod append;
 pub mod index;
 mod ordered;
+pub use ordered::{OrderedFeed, OrderedMessages};
 mod reads;
 pub mod runs;
 pub mod signing;

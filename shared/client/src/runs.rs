@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use async_nats::jetstream::consumer::{push, DeliverPolicy};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -552,10 +552,17 @@ impl Client {
         // "new lines" would lose whatever is stored between the two.
         let consumer = self.runs_consumer(&subject, DeliverPolicy::All).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        if follow || consumer.cached_info().num_pending > 0 {
-            let mut feed = consumer.messages().await.map_err(nats_err)?;
+        if follow || consumer.pending() > 0 {
+            let mut feed = consumer.messages().await?;
             tokio::spawn(async move {
-                while let Some(msg) = feed.next().await {
+                loop {
+                    // A follower that stops reading ends this task (and
+                    // with it the consumer), even while no lines come.
+                    let msg = tokio::select! {
+                        m = feed.next() => m,
+                        _ = tx.closed() => return,
+                    };
+                    let Some(msg) = msg else { return };
                     let msg = match msg {
                         Ok(m) => m,
                         Err(e) => {
@@ -583,8 +590,6 @@ impl Client {
         Ok(tokio_stream_from(rx))
     }
 
-    /// An ordered consumer over `subject` in the runs stream; `None` when
-    /// nothing matches yet.
     /// Run events stored after sequence `after` (new ones only when
     /// `None`), as they come: each with its stream sequence.
     pub async fn watch_runs(
@@ -601,7 +606,7 @@ impl Client {
             None => DeliverPolicy::New,
         };
         let consumer = self.runs_consumer(RUN_EVENTS_ALL, policy).await?;
-        let messages = consumer.messages().await.map_err(nats_err)?;
+        let messages = consumer.messages().await?;
         Ok(messages.filter_map(|msg| async move {
             let msg = match msg {
                 Ok(m) => m,
@@ -612,23 +617,25 @@ impl Client {
         }))
     }
 
+    /// An ordered consumer over `subject` in the runs stream; `None` when
+    /// nothing matches yet.
     async fn ordered(
         &self,
         subject: &str,
         policy: DeliverPolicy,
-    ) -> Result<Option<async_nats::jetstream::consumer::push::Ordered>, ClientError> {
+    ) -> Result<Option<crate::ordered::OrderedMessages>, ClientError> {
         let consumer = self.runs_consumer(subject, policy).await?;
-        if consumer.cached_info().num_pending == 0 {
+        if consumer.pending() == 0 {
             return Ok(None);
         }
-        Ok(Some(consumer.messages().await.map_err(nats_err)?))
+        Ok(Some(consumer.messages().await?))
     }
 
     async fn runs_consumer(
         &self,
         subject: &str,
         deliver_policy: DeliverPolicy,
-    ) -> Result<async_nats::jetstream::consumer::Consumer<push::OrderedConfig>, ClientError> {
+    ) -> Result<crate::ordered::OrderedFeed, ClientError> {
         self.ordered_consumer(RUNS_STREAM, subject, deliver_policy)
             .await?
             .ok_or(ClientError::NoRunStreams)

@@ -474,7 +474,7 @@ impl Client {
             .ordered_consumer(GATES_STREAM, GATE_EVENTS_ALL, policy)
             .await?
             .ok_or(ClientError::NoStream)?;
-        let messages = consumer.messages().await.map_err(nats_err)?;
+        let messages = consumer.messages().await?;
         Ok(messages.filter_map(|msg| async move {
             let msg = match msg {
                 Ok(m) => m,
