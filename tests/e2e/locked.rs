@@ -487,7 +487,13 @@ async fn a_person_is_refused_what_is_not_theirs(l: &Locked) {
         "moira.svc.gate.open".to_string(),
         "$JS.API.STREAM.PURGE.MOIRA_GATES".to_string(),
         "$JS.API.STREAM.DELETE.MOIRA_GATES".to_string(),
+        // A person may delete ephemeral consumers (its own finished
+        // reads), never a shared durable one.
         "$JS.API.CONSUMER.DELETE.MOIRA_GATES.moira-resumer".to_string(),
+        "$JS.API.CONSUMER.DELETE.MOIRA_GATES.moira-index-gates".to_string(),
+        "$JS.API.CONSUMER.DELETE.MOIRA_RUNS.moira-index-runs".to_string(),
+        "$JS.API.CONSUMER.DELETE.MOIRA_RUNS.moira-notifier-runs".to_string(),
+        "$JS.API.CONSUMER.DELETE.MOIRA_NOTIFY.moira-notifier-fire".to_string(),
         "$JS.API.CONSUMER.MSG.NEXT.MOIRA_JOBS.moira-runners".to_string(),
         "$KV.MOIRA_REGISTRY.approvers".to_string(),
     ] {
