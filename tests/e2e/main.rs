@@ -3,6 +3,7 @@
 mod attested;
 mod auth;
 mod bad_input;
+mod bound;
 mod bounds;
 mod browser;
 mod chaos;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 
+use moira_client::protocol::binding::{ActionCall, Artifact};
 use moira_client::protocol::event::{Decoded, OnTimeout};
 use moira_client::protocol::time::parse_duration;
 use moira_client::protocol::wire::Verb;
@@ -100,6 +101,21 @@ pub enum GateCmd {
         #[arg(long)]
         signed_at: u64,
     },
+    /// Exit 0 only if the gate is approved, its approval is still in force
+    /// (valid_for) and it covers this digest; otherwise exit 6 and say why
+    Check {
+        id: GateId,
+        /// sha256:<64 hex>: an artifact's digest, or an action's
+        #[arg(long, value_name = "sha256:HEX", required_unless_present_any = ["file", "action_file"])]
+        digest: Option<String>,
+        /// A file whose SHA-256 must be covered (the artifact itself)
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["digest", "action_file"])]
+        file: Option<std::path::PathBuf>,
+        /// A tool call, {"tool": …, "arguments": …}, that must be the one
+        /// approved ('-' reads standard input)
+        #[arg(long, value_name = "FILE", conflicts_with = "digest")]
+        action_file: Option<std::path::PathBuf>,
+    },
     /// Wait until a gate is decided; exit 0 approved, 3 denied, 4 timed out, 5 cancelled
     Wait {
         id: GateId,
@@ -162,6 +178,18 @@ pub struct OpenArgs {
     /// Metadata, KEY=VALUE (repeatable)
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_kv)]
     metadata: Vec<(String, String)>,
+    /// An artifact the gate approves: NAME=sha256:HEX, or the path of a
+    /// file (named by its file name, its SHA-256 computed) (repeatable)
+    #[arg(long = "artifact", value_name = "NAME=sha256:HEX|PATH")]
+    artifacts: Vec<String>,
+    /// The tool call the gate approves, {"tool": …, "arguments": …}
+    /// ('-' reads standard input); stored as canonical JSON with its digest
+    #[arg(long, value_name = "FILE", conflicts_with = "artifacts")]
+    action_file: Option<std::path::PathBuf>,
+    /// How long an approval stays good, e.g. 2h (`moira gate check` and
+    /// runs refuse an older one)
+    #[arg(long, value_parser = parse_dur)]
+    valid_for: Option<Duration>,
     /// Gate id; opening again with the same id and definition is a no-op
     #[arg(long, conflicts_with = "gate_key")]
     id: Option<GateId>,
@@ -411,6 +439,22 @@ pub async fn run(cli: &Cli, cmd: &GateCmd) -> anyhow::Result<u8> {
             print_gate(cli, &gate)?;
             Ok(0)
         }
+        GateCmd::Check {
+            id,
+            digest,
+            file,
+            action_file,
+        } => {
+            check(
+                cli,
+                &client,
+                *id,
+                digest.as_deref(),
+                file.as_deref(),
+                action_file.as_deref(),
+            )
+            .await
+        }
         GateCmd::Approve { .. }
         | GateCmd::Deny { .. }
         | GateCmd::PushBack { .. }
@@ -471,6 +515,15 @@ async fn open(cli: &Cli, client: &Client, a: &OpenArgs) -> anyhow::Result<u8> {
             .timeout
             .map(|d| d.as_millis().min(u64::MAX as u128) as u64),
         on_timeout,
+        subject: a
+            .artifacts
+            .iter()
+            .map(|s| artifact_arg(s))
+            .collect::<anyhow::Result<_>>()?,
+        action: a.action_file.as_deref().map(read_action).transpose()?,
+        valid_for_ms: a
+            .valid_for
+            .map(|d| d.as_millis().min(u64::MAX as u128) as u64),
         ..Default::default()
     };
     if a.wait {
@@ -486,6 +539,118 @@ async fn open(cli: &Cli, client: &Client, a: &OpenArgs) -> anyhow::Result<u8> {
         outln!("{}", gate.id);
     }
     Ok(0)
+}
+
+/// Reads a tool call from a file, or standard input for `-` (at most the
+/// largest action and one byte, so an endless input is refused, not held).
+fn read_action(path: &std::path::Path) -> anyhow::Result<ActionCall> {
+    use std::io::Read;
+    let limit = moira_client::protocol::binding::MAX_ACTION_BYTES as u64 + 1;
+    let mut text = String::new();
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin().take(limit).read_to_string(&mut text)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(limit).read_to_string(&mut text))
+    };
+    read.map_err(|e| anyhow::anyhow!("cannot read the action {}: {e}", path.display()))?;
+    ActionCall::from_json(&text).map_err(anyhow::Error::msg)
+}
+
+/// The SHA-256 of a file, as `sha256:<hex>`, read in pieces.
+fn file_digest(path: &std::path::Path) -> anyhow::Result<String> {
+    use sha2::Digest as _;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!(
+        "sha256:{}",
+        moira_client::protocol::hex::encode(&h.finalize())
+    ))
+}
+
+/// `--artifact NAME=sha256:HEX` or `--artifact PATH`.
+fn artifact_arg(s: &str) -> anyhow::Result<Artifact> {
+    if let Some((name, digest)) = s.split_once('=') {
+        if digest.starts_with("sha256:") {
+            return Ok(Artifact {
+                name: name.to_string(),
+                digest: digest.to_string(),
+            });
+        }
+    }
+    let path = std::path::Path::new(s);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| {
+            anyhow::anyhow!("--artifact takes NAME=sha256:HEX or a file's path, not '{s}'")
+        })?;
+    Ok(Artifact {
+        name,
+        digest: file_digest(path)?,
+    })
+}
+
+/// `moira gate check`: exit 0 if covered, 6 (and why) if not.
+async fn check(
+    cli: &Cli,
+    client: &Client,
+    id: GateId,
+    digest: Option<&str>,
+    file: Option<&std::path::Path>,
+    action_file: Option<&std::path::Path>,
+) -> anyhow::Result<u8> {
+    let digest = match (digest, file, action_file) {
+        (Some(d), _, _) => d.to_string(),
+        (_, Some(f), _) => file_digest(f)?,
+        (_, _, Some(a)) => {
+            read_action(a)?
+                .to_action()
+                .map_err(anyhow::Error::msg)?
+                .digest
+        }
+        _ => anyhow::bail!("give --digest, --file or --action-file"),
+    };
+    moira_client::protocol::binding::parse_digest(&digest).map_err(anyhow::Error::msg)?;
+    match client.check_gate(id, &digest).await? {
+        Ok(gate) => {
+            if cli.json {
+                outln!(
+                    "{}",
+                    serde_json::to_string(
+                        &serde_json::json!({"ok": true, "digest": digest, "gate": gate})
+                    )?
+                );
+            } else {
+                let by = gate.approved_by.as_deref().unwrap_or("?");
+                outln!("ok: gate {id} was approved by {} and covers {digest}", by);
+            }
+            Ok(0)
+        }
+        Err(why) => {
+            if cli.json {
+                outln!(
+                    "{}",
+                    serde_json::to_string(
+                        &serde_json::json!({"ok": false, "digest": digest, "reason": why.to_string()})
+                    )?
+                );
+            }
+            errln!("not covered: gate {id}: {}", why);
+            Ok(6)
+        }
+    }
 }
 
 fn print_gate(cli: &Cli, gate: &GateView) -> anyhow::Result<()> {
@@ -843,6 +1008,9 @@ fn outputs(g: &moira_client::GateView) -> Vec<(String, String)> {
     add("approved_by", &g.approved_by);
     add("decided_by", &g.decided_by);
     add("reason", &g.reason);
+    if g.status == GateStatus::Approved {
+        add("digests", &approved_digests(g));
+    }
     for (k, v) in &g.inputs {
         // Input names are checked when the gate opens; keep only what a
         // variable name may hold all the same.
@@ -859,4 +1027,16 @@ fn outputs(g: &moira_client::GateView) -> Vec<(String, String)> {
         out.push((format!("input_{name}"), line(v)));
     }
     out
+}
+
+/// The digests an approved gate covers, space-separated (`None` if it
+/// names none).
+fn approved_digests(g: &moira_client::GateView) -> Option<String> {
+    let all: Vec<&str> = g
+        .subject
+        .iter()
+        .map(|a| a.digest.as_str())
+        .chain(g.action.as_ref().map(|a| a.digest.as_str()))
+        .collect();
+    (!all.is_empty()).then(|| all.join(" "))
 }

@@ -124,6 +124,22 @@ pub fn gate(g: &GateView) -> String {
             format!("{t} ({}), then {}", until(t), g.on_timeout.as_str()),
         );
     }
+    // What exactly is approved: each artifact's digest, or the action.
+    for a in &g.subject {
+        field("approves:", format!("{}  {}", a.name, a.digest));
+    }
+    if let Some(a) = &g.action {
+        field("action:", format!("{}  {}", a.tool, a.digest));
+        field("call:", a.canonical.clone());
+    }
+    if let Some(v) = &g.valid_for {
+        let until = g
+            .valid_until
+            .as_deref()
+            .map(|u| format!(", until {u}"))
+            .unwrap_or_default();
+        field("valid for:", format!("{v} after approval{until}"));
+    }
     let mut who = Vec::new();
     if !g.approvers.users.is_empty() {
         who.push(format!("users {}", g.approvers.users.join(", ")));

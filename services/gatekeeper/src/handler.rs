@@ -9,7 +9,7 @@ use moira_protocol::command::{Format, Reply};
 use moira_protocol::event::{Decoded, GateEvent};
 use moira_protocol::gate::{apply, decide, Context, Decision};
 use moira_protocol::time::now_ms;
-use moira_protocol::wire::{Verb, HDR_CONTENT_TYPE};
+use moira_protocol::wire::{Verb, GATE_CHECK, HDR_CONTENT_TYPE};
 use moira_protocol::{Command, CommandError, ErrorCode, GateId, GateState, GateView};
 
 use crate::append::{append, append_open_with_timeout, AppendError};
@@ -48,7 +48,11 @@ impl Handler {
         let format = Format::detect(content_type, body);
         let started = std::time::Instant::now();
         // Only the verbs there are, so a hostile subject adds no label value.
-        let verb = Verb::from_subject(subject).map_or("unknown", |v| v.as_str());
+        let verb = match Verb::from_subject(subject) {
+            Some(v) => v.as_str(),
+            None if subject == GATE_CHECK => "check",
+            None => "unknown",
+        };
         let m = moira_service::ops::metrics();
         let traceparent = moira_client::trace::of(headers);
         let traced = traceparent.clone();
@@ -107,6 +111,9 @@ impl Handler {
         format: Format,
         body: &[u8],
     ) -> Result<GateView, CommandError> {
+        if subject == GATE_CHECK {
+            return self.check(format, body).await;
+        }
         let verb = Verb::from_subject(subject).ok_or_else(|| {
             err(
                 ErrorCode::BadRequest,
@@ -345,6 +352,26 @@ impl Handler {
             ));
         }
         Ok(Some(fp))
+    }
+
+    /// A check: the gate as the stream holds it now (never the cache), and
+    /// whether it is approved, in force and covers the digest.
+    async fn check(&self, format: Format, body: &[u8]) -> Result<GateView, CommandError> {
+        if body.len() > moira_protocol::command::MAX_COMMAND_BYTES {
+            return Err(err(
+                ErrorCode::TooLarge,
+                "a check is a gate id and a digest",
+            ));
+        }
+        let c: moira_protocol::command::CheckGate = format.decode(body)?;
+        moira_protocol::binding::parse_digest(&c.digest)
+            .map_err(|e| err(ErrorCode::BadRequest, e))?;
+        let (state, _, _) = self.read(c.gate_id).await?;
+        let state =
+            state.ok_or_else(|| err(ErrorCode::NotFound, format!("no gate {}", c.gate_id)))?;
+        moira_protocol::binding::check(&state, &c.digest, now_ms())
+            .map_err(|why| err(ErrorCode::NotCovered, why.to_string()))?;
+        Ok(GateView::from(&state))
     }
 
     async fn read(

@@ -15,7 +15,9 @@ use moira_workflow::Workflow;
 use crate::exec::{self, StepRun};
 use crate::job::{append, ActError, Done, Held};
 use crate::plan::Action;
-use crate::steps::{env, gate_id, open_spec, ours, resolution, step_command, RUNNER_ACTOR};
+use crate::steps::{
+    env, gate_id_of_iteration, open_spec, ours, resolution, step_command, RUNNER_ACTOR,
+};
 use crate::Shared;
 
 /// Carries out one action; `Ok(true)` when it changed the run.
@@ -52,6 +54,14 @@ pub(crate) async fn act(
             iteration,
         } => return start(shared, wf, run, step, attempt, iteration, last, held).await,
         Action::AutoApprove { step } => return auto_approve(client, wf, run, step, last).await,
+        Action::Reapprove { step, reason } => {
+            tracing::info!(run_id = id, step, "{reason}");
+            let ev = RunEvent::StepReset {
+                step,
+                reason: Some(reason),
+            };
+            append(client, last, record(ev)).await?
+        }
         Action::OpenGate { step, review } => {
             return open_gate(client, wf, run, step, review, last).await
         }
@@ -191,7 +201,11 @@ async fn auto_approve(
     for i in def.gate().map(|g| g.inputs.clone()).unwrap_or_default() {
         outputs.entry(i).or_default();
     }
-    let g = gate_id(id, &step, false, 1);
+    let iteration = run.steps.get(&step).map_or(1, |s| s.iteration.max(1));
+    let g = gate_id_of_iteration(id, &step, false, iteration, 1);
+    // Nobody looked at what the gate names: it approves no digest.
+    outputs.insert("gate_id".into(), g.to_string());
+    outputs.insert("digests".into(), String::new());
     append(
         client,
         last,
@@ -259,8 +273,14 @@ async fn open_gate(
     let Some(def) = wf.step(&step) else {
         return Ok(false);
     };
-    let spec = open_spec(wf, run, def, review);
-    let (g, view) = match open_own_gate(client, run, &step, review, spec).await {
+    let mut spec = open_spec(wf, run, def, review);
+    let st = run.steps.get(&step).cloned().unwrap_or_default();
+    let iteration = if review { 1 } else { st.iteration.max(1) };
+    if iteration > 1 {
+        // Opened again after its approval expired: the approver is told.
+        spec.summary = st.reason.clone();
+    }
+    let (g, view) = match open_own_gate(client, run, &step, review, iteration, spec).await {
         Err(ActError::Refused(why)) => {
             let reason = format!("the gate-keeper refused its gate: {why}");
             tracing::warn!(run_id = id, step, "{reason}");
@@ -363,7 +383,14 @@ async fn check_gate(
                 append(
                     client,
                     last,
-                    env(id, RunEvent::StepReset { step: d }, RUNNER_ACTOR),
+                    env(
+                        id,
+                        RunEvent::StepReset {
+                            step: d,
+                            reason: None,
+                        },
+                        RUNNER_ACTOR,
+                    ),
                 )
                 .await?;
             }
@@ -386,13 +413,14 @@ async fn open_own_gate(
     run: &RunState,
     step: &str,
     review: bool,
+    iteration: u32,
     spec: OpenGate,
 ) -> Result<(GateId, GateView), ActError> {
     // What the gate-keeper would refuse, it will refuse every time.
     let wanted = moira_protocol::gate::spec_from(&spec, &moira_protocol::gate::Policy::dev())
         .map_err(|e| ActError::Refused(format!("{}: {}", e.code.as_str(), e.message)))?;
     for n in 1..=GATE_ID_TRIES {
-        let g = gate_id(&run.id, step, review, n);
+        let g = gate_id_of_iteration(&run.id, step, review, iteration, n);
         let attempt = OpenGate {
             gate_id: Some(g),
             ..spec.clone()

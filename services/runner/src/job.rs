@@ -102,7 +102,12 @@ pub async fn advance(
                 return Ok(());
             }
         };
-        let actions = plan(&wf, &run, (!cut_off_handled).then_some(job_seq));
+        let actions = plan(
+            &wf,
+            &run,
+            (!cut_off_handled).then_some(job_seq),
+            moira_protocol::time::now_ms(),
+        );
         cut_off_handled = true;
         let mut progressed = false;
         let mut conflict = false;

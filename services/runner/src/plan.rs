@@ -21,6 +21,13 @@ pub enum Action {
     AutoApprove {
         step: String,
     },
+    /// A gate step whose approval is older than its `valid_for` when the
+    /// step after it would start: it goes back to pending (next iteration)
+    /// and its gate is opened again.
+    Reapprove {
+        step: String,
+        reason: String,
+    },
     /// Look at the gate a step waits on.
     CheckGate {
         step: String,
@@ -74,8 +81,9 @@ fn dep_ok(wf: &Workflow, run: &RunState, name: &str) -> bool {
 }
 
 /// The next actions. `redelivered_job` is the job being processed when it
-/// was delivered before: steps it was running were cut off.
-pub fn plan(wf: &Workflow, run: &RunState, redelivered_job: Option<u64>) -> Vec<Action> {
+/// was delivered before: steps it was running were cut off. `now` (ms)
+/// decides whether approvals with a `valid_for` are still good.
+pub fn plan(wf: &Workflow, run: &RunState, redelivered_job: Option<u64>, now: u64) -> Vec<Action> {
     let mut out = Vec::new();
     let cancelled = run.cancelled_by.is_some();
     for step in &wf.steps {
@@ -95,8 +103,10 @@ pub fn plan(wf: &Workflow, run: &RunState, redelivered_job: Option<u64>) -> Vec<
             StepStatus::Waiting => out.push(Action::CheckGate { step: name }),
             StepStatus::Pending if cancelled => out.push(Action::Cancel { step: name }),
             StepStatus::Pending => {
-                if let Some(a) = pending(wf, run, step, &st) {
-                    out.push(a);
+                if let Some(a) = pending(wf, run, step, &st, now) {
+                    if !out.contains(&a) {
+                        out.push(a);
+                    }
                 }
             }
             StepStatus::Succeeded
@@ -119,7 +129,30 @@ pub fn plan(wf: &Workflow, run: &RunState, redelivered_job: Option<u64>) -> Vec<
     out
 }
 
-fn pending(wf: &Workflow, run: &RunState, step: &Step, st: &StepState) -> Option<Action> {
+/// Why a gate step's approval is no longer good at `now`, if it is not.
+fn expired(wf: &Workflow, run: &RunState, gate_step: &str, now: u64) -> Option<String> {
+    let valid_for = wf.step(gate_step)?.gate()?.valid_for.as_deref()?;
+    let ms = u64::try_from(
+        moira_protocol::time::parse_duration(valid_for)
+            .ok()?
+            .as_millis(),
+    )
+    .ok()?;
+    let st = state(run, gate_step)?;
+    if st.status != StepStatus::Succeeded {
+        return None;
+    }
+    let at_text = st.outputs.get("approved_at")?;
+    let at = moira_protocol::time::parse_rfc3339_ms(at_text)?;
+    (now > at.saturating_add(ms)).then(|| {
+        let by = st.outputs.get("approved_by").map_or("?", String::as_str);
+        format!(
+            "the approval by {by} at {at_text} is older than the gate's valid_for of {valid_for}: asking again"
+        )
+    })
+}
+
+fn pending(wf: &Workflow, run: &RunState, step: &Step, st: &StepState, now: u64) -> Option<Action> {
     let name = step.name.clone();
     for d in &step.depends_on {
         match status(run, d) {
@@ -144,6 +177,15 @@ fn pending(wf: &Workflow, run: &RunState, step: &Step, st: &StepState) -> Option
             && state(run, d).is_some_and(|s| s.gate_id.is_none())
         {
             return None;
+        }
+    }
+    // An approval that has gone stale by now is not used: ask again.
+    for d in &step.depends_on {
+        if let Some(reason) = expired(wf, run, d, now) {
+            return Some(Action::Reapprove {
+                step: d.clone(),
+                reason,
+            });
         }
     }
     let condition = step.condition().and_then(|c| Template::parse(c).ok());
@@ -229,7 +271,7 @@ mod tests {
     #[test]
     fn independent_steps_start_together() {
         let w = wf(TWO);
-        let a = plan(&w, &run(), None);
+        let a = plan(&w, &run(), None, 0);
         assert_eq!(
             a,
             vec![
@@ -254,21 +296,24 @@ mod tests {
         set(&mut r, "a", StepStatus::Failed);
         set(&mut r, "c", StepStatus::Succeeded);
         assert_eq!(
-            plan(&w, &r, None),
+            plan(&w, &r, None, 0),
             vec![Action::Abort {
                 step: "b".into(),
                 reason: "'a' failed".into()
             }]
         );
         set(&mut r, "b", StepStatus::Aborted);
-        assert_eq!(plan(&w, &r, None), vec![Action::Finish(RunStatus::Failed)]);
+        assert_eq!(
+            plan(&w, &r, None, 0),
+            vec![Action::Finish(RunStatus::Failed)]
+        );
     }
 
     #[test]
     fn false_conditions_skip_or_auto_approve() {
         let w = wf("name: t\nvars: {env: dev}\nsteps:\n  - name: g\n    use: moira.gate\n    with: {message: m, when: \"${{ vars.env == 'prod' }}\"}\n  - {name: s, run: 'true', when: 'false'}\n");
         assert_eq!(
-            plan(&w, &run(), None),
+            plan(&w, &run(), None, 0),
             vec![
                 Action::AutoApprove { step: "g".into() },
                 Action::Skip {
@@ -292,7 +337,7 @@ mod tests {
             s.attempt = attempt;
         }
         assert_eq!(
-            plan(&w, &r, Some(7)),
+            plan(&w, &r, Some(7), 0),
             vec![
                 Action::CutOff {
                     step: "a".into(),
@@ -307,7 +352,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            plan(&w, &r, Some(8)),
+            plan(&w, &r, Some(8), 0),
             vec![],
             "another job's running steps are left alone"
         );
@@ -320,7 +365,7 @@ mod tests {
         set(&mut r, "a", StepStatus::Skipped);
         set(&mut r, "c", StepStatus::Succeeded);
         assert_eq!(
-            plan(&w, &r, None),
+            plan(&w, &r, None, 0),
             vec![Action::Skip {
                 step: "b".into(),
                 reason: "'a' was skipped".into()
@@ -328,7 +373,7 @@ mod tests {
         );
         set(&mut r, "b", StepStatus::Skipped);
         assert_eq!(
-            plan(&w, &r, None),
+            plan(&w, &r, None, 0),
             vec![Action::Finish(RunStatus::Succeeded)]
         );
     }
@@ -341,7 +386,7 @@ mod tests {
         s.status = StepStatus::Succeeded;
         s.exit_code = Some(0);
         assert_eq!(
-            plan(&w, &r, None),
+            plan(&w, &r, None, 0),
             vec![Action::OpenGate {
                 step: "plan".into(),
                 review: true

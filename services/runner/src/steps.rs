@@ -31,10 +31,22 @@ pub(crate) fn env(run_id: &str, event: RunEvent, actor: &str) -> RunEnvelope {
 /// reused across push-backs). `n` is 1 unless someone else took that id
 /// first (see [`open_own_gate`]).
 pub fn gate_id(run_id: &str, step: &str, review: bool, n: u32) -> GateId {
-    if review {
-        GateId::for_step(run_id, &format!("{step}#review"), n)
-    } else {
-        GateId::for_step(run_id, step, n)
+    gate_id_of_iteration(run_id, step, review, 1, n)
+}
+
+/// [`gate_id`] for a gate step opened again (iteration 2 on, after its
+/// approval expired): a new gate, since the old one stays approved.
+pub fn gate_id_of_iteration(
+    run_id: &str,
+    step: &str,
+    review: bool,
+    iteration: u32,
+    n: u32,
+) -> GateId {
+    match (review, iteration) {
+        (true, _) => GateId::for_step(run_id, &format!("{step}#review"), n),
+        (false, 0 | 1) => GateId::for_step(run_id, step, n),
+        (false, i) => GateId::for_step(run_id, &format!("{step}#{i}"), n),
     }
 }
 
@@ -57,6 +69,14 @@ pub(crate) fn ours(
         && view.input_names == wanted.inputs
         && view.required_inputs == wanted.required
         && view.on_timeout == wanted.on_timeout
+        // What it approves, exactly: a gate squatted with other digests
+        // must never stand in for this run's.
+        && view.subject == wanted.subject
+        && view.action == wanted.action
+        && view.valid_for
+            == wanted
+                .valid_for_ms
+                .map(|ms| moira_protocol::time::short_duration(std::time::Duration::from_millis(ms)))
 }
 
 /// The command line of a `run:` step and its environment. Template values
@@ -83,7 +103,35 @@ pub(crate) fn step_command(
     vars.extend(st.push_back_inputs.clone());
     vars.retain(|k, _| !moira_workflow::is_reserved_env(k));
     vars.extend(values);
+    let digests = approved_digests(wf, run, def);
+    if !digests.is_empty() {
+        vars.insert(APPROVED_DIGESTS_ENV.to_string(), digests.join(" "));
+    }
     (command, vars)
+}
+
+/// The variable that carries, to every step after approved gates, the
+/// digests those gates approved (space-separated `sha256:…`).
+pub const APPROVED_DIGESTS_ENV: &str = "MOIRA_APPROVED_DIGESTS";
+
+/// The digests approved by the gate steps a step depends on (directly or
+/// not), in step order, each once.
+fn approved_digests(wf: &Workflow, run: &RunState, step: &Step) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for a in wf.ancestors(&step.name) {
+        if wf.step(&a).and_then(Step::gate).is_none() {
+            continue;
+        }
+        let Some(d) = run.steps.get(&a).and_then(|s| s.outputs.get("digests")) else {
+            continue;
+        };
+        for d in d.split_whitespace() {
+            if !out.iter().any(|o| o == d) {
+                out.push(d.to_string());
+            }
+        }
+    }
+    out
 }
 
 /// Inputs of the gates a step depends on (directly or not), as env vars.
@@ -131,6 +179,9 @@ pub(crate) fn resolution(def: &Step, waited_iteration: u32, g: &GateView) -> Opt
             outputs.insert(i.clone(), String::new());
         }
     }
+    // Inputs first: an approver's input can never stand in for what the
+    // gate itself says (validation also refuses inputs named like these).
+    outputs.extend(g.inputs.clone());
     outputs.insert(
         "approved_by".into(),
         g.approved_by.clone().unwrap_or_default(),
@@ -140,7 +191,16 @@ pub(crate) fn resolution(def: &Step, waited_iteration: u32, g: &GateView) -> Opt
         g.approved_at.clone().unwrap_or_default(),
     );
     outputs.insert("reason".into(), g.reason.clone().unwrap_or_default());
-    outputs.extend(g.inputs.clone());
+    outputs.insert("gate_id".into(), g.id.to_string());
+    if g.status == GateStatus::Approved {
+        let digests: Vec<&str> = g
+            .subject
+            .iter()
+            .map(|a| a.digest.as_str())
+            .chain(g.action.as_ref().map(|a| a.digest.as_str()))
+            .collect();
+        outputs.insert("digests".into(), digests.join(" "));
+    }
     let (outcome, status) = match g.status {
         GateStatus::Waiting if review && g.iteration > waited_iteration => {
             let inputs = g

@@ -69,6 +69,7 @@ pub(crate) enum ErrorCodeName {
     BadSignature,
     WrongKey,
     Stale,
+    NotCovered,
     Unavailable,
     Internal,
 }

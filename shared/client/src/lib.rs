@@ -470,6 +470,24 @@ impl Client {
         }
     }
 
+    /// Whether gate `id`, as the stream leader holds it now, is approved,
+    /// in force and covers `digest` (`moira gate check`). The outer error
+    /// is a failed read or an unknown gate; the inner one says why the gate
+    /// does not cover the digest.
+    pub async fn check_gate(
+        &self,
+        id: GateId,
+        digest: &str,
+    ) -> Result<Result<GateView, moira_protocol::binding::NotCovered>, ClientError> {
+        let rec = self
+            .read_gate_fresh(id)
+            .await?
+            .ok_or(ClientError::NotFound(id))?;
+        let now = moira_protocol::time::now_ms();
+        Ok(moira_protocol::binding::check(&rec.state, digest, now)
+            .map(|()| GateView::from(&rec.state)))
+    }
+
     /// Waits until the gate is decided (approved, denied, timed out or
     /// cancelled) and returns it. A push-back keeps waiting.
     pub async fn wait(

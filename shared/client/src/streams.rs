@@ -126,13 +126,42 @@ async fn ensure_once(js: &Context, want: Config) -> Result<(), StreamError> {
     match js.get_stream(&name).await {
         Ok(stream) => verify(&stream.cached_info().config, &want),
         Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref je) if je.code() == 404) => {
+            let replicated = want.num_replicas > 1;
             js.create_stream(want)
                 .await
-                .map(|_| ())
-                .map_err(|e| StreamError::Create(name, e.to_string()))
+                .map_err(|e| StreamError::Create(name.clone(), e.to_string()))?;
+            if replicated {
+                await_leader(js, &name).await;
+            }
+            Ok(())
         }
         Err(e) => Err(StreamError::Create(name, e.to_string())),
     }
+}
+
+/// Waits (a few seconds at most) until a new replicated stream has elected
+/// its leader, so a service that says it is ready can write at once: a
+/// write in between finds no one to answer it.
+async fn await_leader(js: &Context, name: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(mut s) = js.get_stream(name).await {
+            let led = s
+                .info()
+                .await
+                .ok()
+                .and_then(|i| i.cluster.as_ref().and_then(|c| c.leader.clone()))
+                .is_some();
+            if led {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::warn!(
+        stream = name,
+        "the new stream has no leader yet; writes may wait for one"
+    );
 }
 
 fn verify(have: &Config, want: &Config) -> Result<(), StreamError> {

@@ -63,6 +63,15 @@ pub struct OpenGate {
     pub timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_timeout: Option<OnTimeout>,
+    /// Artifacts the gate approves: names and `sha256:` digests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject: Vec<crate::binding::Artifact>,
+    /// An action the gate approves: a tool and its arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<crate::binding::ActionCall>,
+    /// How long an approval stays good, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_for_ms: Option<u64>,
     /// An SSH signature (`ssh-keygen -Y sign -n moira` armor) over the
     /// command's statement (see `statement`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -389,6 +398,9 @@ pub enum ErrorCode {
     WrongKey,
     /// The statement was signed too long ago (or in the future).
     Stale,
+    /// A check: the gate is not approved, its approval expired, or it does
+    /// not cover the digest asked about.
+    NotCovered,
 }
 
 impl ErrorCode {
@@ -405,6 +417,7 @@ impl ErrorCode {
             ErrorCode::BadSignature => "bad_signature",
             ErrorCode::WrongKey => "wrong_key",
             ErrorCode::Stale => "stale",
+            ErrorCode::NotCovered => "not_covered",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -513,4 +526,16 @@ mod tests {
             r#"{"ok":false,"error":{"code":"already_decided","message":"x"}}"#
         );
     }
+}
+
+/// A check request (`moira.cmd.gate.check`): is the gate approved, in
+/// force, and does it cover this digest? Answered with the gate, or with
+/// the error code `not_covered` and the reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckGate {
+    pub gate_id: GateId,
+    /// `sha256:` and 64 hex digits: an artifact's, or an action's (the
+    /// SHA-256 of its canonical JSON).
+    pub digest: String,
 }

@@ -135,6 +135,17 @@ pub struct GateSpec {
     pub timeout_ms: Option<u64>,
     #[serde(default)]
     pub on_timeout: OnTimeout,
+    /// Artifacts the gate approves, by digest. (This and the next two are
+    /// left out of the encoding when unset, so the digest of a gate opened
+    /// before they existed is unchanged.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject: Vec<crate::binding::Artifact>,
+    /// The action the gate approves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<crate::binding::Action>,
+    /// How long an approval stays good (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_for_ms: Option<u64>,
 }
 
 /// The events of one gate. Variant names are the stored kind names.

@@ -774,6 +774,23 @@ pub fn spec_from(c: &OpenGate, policy: &Policy) -> Result<GateSpec, Rejection> {
     } else if c.on_timeout.is_some_and(|o| o != OnTimeout::Fail) {
         return Err(bad("--on-timeout needs --timeout".into()));
     }
+    let subject = crate::binding::check_artifacts(&c.subject).map_err(bad)?;
+    let action = c
+        .action
+        .as_ref()
+        .map(crate::binding::ActionCall::to_action)
+        .transpose()
+        .map_err(bad)?;
+    if !subject.is_empty() && action.is_some() {
+        return Err(bad(
+            "a gate approves artifacts or an action, not both: open one gate for each".into(),
+        ));
+    }
+    if let Some(v) = c.valid_for_ms {
+        if v == 0 || v > crate::binding::MAX_VALID_FOR_MS {
+            return Err(bad("valid_for must be between 1ms and 366 days".into()));
+        }
+    }
     if policy.require_approvers && c.approvers.is_empty() && c.roles.is_empty() {
         return Err(reject(
             ErrorCode::NotAllowed,
@@ -799,6 +816,9 @@ pub fn spec_from(c: &OpenGate, policy: &Policy) -> Result<GateSpec, Rejection> {
         required: c.required.clone(),
         timeout_ms: c.timeout_ms,
         on_timeout: c.on_timeout.unwrap_or_default(),
+        subject,
+        action,
+        valid_for_ms: c.valid_for_ms,
     })
 }
 

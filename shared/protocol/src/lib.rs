@@ -10,11 +10,13 @@
 //! - [`command`]: command requests and replies (MessagePack or JSON).
 //! - [`gate`]: the gate state, `decide` (all the rules) and `apply` (none).
 //! - [`view`]: the JSON shape of a gate shown to people and tools.
+//! - [`binding`]: the artifacts or action a gate approves, and `gate check`.
 //! - [`run`]: workflow run events and their fold.
 //! - [`time`]: millisecond timestamps and duration parsing.
 
 #![forbid(unsafe_code)]
 
+pub mod binding;
 pub mod codec;
 pub mod command;
 pub mod event;

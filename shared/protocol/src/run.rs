@@ -167,9 +167,14 @@ pub enum RunEvent {
     StepCancelled {
         step: String,
     },
-    /// A dependent of a pushed-back step goes back to pending.
+    /// A dependent of a pushed-back step goes back to pending; or a gate
+    /// step whose approval expired before the step after it could start
+    /// (its gate is opened again, as the next iteration).
     StepReset {
         step: String,
+        /// Why, when it is not a push-back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     RunFinished {
         status: RunStatus,
@@ -419,11 +424,12 @@ pub fn apply_run(state: &mut Option<RunState>, env: &RunEnvelope) {
             st.status = StepStatus::Cancelled;
             st.job = None;
         }
-        RunEvent::StepReset { step } => {
+        RunEvent::StepReset { step, reason } => {
             let st = s.step(step);
             *st = StepState {
                 name: step.clone(),
                 iteration: st.iteration + 1,
+                reason: reason.clone(),
                 ..Default::default()
             };
         }

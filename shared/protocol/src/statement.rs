@@ -49,7 +49,7 @@ struct Statement<'a> {
     predicate: Predicate<'a>,
     #[serde(rename = "predicateType")]
     predicate_type: &'static str,
-    subject: [Subject; 1],
+    subject: Vec<Subject>,
 }
 
 #[derive(Serialize)]
@@ -135,6 +135,9 @@ pub struct About {
     pub digest: String,
     /// 0 for an open; the gate's iteration otherwise.
     pub iteration: u32,
+    /// What the gate approves (artifacts, or an action): names and hex
+    /// SHA-256 digests, listed after the gate in the statement's subject.
+    pub approves: Vec<(String, String)>,
 }
 
 impl About {
@@ -146,11 +149,13 @@ impl About {
                 gate_id,
                 digest: open_digest(&spec),
                 iteration: 0,
+                approves: crate::binding::subjects(&spec),
             }),
             _ => state.map(|s| About {
                 gate_id: s.id,
                 digest: s.opened_digest(),
                 iteration: s.iteration,
+                approves: crate::binding::subjects(&s.spec),
             }),
         }
     }
@@ -170,6 +175,7 @@ pub fn recorded(state: Option<&GateState>, env: &Envelope) -> Option<(Command, A
                 gate_id,
                 digest: open_digest(spec),
                 iteration: 0,
+                approves: crate::binding::subjects(spec),
             };
             let c = OpenGate {
                 gate_id: Some(gate_id),
@@ -188,6 +194,15 @@ pub fn recorded(state: Option<&GateState>, env: &Envelope) -> Option<(Command, A
                 required: spec.required.clone(),
                 timeout_ms: spec.timeout_ms,
                 on_timeout: Some(spec.on_timeout),
+                subject: spec.subject.clone(),
+                action: spec.action.as_ref().and_then(|a| {
+                    let call: serde_json::Value = serde_json::from_str(&a.canonical).ok()?;
+                    Some(crate::binding::ActionCall {
+                        tool: a.tool.clone(),
+                        arguments: call.get("arguments").cloned().unwrap_or_default(),
+                    })
+                }),
+                valid_for_ms: spec.valid_for_ms,
                 ..Default::default()
             };
             return Some((Command::Open(c), about));
@@ -259,12 +274,19 @@ pub fn statement(cmd: &Command, about: &About, command_id: CommandId, at: u64) -
             via: cmd.via(),
         },
         predicate_type: PREDICATE_TYPE,
-        subject: [Subject {
+        subject: std::iter::once(Subject {
             digest: Sha256Digest {
                 sha256: about.digest.clone(),
             },
             name: format!("moira-gate:{}", about.gate_id),
-        }],
+        })
+        .chain(about.approves.iter().map(|(name, hex)| Subject {
+            digest: Sha256Digest {
+                sha256: hex.clone(),
+            },
+            name: name.clone(),
+        }))
+        .collect(),
     };
     serde_json::to_vec(&s).unwrap_or_default()
 }
@@ -291,7 +313,7 @@ pub fn timeout_statement(fired: &Envelope, opened_digest: &str) -> Vec<u8> {
             via: None,
         },
         predicate_type: PREDICATE_TYPE,
-        subject: [Subject {
+        subject: vec![Subject {
             digest: Sha256Digest {
                 sha256: opened_digest.to_string(),
             },
@@ -427,6 +449,7 @@ mod tests {
             gate_id: gate,
             digest: sha256_hex(b"x"),
             iteration: 1,
+            approves: Vec::new(),
         };
         let id = CommandId::new();
         let a = statement(&cmd, &about, id, 1_000);

@@ -72,6 +72,18 @@ pub struct GateView {
     /// the broker's message size (`moira gate show` reads them all).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub push_backs_omitted: u32,
+    /// Artifacts the gate approves, by digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject: Vec<crate::binding::Artifact>,
+    /// The action the gate approves (its canonical JSON and digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<crate::binding::Action>,
+    /// How long an approval stays good, as set (`2h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_for: Option<String>,
+    /// When the approval stops being good (approved gates with `valid_for`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<String>,
 }
 
 /// One gate as the read model holds it and `moira gate list` prints it:
@@ -169,6 +181,7 @@ impl From<&GateState> for GateView {
 
 impl From<GateState> for GateView {
     fn from(s: GateState) -> Self {
+        let valid_until = crate::binding::valid_until(&s).map(rfc3339);
         let spec = s.spec;
         GateView {
             id: s.id,
@@ -220,6 +233,12 @@ impl From<GateState> for GateView {
                 })
                 .collect(),
             push_backs_omitted: 0,
+            subject: spec.subject,
+            action: spec.action,
+            valid_for: spec
+                .valid_for_ms
+                .map(|ms| crate::time::short_duration(std::time::Duration::from_millis(ms))),
+            valid_until,
         }
     }
 }

@@ -28,6 +28,8 @@ const GATE_SCHEDULE_PREFIX: &str = "moira.gate.sched.";
 /// Command requests (core NATS, not stored): `moira.cmd.gate.<verb>`.
 pub const GATE_COMMANDS_ALL: &str = "moira.cmd.gate.*";
 const GATE_COMMAND_PREFIX: &str = "moira.cmd.gate.";
+/// Asks whether a gate covers a digest (a read, answered by gate-keepers).
+pub const GATE_CHECK: &str = "moira.cmd.gate.check";
 /// Gate commands from moira's own services (`moira.svc.gate.<verb>`). The
 /// locked-down broker lets only runners publish here, so the gate-keeper
 /// trusts what arrives on it a little more: a `moira:` service actor, and

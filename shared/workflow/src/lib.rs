@@ -32,7 +32,7 @@ pub const MAX_STEPS: usize = 256;
 pub const MAX_TIMEOUT: Duration = Duration::from_millis(moira_protocol::gate::MAX_TIMEOUT_MS);
 
 /// Output keys every gate step has (besides its inputs).
-pub const GATE_OUTPUTS: [&str; 3] = ["approved_by", "approved_at", "reason"];
+pub const GATE_OUTPUTS: [&str; 5] = ["approved_by", "approved_at", "reason", "gate_id", "digests"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowError {
@@ -110,6 +110,14 @@ pub struct GateWith {
     pub when: Option<String>,
     #[serde(default)]
     pub notify: Vec<String>,
+    /// Artifacts the gate approves: `name` and `digest` (`sha256:…`),
+    /// templates allowed (`${{ steps.build.outputs.digest }}`).
+    #[serde(default)]
+    pub subject: Vec<moira_protocol::binding::Artifact>,
+    /// How long an approval stays good (`2h`): a step after the gate that
+    /// would start later opens the gate again instead.
+    #[serde(default)]
+    pub valid_for: Option<String>,
 }
 
 /// `approval:` on a step: review its result after it ran.
@@ -266,6 +274,15 @@ impl Workflow {
                 .on_timeout
                 .filter(|o| *o != OnTimeout::Fail || g.timeout.is_some()),
             metadata: meta,
+            subject: g
+                .subject
+                .iter()
+                .map(|a| moira_protocol::binding::Artifact {
+                    name: render(&a.name),
+                    digest: render(&a.digest),
+                })
+                .collect(),
+            valid_for_ms: ms(&g.valid_for),
             ..base
         }
     }
@@ -366,6 +383,12 @@ impl Workflow {
                             }
                         }
                         for i in g.inputs.iter().chain(&g.required) {
+                            if GATE_OUTPUTS.contains(&i.as_str()) {
+                                p.push(format!(
+                                    "{at}: input name '{i}' is one of the gate's own outputs ({})",
+                                    GATE_OUTPUTS.join(", ")
+                                ));
+                            }
                             if is_reserved_env(i) {
                                 p.push(format!("{at}: input name '{i}' is reserved: inputs become environment variables, and PATH, IFS, LD_*, MOIRA_* and the like may not be set by an approver"));
                             }
@@ -377,6 +400,7 @@ impl Workflow {
                             p.push(format!("{at}: on_timeout needs a timeout"));
                         }
                         check_duration(&mut p, &at, "with.timeout", g.timeout.as_deref());
+                        check_duration(&mut p, &at, "with.valid_for", g.valid_for.as_deref());
                     }
                 }
                 if s.approval.is_some() {
@@ -422,6 +446,15 @@ impl Workflow {
             for (_, review) in gates.into_iter().filter(|(has, _)| *has) {
                 let mut req = self.gate_request(s, review, str::to_string);
                 req.actor = "moira:runner".into();
+                // A digest or name filled in at run time is checked then.
+                for a in &mut req.subject {
+                    if a.digest.contains("${{") {
+                        a.digest = format!("sha256:{}", "0".repeat(64));
+                    }
+                    if a.name.contains("${{") {
+                        a.name = "artifact".into();
+                    }
+                }
                 if let Err(e) =
                     moira_protocol::gate::spec_from(&req, &moira_protocol::gate::Policy::dev())
                 {
@@ -462,6 +495,10 @@ impl Workflow {
             }
             if let Some(w) = &g.when {
                 texts.push(("with.when", w));
+            }
+            for a in &g.subject {
+                texts.push(("with.subject.name", &a.name));
+                texts.push(("with.subject.digest", &a.digest));
             }
         }
         if let Some(r) = &s.approval {
