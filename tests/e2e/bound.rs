@@ -422,3 +422,258 @@ async fn a_signed_approval_names_the_digest_and_its_export_verifies_with_ssh_key
     let (code, _, err) = check(&url, gate, &["--digest", &d]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// Builds an artifact, reviews its digest, and deploys only that digest;
+/// `{tamper}` is replaced by a step that changes the artifact after the
+/// review, or by nothing.
+const RELEASE: &str = r#"name: release
+steps:
+  - name: build
+    run: |
+      printf 'build %s' "$MOIRA_RUN_ID" > {dir}/$MOIRA_RUN_ID.tar.gz
+      echo "digest=$(sha256sum {dir}/$MOIRA_RUN_ID.tar.gz | cut -d' ' -f1)" >> "$MOIRA_OUTPUT"
+  - name: review
+    use: moira.gate
+    depends_on: [build]
+    with:
+      message: "Ship build ${{ steps.build.outputs.digest }}?"
+      approvers: { users: [bob] }
+      subject:
+        - { name: app.tar.gz, digest: "sha256:${{ steps.build.outputs.digest }}" }
+{tamper}  - name: deploy
+    depends_on: [{after}]
+    run: |
+      have="sha256:$(sha256sum {dir}/$MOIRA_RUN_ID.tar.gz | cut -d' ' -f1)"
+      case " $MOIRA_APPROVED_DIGESTS " in
+        *" $have "*) echo "deploying $have" ;;
+        *) echo "refusing $have: approved were $MOIRA_APPROVED_DIGESTS" >&2; exit 1 ;;
+      esac
+"#;
+
+async fn parked_gate(client: &moira_client::Client, run: &str, step: &str) -> GateId {
+    let wait = client.wait_run_until(run, |r| {
+        r.steps
+            .get(step)
+            .is_some_and(|s| s.status == moira_client::protocol::run::StepStatus::Waiting)
+    });
+    let view = tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .expect("the step waits on its gate in time")
+        .expect("wait");
+    view.steps
+        .iter()
+        .find(|s| s.name == step)
+        .and_then(|s| s.gate_id)
+        .expect("a gate id")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_deploys_only_the_artifact_digest_its_gate_approved() {
+    use moira_client::protocol::run::RunStatus;
+    let s = crate::runs::Runs::start(1).await;
+    let honest = RELEASE.replace("{tamper}", "").replace("{after}", "review");
+    let run = s.submit(&honest, &[]).await;
+    let gate = parked_gate(&s.client, &run, "review").await;
+    let built = std::fs::read(s.dir.path().join(format!("{run}.tar.gz"))).expect("built");
+    let digest = digest_of(&built);
+    // The approver is shown exactly the digest that was built.
+    let shown = s.client.show(gate).await.expect("show");
+    assert_eq!(shown.subject[0].digest, digest);
+    assert_eq!(shown.run_id.as_deref(), Some(run.as_str()));
+    s.client
+        .approve(ApproveGate {
+            gate_id: gate,
+            actor: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("approve");
+    let done = s.finished(&run).await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
+    s.step_printed(&run, "deploy", &format!("deploying {digest}"))
+        .await;
+    let review = done
+        .steps
+        .iter()
+        .find(|st| st.name == "review")
+        .expect("review");
+    assert_eq!(review.outputs.get("digests"), Some(&digest));
+    assert_eq!(review.outputs.get("gate_id"), Some(&gate.to_string()));
+
+    // The artifact is changed after the review: the deploy refuses it.
+    let tampered = RELEASE
+        .replace(
+            "{tamper}",
+            "  - name: tamper\n    depends_on: [review]\n    run: echo swapped >> {dir}/$MOIRA_RUN_ID.tar.gz\n",
+        )
+        .replace("{after}", "tamper");
+    let run = s.submit(&tampered, &[]).await;
+    let gate = parked_gate(&s.client, &run, "review").await;
+    s.client
+        .approve(ApproveGate {
+            gate_id: gate,
+            actor: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("approve");
+    let done = s.finished(&run).await;
+    assert_eq!(done.status, RunStatus::Failed, "{done:?}");
+    s.step_printed(&run, "deploy", "refusing sha256:").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_older_than_valid_for_when_the_next_step_starts_is_asked_for_again() {
+    use moira_client::protocol::run::RunStatus;
+    let s = crate::runs::Runs::start(1).await;
+    let yaml = "name: expiry\nsteps:\n  - name: ok\n    use: moira.gate\n    with: { message: \"Go?\", approvers: { users: [bob] }, valid_for: 1s }\n  - {name: slow, run: 'sleep 2'}\n  - {name: after, depends_on: [ok, slow], run: 'echo went'}\n";
+    let run = s.submit(yaml, &[]).await;
+    let first = parked_gate(&s.client, &run, "ok").await;
+    s.client
+        .approve(ApproveGate {
+            gate_id: first,
+            actor: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("approve");
+    // `slow` ends about 2 s later, when the approval is past its 1 s: the
+    // gate is opened again as a new gate, saying why.
+    let wait = s.client.wait_run_until(&run, |r| {
+        r.steps.get("ok").is_some_and(|st| {
+            st.status == moira_client::protocol::run::StepStatus::Waiting
+                && st.gate_id != Some(first)
+        })
+    });
+    let view = tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .expect("asked again in time")
+        .expect("wait");
+    let ok = view.steps.iter().find(|st| st.name == "ok").expect("ok");
+    assert_eq!(ok.iteration, 2, "{ok:?}");
+    let second = ok.gate_id.expect("a new gate");
+    let again = s.client.show(second).await.expect("show");
+    assert_eq!(again.status, GateStatus::Waiting);
+    let why = again.summary.clone().unwrap_or_default();
+    assert!(
+        why.contains("valid_for of 1s") && why.contains("bob"),
+        "{why}"
+    );
+    assert!(
+        !view
+            .steps
+            .iter()
+            .any(|st| st.name == "after" && st.attempt > 0),
+        "the step after the gate did not run on the stale approval"
+    );
+    s.client
+        .approve(ApproveGate {
+            gate_id: second,
+            actor: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("approve again");
+    let done = s.finished(&run).await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
+    s.step_printed(&run, "after", "went").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_page_shows_what_a_gate_approves_escaped_and_the_api_checks_a_digest() {
+    let s = Stack::start().await;
+    let w = crate::web::web(&s.url(), &[]);
+    let d = digest_of(b"web build");
+    let gate = s
+        .client
+        .open(OpenGate {
+            actor: "alice".into(),
+            message: "Ship?".into(),
+            approvers: vec!["bob".into()],
+            subject: vec![Artifact {
+                name: "<script>alert(1)</script>.tgz".into(),
+                digest: d.clone(),
+            }],
+            valid_for_ms: Some(3_600_000),
+            ..Default::default()
+        })
+        .await
+        .expect("open")
+        .id;
+    let call = s
+        .client
+        .open(OpenGate {
+            actor: "alice".into(),
+            message: "Run this tool?".into(),
+            action: Some(ActionCall {
+                tool: "browser.open".into(),
+                arguments: serde_json::json!({"url": "\"><img src=x onerror=alert(2)>"}),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("open")
+        .id;
+    let page = |id: GateId| {
+        let url = format!("{}/gates/{id}", w.root);
+        async move {
+            reqwest::get(url)
+                .await
+                .expect("page")
+                .text()
+                .await
+                .expect("html")
+        }
+    };
+    let html = page(gate).await;
+    assert!(
+        html.contains("Approves these artifacts") && html.contains(&d),
+        "{html}"
+    );
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;.tgz"),
+        "{html}"
+    );
+    assert!(!html.contains("<script>alert(1)"), "escaped");
+    assert!(html.contains("An approval holds for 1h"), "{html}");
+    let html = page(call).await;
+    assert!(
+        html.contains("Approves this call") && html.contains("browser.open"),
+        "{html}"
+    );
+    assert!(!html.contains("<img src=x"), "escaped: {html}");
+
+    let check = |digest: String| {
+        let url = format!("{}/gates/{gate}/check?digest={digest}", w.base);
+        async move {
+            let r = reqwest::get(url).await.expect("check");
+            let code = r.status().as_u16();
+            let text = r.text().await.expect("body");
+            (
+                code,
+                serde_json::from_str::<serde_json::Value>(&text).expect("json"),
+            )
+        }
+    };
+    let (code, r) = check(d.clone()).await;
+    assert_eq!(
+        (code, r["error"]["code"].as_str()),
+        (409, Some("not_covered")),
+        "{r}"
+    );
+    s.client
+        .approve(ApproveGate {
+            gate_id: gate,
+            actor: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("approve");
+    let (code, r) = check(d.clone()).await;
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["gate"]["valid_for"], "1h");
+    let (code, _) = check(digest_of(b"other")).await;
+    assert_eq!(code, 409);
+    let (code, r) = check("sha1:abc".into()).await;
+    assert_eq!(code, 400, "{r}");
+}

@@ -177,7 +177,23 @@ pub fn body(n: &Notification) -> String {
         } else {
             who.join("; ")
         };
+        if let Some(s) = &g.summary {
+            out += &format!("{s}\n");
+        }
         out += &format!("Who can approve: {who} ({} needed)\n", g.approvals_required);
+        // Exactly what an approval covers.
+        for a in &g.subject {
+            out += &format!("Approves {} {}\n", a.name, a.digest);
+        }
+        if let Some(a) = &g.action {
+            out += &format!(
+                "Approves the call {} {}\n{}\n",
+                a.tool, a.digest, a.canonical
+            );
+        }
+        if let Some(v) = &g.valid_for {
+            out += &format!("An approval holds for {v}\n");
+        }
         if let Some(by) = &g.decided_by {
             out += &format!("Decided by: {by}\n");
         }
@@ -491,6 +507,64 @@ mod tests {
     fn mail_text_leaves_no_bare_cr_or_lf_and_headers_stay_on_one_line() {
         assert_eq!(super::mail_text("a\r.\r\nb\rc\n"), "a\n.\nb\nc\n");
         assert_eq!(super::one_line("x\r\nBcc: y\u{1b}"), "x  Bcc: y ");
+    }
+
+    #[test]
+    fn a_message_names_exactly_what_the_gate_approves_and_slack_text_is_escaped() {
+        use moira_protocol::binding::Artifact;
+        let spec = moira_protocol::gate::spec_from(
+            &moira_protocol::command::OpenGate {
+                actor: "alice".into(),
+                message: "Ship?".into(),
+                subject: vec![Artifact {
+                    name: "app*<b>.tgz".into(),
+                    digest: format!("sha256:{}", "ab".repeat(32)),
+                }],
+                valid_for_ms: Some(7_200_000),
+                ..Default::default()
+            },
+            &moira_protocol::gate::Policy::dev(),
+        )
+        .expect("spec");
+        let state = moira_protocol::gate::fold([&moira_protocol::Envelope {
+            schema: moira_protocol::event::SCHEMA,
+            id: moira_protocol::CommandId::new(),
+            gate_id: moira_protocol::GateId::new(),
+            actor: "alice".into(),
+            at: 1,
+            event: moira_protocol::GateEvent::GateOpened {
+                spec: Box::new(spec),
+                timeout_at: None,
+            },
+            run_id: None,
+            signature: None,
+            signed_at: None,
+            signer: None,
+            registry: None,
+            prev: None,
+            via: None,
+        }])
+        .expect("a gate");
+        let n = crate::Notification {
+            id: "x".into(),
+            kind: "opened".into(),
+            at: "now".into(),
+            gate: Some(moira_protocol::GateView::from(&state)),
+            run: None,
+            link: None,
+            personal: None,
+        };
+        let body = super::body(&n);
+        assert!(
+            body.contains(&format!("Approves app*<b>.tgz sha256:{}", "ab".repeat(32))),
+            "{body}"
+        );
+        assert!(body.contains("An approval holds for 2h"), "{body}");
+        let slack = super::slack_text(&n);
+        assert!(
+            slack.contains("&lt;b&gt;") && !slack.contains("<b>"),
+            "{slack}"
+        );
     }
 
     #[test]

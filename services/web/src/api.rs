@@ -43,6 +43,7 @@ pub(crate) fn router(state: Shared) -> Router {
     Router::new()
         .route("/api/v1/gates", get(list_gates))
         .route("/api/v1/gates/{id}", get(show_gate))
+        .route("/api/v1/gates/{id}/check", get(check_gate))
         .route("/api/v1/gates/{id}/{verb}", post(decide))
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{id}", get(show_run))
@@ -289,6 +290,51 @@ pub(crate) async fn show_gate(AxState(s): AxState<Shared>, Path(id): Path<String
     };
     match s.client.show(id).await {
         Ok(g) => ok("gate", g),
+        Err(e) => client_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct CheckQuery {
+    /// `sha256:` and 64 hex digits: an artifact's, or a tool call's (the
+    /// SHA-256 of its canonical JSON).
+    digest: String,
+}
+
+/// Whether the gate is approved, its approval still holds (valid_for) and
+/// it covers the digest: 200 with the gate if so, 409 `not_covered` and
+/// the reason if not (`moira gate check` over HTTP).
+#[utoipa::path(get, path = "/api/v1/gates/{id}/check", tag = "gates",
+    params(("id" = String, Path, format = Uuid, description = "The gate id"), CheckQuery),
+    responses((status = 200, description = "Approved, in force, and covering the digest", body = crate::openapi::GateReply),
+        (status = 409, description = "Not covered: not approved, expired, or another digest", body = crate::openapi::ErrorReply),
+        (status = 404, description = "No such gate", body = crate::openapi::ErrorReply),
+        (status = 400, description = "Bad request", body = crate::openapi::ErrorReply),
+        (status = 503, description = "The broker cannot be reached", body = crate::openapi::ErrorReply)))]
+pub(crate) async fn check_gate(
+    AxState(s): AxState<Shared>,
+    Path(id): Path<String>,
+    q: Result<Query<CheckQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let id = match gate_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let Ok(Query(q)) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "give ?digest=sha256:<64 hex digits>".to_string(),
+        );
+    };
+    if let Err(e) = moira_protocol::binding::parse_digest(&q.digest) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", e);
+    }
+    match s.client.check_gate(id, &q.digest).await {
+        Ok(Ok(g)) => ok("gate", g),
+        Ok(Err(why)) => error(StatusCode::CONFLICT, "not_covered", why.to_string()),
         Err(e) => client_error(e),
     }
 }

@@ -136,6 +136,7 @@ pub(crate) struct ErrorReply {
     paths(
         crate::api::list_gates,
         crate::api::show_gate,
+        crate::api::check_gate,
         crate::api::decide,
         crate::api::list_runs,
         crate::api::show_run,

@@ -461,6 +461,34 @@ fn policy(g: &GateView) -> Markup {
     }
 }
 
+/// Exactly what an approval of this gate covers: artifacts by digest, or
+/// one tool call as its canonical JSON, and how long an approval holds.
+fn approves(g: &GateView) -> Markup {
+    html! {
+        @if !g.subject.is_empty() {
+            h2 { "Approves these artifacts" }
+            table.kv #approves {
+                @for a in &g.subject { tr { th { (visible(&a.name)) } td { code { (a.digest) } } } }
+            }
+        }
+        @if let Some(a) = &g.action {
+            h2 { "Approves this call" }
+            dl.facts #action {
+                dt { "Tool" } dd { code { (visible(&a.tool)) } }
+                dt { "Call" } dd { pre { (visible(&a.canonical)) } }
+                dt { "Digest" } dd { code { (a.digest) } }
+            }
+        }
+        @if let Some(v) = &g.valid_for {
+            p.validfor {
+                "An approval holds for " (v) " after it is given"
+                @if let Some(u) = &g.valid_until { ", until " time datetime=(u) { (u) } }
+                "."
+            }
+        }
+    }
+}
+
 fn gate_detail(g: &GateView, t: &Trail) -> Markup {
     html! {
         div.gatehead {
@@ -469,6 +497,7 @@ fn gate_detail(g: &GateView, t: &Trail) -> Markup {
         }
         pre.message { (visible(&g.message)) }
         @if let Some(sum) = &g.summary { div.summary { pre { (visible(sum)) } } }
+        (approves(g))
         dl.facts {
             dt { "Asked by" } dd { (g.requested_by) " at " time datetime=(g.opened_at) { (g.opened_at) } }
             @if let Some(run) = &g.run_id {
