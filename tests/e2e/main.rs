@@ -21,6 +21,7 @@ mod runner_faults;
 mod runs;
 mod signatures;
 mod signed_runs;
+mod stages;
 mod waiting;
 mod web;
 

@@ -1235,3 +1235,58 @@ async fn a_slack_bot_posts_buttons_to_its_channel_and_each_approver_their_own_li
         "moira_deny"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_stages_approvers_are_mailed_when_their_stage_begins() {
+    use moira_client::protocol::stages::Stage;
+    let s = Stack::start().await;
+    let (reg, _) = approvers_and_secret(s.dir.path());
+    let (smtp, port) = SmtpServer::start(None).await;
+    // The rule names "opened": a later stage beginning asks as an open does.
+    let config = mail_channel(port, "tls = \"none\"\napprovers = true\n");
+    let _n = s.notifier_with(&config, "n1", &["--approvers", &reg], &[]);
+    let gate = s
+        .open(OpenGate {
+            stages: vec![
+                Stage {
+                    users: vec!["bob".into()],
+                    ..Default::default()
+                },
+                Stage {
+                    roles: vec!["owner".into()],
+                    count: 1,
+                    ..Default::default()
+                },
+            ],
+            allow_self_approval: Some(false),
+            ..gate("Ship v3?")
+        })
+        .await;
+    // Stage 1: the shared list and bob, not the owners yet.
+    smtp.wait_sessions(2).await;
+    let mails: Vec<String> = smtp.mails().iter().map(|m| unquote(m)).collect();
+    assert_eq!(mails.len(), 2, "{mails:#?}");
+    assert!(mails.iter().any(|m| m.contains("To: bob@example.com")));
+    assert!(
+        !mails.iter().any(|m| m.contains("carol@example.com")),
+        "{mails:#?}"
+    );
+    s.approve(&gate).await;
+    // Stage 2 begins: the shared list again, and carol (dave has no
+    // address, alice opened the gate); bob is not asked twice.
+    smtp.wait_sessions(4).await;
+    let mails: Vec<String> = smtp.mails().iter().map(|m| unquote(m)).collect();
+    let later = &mails[2..];
+    assert_eq!(later.len(), 2, "{mails:#?}");
+    let carol = later
+        .iter()
+        .find(|m| m.contains("To: carol@example.com"))
+        .unwrap_or_else(|| panic!("no mail to carol: {later:#?}"));
+    assert!(carol.contains("your stage of approval began"), "{carol}");
+    assert!(
+        carol.contains("Stage 2 of 2: roles owner may approve now"),
+        "{carol}"
+    );
+    assert!(!later.iter().any(|m| m.contains("To: bob@example.com")));
+    assert!(!mails.iter().any(|m| m.contains("alice@example.com")));
+}

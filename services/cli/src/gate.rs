@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 
 use moira_client::protocol::binding::{ActionCall, Artifact};
 use moira_client::protocol::event::{Decoded, OnTimeout};
+use moira_client::protocol::stages::Stage;
 use moira_client::protocol::time::parse_duration;
 use moira_client::protocol::wire::Verb;
 use moira_client::protocol::{Command, CommandId};
@@ -190,6 +191,11 @@ pub struct OpenArgs {
     /// runs refuse an older one)
     #[arg(long, value_parser = parse_dur)]
     valid_for: Option<Duration>,
+    /// An approval stage, in order (repeatable): 'roles=qa count=1',
+    /// 'users=alice,bob count=2'; instead of --approver/--role/--approvals
+    #[arg(long = "stage", value_name = "SPEC", value_parser = parse_stage,
+          conflicts_with_all = ["approvers", "roles"])]
+    stages: Vec<Stage>,
     /// Gate id; opening again with the same id and definition is a no-op
     #[arg(long, conflicts_with = "gate_key")]
     id: Option<GateId>,
@@ -213,6 +219,36 @@ pub struct ListArgs {
     /// (slower; the source of truth, for checking)
     #[arg(long)]
     from_events: bool,
+}
+
+/// `--stage 'roles=qa,ops users=alice count=2'`: space-separated fields,
+/// comma-separated names.
+pub fn parse_stage(s: &str) -> Result<Stage, String> {
+    let mut st = Stage::default();
+    let names = |v: &str| -> Vec<String> {
+        v.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    for field in s.split_whitespace() {
+        match field.split_once('=') {
+            Some(("users", v)) => st.users = names(v),
+            Some(("roles", v)) => st.roles = names(v),
+            Some(("count", v)) => {
+                st.count = v
+                    .parse()
+                    .map_err(|_| format!("count '{v}' is not a number"))?
+            }
+            _ => {
+                return Err(format!(
+                    "'{field}': a stage is 'users=a,b roles=r count=N' (any of them)"
+                ))
+            }
+        }
+    }
+    Ok(st)
 }
 
 pub fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -503,7 +539,7 @@ async fn open(cli: &Cli, client: &Client, a: &OpenArgs) -> anyhow::Result<u8> {
         step: a.step.clone(),
         approvers: a.approvers.clone(),
         roles: a.roles.clone(),
-        approvals: Some(a.approvals),
+        approvals: a.stages.is_empty().then_some(a.approvals),
         allow_self_approval: match (a.self_approval, a.no_self_approval) {
             (true, _) => Some(true),
             (_, true) => Some(false),
@@ -524,6 +560,7 @@ async fn open(cli: &Cli, client: &Client, a: &OpenArgs) -> anyhow::Result<u8> {
         valid_for_ms: a
             .valid_for
             .map(|d| d.as_millis().min(u64::MAX as u128) as u64),
+        stages: a.stages.clone(),
         ..Default::default()
     };
     if a.wait {

@@ -177,6 +177,9 @@ fn hint(e: &moira_client::ClientError) -> Option<&'static str> {
         ClientError::Rejected(c) => match c.code {
             ErrorCode::MissingInput => Some("give each with --input NAME=VALUE"),
             ErrorCode::NotFound => Some("list gates with `moira gate list --status all`"),
+            ErrorCode::OutOfOrder => {
+                Some("`moira gate show ID` shows each stage and who may approve now")
+            }
             _ => None,
         },
         _ => None,

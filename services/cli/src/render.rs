@@ -155,14 +155,46 @@ pub fn gate(g: &GateView) -> String {
     } else {
         "; no self-approval"
     };
-    field(
-        "approvers:",
-        format!(
-            "{} ({} needed{self_note})",
-            who.join("; "),
-            g.approvals_required
-        ),
-    );
+    if g.stages.is_empty() {
+        field(
+            "approvers:",
+            format!(
+                "{} ({} needed{self_note})",
+                who.join("; "),
+                g.approvals_required
+            ),
+        );
+    } else {
+        for (i, s) in g.stages.iter().enumerate() {
+            let n = i as u32 + 1;
+            let stage = moira_client::protocol::stages::Stage {
+                users: s.users.clone(),
+                roles: s.roles.clone(),
+                count: s.count,
+            };
+            let mark = if s.met {
+                "met".to_string()
+            } else if g.stage == Some(n) {
+                "NOW: these may approve".to_string()
+            } else {
+                "waits for the stages before it".to_string()
+            };
+            let by = if s.approved_by.is_empty() {
+                String::new()
+            } else {
+                format!("; by {}", s.approved_by.join(", "))
+            };
+            field(
+                &format!("stage {n}:"),
+                format!(
+                    "{} ({} of {} approvals{by}) {mark}{self_note}",
+                    stage.who(),
+                    s.approved_by.len(),
+                    s.count
+                ),
+            );
+        }
+    }
     for a in &g.approvals {
         let c = a
             .comment

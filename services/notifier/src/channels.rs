@@ -139,6 +139,7 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 pub fn headline(n: &Notification) -> String {
     let what = match n.kind.as_str() {
         "opened" => "waiting for approval",
+        "stage_began" => "your stage of approval began",
         "reminder" => "still waiting for approval",
         "escalated" => "escalated: still waiting",
         "approved" => "approved",
@@ -181,6 +182,24 @@ pub fn body(n: &Notification) -> String {
             out += &format!("{s}\n");
         }
         out += &format!("Who can approve: {who} ({} needed)\n", g.approvals_required);
+        if let Some(s) = g
+            .stage
+            .and_then(|n| g.stages.get(n as usize - 1).map(|s| (n, s)))
+        {
+            let (n, s) = s;
+            let stage = moira_protocol::stages::Stage {
+                users: s.users.clone(),
+                roles: s.roles.clone(),
+                count: s.count,
+            };
+            out += &format!(
+                "Stage {n} of {}: {} may approve now ({} of {})\n",
+                g.stages.len(),
+                stage.who(),
+                s.approved_by.len(),
+                s.count
+            );
+        }
         // Exactly what an approval covers.
         for a in &g.subject {
             out += &format!("Approves {} {}\n", a.name, a.digest);

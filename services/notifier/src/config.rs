@@ -201,8 +201,9 @@ impl Default for Delivery {
 }
 
 /// Notification kinds a rule may name.
-pub const KINDS: [&str; 10] = [
+pub const KINDS: [&str; 11] = [
     "opened",
+    "stage_began",
     "reminder",
     "escalated",
     "approved",

@@ -113,7 +113,8 @@ pub(crate) async fn gate_event(shared: &Shared, id: String, seq: u64, env: Envel
         GateEvent::GateTimedOut { .. } => "timed_out",
         GateEvent::GateCancelled { .. } => "cancelled",
         GateEvent::GatePushedBack { .. } => "pushed_back",
-        GateEvent::ApprovalRecorded { .. } => return Handled::Done,
+        // An approval that completes a stage begins the next one.
+        GateEvent::ApprovalRecorded { .. } => "stage_began",
     };
     if let GateEvent::GateTimedOut { on_timeout } = &env.event {
         moira_service::ops::metrics()
@@ -135,12 +136,28 @@ pub(crate) async fn gate_event(shared: &Shared, id: String, seq: u64, env: Envel
             return Handled::Done;
         }
     };
+    if kind == "stage_began" && !began_a_stage(&gate) {
+        return Handled::Done;
+    }
     let run = match &gate.run_id {
         Some(r) => shared.client.show_run(r).await.ok(),
         None => None,
     };
     let n = notification(shared, id, kind, Some(gate), run.as_ref());
     deliver_all(shared, &n, &[]).await
+}
+
+/// Whether the approval just recorded met a stage, so that the next one
+/// now takes approvals (the gate is still waiting, in a later stage, and
+/// nobody approved in that stage yet).
+fn began_a_stage(g: &GateView) -> bool {
+    match g.stage {
+        Some(n) if n > 1 => g
+            .stages
+            .get(n as usize - 1)
+            .is_some_and(|s| s.approved_by.is_empty()),
+        _ => false,
+    }
 }
 
 /// The gate as it was right after the event at `seq`: an "opened" message

@@ -74,7 +74,10 @@ pub(crate) fn targets(
     if common {
         out.push((channel.to_string(), n.clone()));
     }
-    let asks = matches!(n.kind.as_str(), "opened" | "reminder" | "escalated");
+    let asks = matches!(
+        n.kind.as_str(),
+        "opened" | "reminder" | "escalated" | "stage_began"
+    );
     let waiting = n
         .gate
         .as_ref()
@@ -89,7 +92,12 @@ pub(crate) fn targets(
         .as_deref()
         .map(|b| b.trim_end_matches('/'));
     let now = now_ms() / 1000;
-    for user in registry.approvers_of(&g.approvers.users, &g.approvers.roles) {
+    // A staged gate asks only the stage that takes approvals now.
+    let (users, roles) = match g.stage.and_then(|n| g.stages.get(n as usize - 1)) {
+        Some(s) => (&s.users, &s.roles),
+        None => (&g.approvers.users, &g.approvers.roles),
+    };
+    for user in registry.approvers_of(users, roles) {
         let done = g.approvals.iter().any(|a| a.by == user);
         if done || (!g.allow_self_approval && user == g.requested_by) {
             continue;
@@ -135,7 +143,12 @@ pub fn route(config: &config::Config, n: &Notification, extra: &[String]) -> Vec
         .and_then(|g| g.run_id.clone())
         .or_else(|| n.run.as_ref().map(|r| r.id.clone()));
     for rule in &config.rules {
-        let kind_ok = rule.kinds.is_empty() || rule.kinds.iter().any(|k| k == &n.kind);
+        // A later stage beginning asks its approvers as an open does.
+        let kind_ok = rule.kinds.is_empty()
+            || rule
+                .kinds
+                .iter()
+                .any(|k| k == &n.kind || (k == "opened" && n.kind == "stage_began"));
         let run_ok = rule.run.as_ref().is_none_or(|r| run_id.as_ref() == Some(r));
         let step_ok = rule
             .step

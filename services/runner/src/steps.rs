@@ -71,6 +71,12 @@ pub(crate) fn ours(
         && view.on_timeout == wanted.on_timeout
         // What it approves, exactly: a gate squatted with other digests
         // must never stand in for this run's.
+        && view.stages.len() == wanted.stages.len()
+        && view
+            .stages
+            .iter()
+            .zip(&wanted.stages)
+            .all(|(v, w)| v.users == w.users && v.roles == w.roles && v.count == w.count)
         && view.subject == wanted.subject
         && view.action == wanted.action
         && view.valid_for

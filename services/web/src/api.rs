@@ -116,7 +116,7 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::BadSignature
         | ErrorCode::WrongKey => StatusCode::FORBIDDEN,
         ErrorCode::Stale => StatusCode::CONFLICT,
-        ErrorCode::NotCovered => StatusCode::CONFLICT,
+        ErrorCode::NotCovered | ErrorCode::OutOfOrder => StatusCode::CONFLICT,
         ErrorCode::AlreadyDecided | ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::MissingInput => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -70,6 +70,7 @@ pub(crate) enum ErrorCodeName {
     WrongKey,
     Stale,
     NotCovered,
+    OutOfOrder,
     Unavailable,
     Internal,
 }

@@ -438,8 +438,34 @@ fn signature_cell(
     }
 }
 
+/// A staged gate's stages: who approved in each, and which takes
+/// approvals now.
+fn stages(g: &GateView) -> Markup {
+    html! {
+        @if !g.stages.is_empty() {
+            h2 { "Stages" }
+            ol.stages #stages {
+                @for (i, s) in g.stages.iter().enumerate() {
+                    @let now = g.stage == Some(i as u32 + 1);
+                    li class=(if s.met { "met" } else if now { "now" } else { "later" }) {
+                        @for u in &s.users { span.user { (u) } " " }
+                        @for r in &s.roles { span.role { "role " (r) } " " }
+                        @if s.users.is_empty() && s.roles.is_empty() { "anyone " }
+                        "· " (s.approved_by.len()) " of " (s.count)
+                        @if !s.approved_by.is_empty() { " (" (s.approved_by.join(", ")) ")" }
+                        @if s.met { " · met" }
+                        @else if now { " · " strong { "may approve now" } }
+                        @else { " · after the stages before it" }
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn policy(g: &GateView) -> Markup {
     html! {
+        (stages(g))
         dl.policy {
             dt { "Approvers" }
             dd {

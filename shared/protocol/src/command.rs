@@ -72,6 +72,9 @@ pub struct OpenGate {
     /// How long an approval stays good, in ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_for_ms: Option<u64>,
+    /// Ordered approval stages (instead of approvers, roles and approvals).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<crate::stages::Stage>,
     /// An SSH signature (`ssh-keygen -Y sign -n moira` armor) over the
     /// command's statement (see `statement`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -401,6 +404,8 @@ pub enum ErrorCode {
     /// A check: the gate is not approved, its approval expired, or it does
     /// not cover the digest asked about.
     NotCovered,
+    /// An approval for a stage that has not begun: earlier stages first.
+    OutOfOrder,
 }
 
 impl ErrorCode {
@@ -418,6 +423,7 @@ impl ErrorCode {
             ErrorCode::WrongKey => "wrong_key",
             ErrorCode::Stale => "stale",
             ErrorCode::NotCovered => "not_covered",
+            ErrorCode::OutOfOrder => "out_of_order",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }

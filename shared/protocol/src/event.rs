@@ -146,6 +146,10 @@ pub struct GateSpec {
     /// How long an approval stays good (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_for_ms: Option<u64>,
+    /// Ordered approval stages. With stages, `approvers` holds every
+    /// stage's users and roles and `approvals_required` their total.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<crate::stages::Stage>,
 }
 
 /// The events of one gate. Variant names are the stored kind names.

@@ -526,6 +526,41 @@ fn may_decide(state: &GateState, actor: &str, roles: &[String]) -> Result<(), Re
     ))
 }
 
+/// With stages, only the current stage's approvers may approve now; one
+/// of a later stage is told to wait for the earlier ones.
+fn check_stage(state: &GateState, actor: &str, roles: &[String]) -> Result<(), Rejection> {
+    let stages = &state.spec.stages;
+    let Some(now) = crate::stages::current(state) else {
+        return Ok(());
+    };
+    if stages[now].accepts(actor, roles) {
+        return Ok(());
+    }
+    let n = now + 1;
+    let have = crate::stages::progress(stages, &state.approvals)[now].len();
+    match stages.iter().skip(n).position(|s| s.accepts(actor, roles)) {
+        Some(later) => Err(reject(
+            ErrorCode::OutOfOrder,
+            format!(
+                "gate {} is at stage {n} of {} ({}: {have} of {} approvals); {actor} approves in stage {}, after it",
+                state.id,
+                stages.len(),
+                stages[now].who(),
+                stages[now].count,
+                n + later + 1
+            ),
+        )),
+        None => Err(reject(
+            ErrorCode::NotAllowed,
+            format!(
+                "{actor} is in no stage of gate {} that is still to come; stage {n} takes {}",
+                state.id,
+                stages[now].who()
+            ),
+        )),
+    }
+}
+
 fn check_text(what: &str, text: &str) -> Result<(), Rejection> {
     if text.len() > MAX_TEXT {
         return Err(reject(
@@ -560,6 +595,7 @@ fn decide_approve(
     ctx: &Context,
 ) -> Result<GateEvent, Rejection> {
     may_decide(state, &c.actor, &ctx.actor_roles)?;
+    check_stage(state, &c.actor, &ctx.actor_roles)?;
     if !state.spec.allow_self_approval && c.actor == state.requested_by {
         return Err(reject(
             ErrorCode::NotAllowed,
@@ -754,14 +790,36 @@ pub fn spec_from(c: &OpenGate, policy: &Policy) -> Result<GateSpec, Rejection> {
             inputs.push(r.clone());
         }
     }
-    let approvals = c.approvals.unwrap_or(1);
+    let (staged_users, staged_roles, staged_total) =
+        crate::stages::check(&c.stages).map_err(bad)?;
+    if !c.stages.is_empty()
+        && (!c.approvers.is_empty() || !c.roles.is_empty() || c.approvals.is_some_and(|n| n > 1))
+    {
+        return Err(bad(
+            "give stages or approvers/roles/approvals, not both: each stage names its own".into(),
+        ));
+    }
+    let approvals = if c.stages.is_empty() {
+        c.approvals.unwrap_or(1)
+    } else {
+        staged_total
+    };
     if approvals == 0 {
         return Err(bad("--approvals must be at least 1".into()));
     }
-    let mut users = c.approvers.clone();
+    let mut users = if c.stages.is_empty() {
+        c.approvers.clone()
+    } else {
+        staged_users
+    };
+    let roles = if c.stages.is_empty() {
+        c.roles.clone()
+    } else {
+        staged_roles
+    };
     users.sort();
     users.dedup();
-    if c.roles.is_empty() && !users.is_empty() && approvals as usize > users.len() {
+    if roles.is_empty() && !users.is_empty() && approvals as usize > users.len() {
         return Err(bad(format!(
             "{approvals} approvals required but only {} approver(s) named; name more approvers or a role",
             users.len()
@@ -791,7 +849,7 @@ pub fn spec_from(c: &OpenGate, policy: &Policy) -> Result<GateSpec, Rejection> {
             return Err(bad("valid_for must be between 1ms and 366 days".into()));
         }
     }
-    if policy.require_approvers && c.approvers.is_empty() && c.roles.is_empty() {
+    if policy.require_approvers && users.is_empty() && roles.is_empty() {
         return Err(reject(
             ErrorCode::NotAllowed,
             "this gate-keeper requires every gate to name its approvers (--approver or --role)",
@@ -804,10 +862,7 @@ pub fn spec_from(c: &OpenGate, policy: &Policy) -> Result<GateSpec, Rejection> {
         metadata: c.metadata.clone(),
         run_id: c.run_id.clone(),
         step: c.step.clone(),
-        approvers: crate::event::Approvers {
-            users,
-            roles: c.roles.clone(),
-        },
+        approvers: crate::event::Approvers { users, roles },
         approvals_required: approvals,
         allow_self_approval: c
             .allow_self_approval
@@ -819,6 +874,7 @@ pub fn spec_from(c: &OpenGate, policy: &Policy) -> Result<GateSpec, Rejection> {
         subject,
         action,
         valid_for_ms: c.valid_for_ms,
+        stages: c.stages.clone(),
     })
 }
 

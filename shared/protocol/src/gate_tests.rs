@@ -604,3 +604,87 @@ fn a_gate_takes_a_bounded_number_of_push_backs_and_refusing_the_next_changes_not
     g.when_ok(g.approve("bob"), &[]);
     assert_eq!(g.state().status, GateStatus::Approved);
 }
+
+#[test]
+fn stages_approve_in_order_and_a_push_back_starts_them_again() {
+    use crate::stages::Stage;
+    let mut g = open(OpenGate {
+        stages: vec![
+            Stage {
+                roles: vec!["qa".into()],
+                count: 1,
+                ..Default::default()
+            },
+            Stage {
+                users: vec!["olga".into(), "oscar".into()],
+                count: 2,
+                ..Default::default()
+            },
+        ],
+        ..basic()
+    });
+    assert_eq!(g.state().spec.approvals_required, 3);
+    let view = GateView::from(g.state());
+    assert_eq!(view.stage, Some(1));
+    // An owner before QA: refused with its own code, and nothing stored.
+    assert_eq!(g.refused(g.approve("olga"), &[]), ErrorCode::OutOfOrder);
+    // Someone in no stage at all.
+    assert_eq!(g.refused(g.approve("mallory"), &[]), ErrorCode::NotAllowed);
+    g.when_ok(g.approve("quinn"), &["qa"]);
+    assert_eq!(GateView::from(g.state()).stage, Some(2));
+    // QA again does not count for the owners' stage.
+    assert_eq!(
+        g.refused(g.approve("quinn"), &["qa"]),
+        ErrorCode::NotAllowed
+    );
+    g.when_ok(g.approve("olga"), &[]);
+    assert_eq!(g.state().status, GateStatus::Waiting);
+    let pushed = Command::PushBack(PushBackGate {
+        gate_id: g.gate,
+        actor: "oscar".into(),
+        ..Default::default()
+    });
+    g.when_ok(pushed, &[]);
+    let view = GateView::from(g.state());
+    assert_eq!(view.stage, Some(1), "every stage starts again");
+    assert!(view.stages.iter().all(|s| s.approved_by.is_empty()));
+    assert_eq!(g.refused(g.approve("olga"), &[]), ErrorCode::OutOfOrder);
+    g.when_ok(g.approve("quinn"), &["qa"]);
+    g.when_ok(g.approve("olga"), &[]);
+    g.when_ok(g.approve("oscar"), &[]);
+    assert_eq!(g.state().status, GateStatus::Approved);
+    let view = GateView::from(g.state());
+    assert_eq!(view.stage, None);
+    assert_eq!(view.stages[1].approved_by, ["olga", "oscar"]);
+    // A denial by any stage's approver denies a staged gate.
+    let g = open(OpenGate {
+        stages: vec![
+            Stage {
+                users: vec!["quinn".into()],
+                count: 1,
+                ..Default::default()
+            },
+            Stage {
+                users: vec!["olga".into()],
+                count: 1,
+                ..Default::default()
+            },
+        ],
+        ..basic()
+    });
+    let deny = Command::Deny(DenyGate {
+        gate_id: g.gate,
+        actor: "olga".into(),
+        reason: "no".into(),
+        ..Default::default()
+    });
+    assert!(matches!(g.when(deny, &[]), Ok(Decision::Append(_))));
+    // Stages and a flat list at once are refused.
+    let both = OpenGate {
+        approvers: vec!["bob".into()],
+        stages: vec![Stage::default()],
+        ..basic()
+    };
+    let e = crate::gate::spec_from(&both, &Policy::dev()).expect_err("both");
+    assert!(e.message.contains("not both"), "{}", e.message);
+}

@@ -11,6 +11,7 @@
 //! - [`gate`]: the gate state, `decide` (all the rules) and `apply` (none).
 //! - [`view`]: the JSON shape of a gate shown to people and tools.
 //! - [`binding`]: the artifacts or action a gate approves, and `gate check`.
+//! - [`stages`]: ordered approval stages.
 //! - [`run`]: workflow run events and their fold.
 //! - [`time`]: millisecond timestamps and duration parsing.
 
@@ -24,6 +25,7 @@ pub mod gate;
 pub mod hex;
 pub mod ids;
 pub mod run;
+pub mod stages;
 pub mod statement;
 pub mod time;
 pub mod view;

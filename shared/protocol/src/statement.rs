@@ -205,6 +205,18 @@ pub fn recorded(state: Option<&GateState>, env: &Envelope) -> Option<(Command, A
                 valid_for_ms: spec.valid_for_ms,
                 ..Default::default()
             };
+            // A staged gate was opened with its stages, not a flat list.
+            let c = if spec.stages.is_empty() {
+                c
+            } else {
+                OpenGate {
+                    approvers: Vec::new(),
+                    roles: Vec::new(),
+                    approvals: None,
+                    stages: spec.stages.clone(),
+                    ..c
+                }
+            };
             return Some((Command::Open(c), about));
         }
         GateEvent::ApprovalRecorded { comment, inputs }

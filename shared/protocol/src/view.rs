@@ -84,6 +84,12 @@ pub struct GateView {
     /// When the approval stops being good (approved gates with `valid_for`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_until: Option<String>,
+    /// Ordered approval stages, each with who approved in it so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<crate::stages::StageView>,
+    /// The stage taking approvals now (1-based), while one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<u32>,
 }
 
 /// One gate as the read model holds it and `moira gate list` prints it:
@@ -182,6 +188,11 @@ impl From<&GateState> for GateView {
 impl From<GateState> for GateView {
     fn from(s: GateState) -> Self {
         let valid_until = crate::binding::valid_until(&s).map(rfc3339);
+        let stages = crate::stages::views(&s);
+        let stage = (s.status == GateStatus::Waiting)
+            .then(|| crate::stages::current(&s))
+            .flatten()
+            .map(|i| i as u32 + 1);
         let spec = s.spec;
         GateView {
             id: s.id,
@@ -239,6 +250,8 @@ impl From<GateState> for GateView {
                 .valid_for_ms
                 .map(|ms| crate::time::short_duration(std::time::Duration::from_millis(ms))),
             valid_until,
+            stages,
+            stage,
         }
     }
 }

@@ -118,6 +118,10 @@ pub struct GateWith {
     /// would start later opens the gate again instead.
     #[serde(default)]
     pub valid_for: Option<String>,
+    /// Ordered approval stages (instead of approvers and approvals):
+    /// `[{ roles: [qa], count: 1 }, { roles: [owner], count: 2 }]`.
+    #[serde(default)]
+    pub stages: Vec<moira_protocol::stages::Stage>,
 }
 
 /// `approval:` on a step: review its result after it ran.
@@ -283,6 +287,7 @@ impl Workflow {
                 })
                 .collect(),
             valid_for_ms: ms(&g.valid_for),
+            stages: g.stages,
             ..base
         }
     }
