@@ -677,3 +677,86 @@ async fn the_web_page_shows_what_a_gate_approves_escaped_and_the_api_checks_a_di
     let (code, r) = check("sha1:abc".into()).await;
     assert_eq!(code, 400, "{r}");
 }
+
+/// `PATH` with the built moira binaries first, as the examples expect.
+fn path_with_moira() -> String {
+    format!(
+        "{}:{}",
+        moira_tests::bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+fn example(rel: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(rel)
+}
+
+#[test]
+fn the_release_example_ships_only_the_digest_two_stages_approved() {
+    let out = std::process::Command::new("bash")
+        .arg(example("release-digest.sh"))
+        .env("PATH", path_with_moira())
+        .env_remove("MOIRA_USER")
+        .output()
+        .expect("bash");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("(out_of_order)"), "bob before QA: {stderr}");
+    assert!(
+        stdout.contains("deploying ") && stdout.contains("refusing "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Done: v1.2.0 shipped as approved"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_example_runs_a_tool_call_only_as_approved() {
+    let s = Stack::start().await;
+    let dir = moira_testkit::TempDir::new("moira-agent").expect("tmp");
+    let script = example("agent/tool-call.sh");
+    let call = example("agent/call.json");
+    let agent = |args: &[&str]| {
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .env("PATH", path_with_moira())
+            .env("MOIRA_NATS_URL", s.url())
+            .env("MOIRA_USER", "agent")
+            .env("MOIRA_AGENT_APPROVER", "bob")
+            .output()
+            .expect("bash");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = agent(&["ask", &call.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let gate = out.trim().to_string();
+    let call_path = call.display().to_string();
+    // Not approved yet: the tool does not run.
+    let (code, out, _) = agent(&["run", &gate, &call_path]);
+    assert_eq!(code, 6);
+    assert!(!out.contains("agent: running"), "{out}");
+    approve_cli(&s.url(), gate.parse().expect("id"));
+    let (code, out, err) = agent(&["run", &gate, &call_path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("agent: running shell.exec"), "{out}");
+    // One argument changed: refused, and the tool does not run.
+    let text = std::fs::read_to_string(&call).expect("read");
+    let changed = dir.path().join("changed.json");
+    std::fs::write(&changed, text.replace("./build", "/")).expect("write");
+    let (code, out, err) = agent(&["run", &gate, &changed.display().to_string()]);
+    assert_eq!(code, 6, "{out}{err}");
+    assert!(!out.contains("agent: running"), "{out}");
+    assert!(err.contains("not the one that was approved"), "{err}");
+}

@@ -187,12 +187,15 @@ pub fn gate(g: &GateView) -> String {
             field(
                 &format!("stage {n}:"),
                 format!(
-                    "{} ({} of {} approvals{by}) {mark}{self_note}",
+                    "{} ({} of {} approvals{by}) {mark}",
                     stage.who(),
                     s.approved_by.len(),
                     s.count
                 ),
             );
+        }
+        if !g.allow_self_approval {
+            field("approvers:", format!("{} may not approve", g.requested_by));
         }
     }
     for a in &g.approvals {

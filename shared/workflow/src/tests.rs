@@ -195,3 +195,21 @@ fn a_gate_the_gatekeeper_would_refuse_fails_validation_with_its_reason() {
     )
     .expect("valid");
 }
+
+#[test]
+fn every_example_workflow_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        if let Err(e) = Workflow::parse(&text, &BTreeMap::new()) {
+            panic!("{}: {e}", path.display());
+        }
+        seen += 1;
+    }
+    assert!(seen >= 3, "found {seen} example workflows");
+}
