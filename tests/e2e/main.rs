@@ -9,6 +9,7 @@ mod browser;
 mod chaos;
 mod cli;
 mod concurrency;
+mod delegation;
 mod deploy;
 mod faults;
 mod gates;
@@ -83,6 +84,7 @@ pub fn hand_made(
         registry: None,
         prev: None,
         via: None,
+        on_behalf_of: None,
     }
 }
 

@@ -101,6 +101,9 @@ pub enum GateCmd {
         /// The signing time, ms since the epoch, sent with the decision
         #[arg(long)]
         signed_at: u64,
+        /// The statement of USER's deputy (see `approve --for`)
+        #[arg(long = "for", value_name = "USER")]
+        for_user: Option<String>,
     },
     /// Exit 0 only if the gate is approved, its approval is still in force
     /// (valid_for) and it covers this digest; otherwise exit 6 and say why
@@ -285,6 +288,11 @@ pub struct Presigned {
     /// The signature file (`ssh-keygen -Y sign` writes FILE.sig)
     #[arg(long, value_name = "FILE", requires_all = ["command_id", "signed_at"])]
     signature: Option<std::path::PathBuf>,
+    /// Decide as USER's deputy, signing with the certificate USER made for
+    /// your key (--key YOU-cert.pub). Without it, a certificate that names
+    /// one user (moira:USER) decides for that user.
+    #[arg(long = "for", value_name = "USER")]
+    for_user: Option<String>,
 }
 
 impl Presigned {
@@ -390,8 +398,61 @@ fn decision(cli: &Cli, cmd: &GateCmd) -> anyhow::Result<Option<(Command, Presign
         ),
         _ => return Ok(None),
     };
-    let c = decision_command(verb, *id, cli.actor()?, comment, reason, inputs)?;
+    let mut c = decision_command(verb, *id, cli.actor()?, comment, reason, inputs)?;
+    let deputy_for = match &signed.for_user {
+        Some(u) => Some(u.clone()),
+        None if verb != Verb::Cancel => certificate_user(cli)?,
+        None => None,
+    };
+    if let Some(user) = deputy_for {
+        set_on_behalf_of(&mut c, user);
+    }
     Ok(Some((c, signed.clone())))
+}
+
+/// The user a `--key` certificate lets you act for, when it names exactly
+/// one (`moira:alice`, `moira:alice:role=owner`).
+fn certificate_user(cli: &Cli) -> anyhow::Result<Option<String>> {
+    let Some(path) = &cli.key else {
+        return Ok(None);
+    };
+    let Some(cert) = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| ssh_key::Certificate::from_openssh(t.trim()).ok())
+    else {
+        return Ok(None);
+    };
+    let mut users: Vec<&str> = cert
+        .valid_principals()
+        .iter()
+        .filter_map(|p| p.strip_prefix("moira:"))
+        .map(|rest| rest.split_once(":role=").map_or(rest, |(u, _)| u))
+        .collect();
+    users.sort();
+    users.dedup();
+    match users.as_slice() {
+        [one] => Ok(Some(one.to_string())),
+        [] => Err(crate::usage(format!(
+            "the certificate {} names no moira:USER principal, so it lets you act for no one; \
+             sign with your own key instead",
+            path.display()
+        ))),
+        many => Err(crate::usage(format!(
+            "the certificate {} covers {}; say which with --for USER",
+            path.display(),
+            many.join(", ")
+        ))),
+    }
+}
+
+fn set_on_behalf_of(c: &mut Command, user: String) {
+    match c {
+        Command::Approve(c) => c.on_behalf_of = Some(user),
+        Command::Deny(c) => c.on_behalf_of = Some(user),
+        Command::PushBack(c) => c.on_behalf_of = Some(user),
+        Command::Cancel(c) => c.on_behalf_of = Some(user),
+        Command::Open(_) => {}
+    }
 }
 
 /// The decision `moira gate statement` describes.
@@ -407,6 +468,7 @@ fn statement_command(
         inputs,
         command_id,
         signed_at,
+        for_user,
     } = cmd
     else {
         return Ok(None);
@@ -417,7 +479,7 @@ fn statement_command(
             anyhow::anyhow!("unknown verb '{verb}'; use approve, deny, push-back or cancel")
         })?;
     let inputs = inputs.iter().cloned().collect();
-    let c = decision_command(
+    let mut c = decision_command(
         verb,
         *id,
         cli.actor()?,
@@ -425,6 +487,9 @@ fn statement_command(
         reason.clone(),
         inputs,
     )?;
+    if let Some(user) = for_user {
+        set_on_behalf_of(&mut c, user.clone());
+    }
     Ok(Some((c, *command_id, *signed_at)))
 }
 
@@ -1018,7 +1083,14 @@ pub async fn audit(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<u8> {
             let registries = load_registries(&client, approvers.as_deref()).await?;
             let files = moira_service::verify::export(&client, *id, &registries, dir).await?;
             for f in &files {
-                outln!("{}  (-I {})", f.statement.display(), f.identity);
+                match &f.verify_time {
+                    Some(t) => outln!(
+                        "{}  (-I {} -O verify-time={t})",
+                        f.statement.display(),
+                        f.identity
+                    ),
+                    None => outln!("{}  (-I {})", f.statement.display(), f.identity),
+                }
             }
             errln!(
                 "{} signed event(s) written to {}; check one with:\n  ssh-keygen -Y verify -n moira -f {}/allowed_signers -I <identity> -s <file>.statement.sig < <file>.statement",

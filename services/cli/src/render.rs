@@ -209,7 +209,7 @@ pub fn gate(g: &GateView) -> String {
             .as_deref()
             .map(|v| format!(" (through moira-web, {v})"))
             .unwrap_or_default();
-        field("approval:", format!("{} at {}{via}{c}", a.by, a.at));
+        field("approval:", format!("{} at {}{via}{c}", a.who(), a.at));
     }
     if !g.input_names.is_empty() {
         let names: Vec<String> = g
@@ -236,7 +236,7 @@ pub fn gate(g: &GateView) -> String {
             .unwrap_or_default();
         field(
             "pushed back:",
-            format!("by {} at {} (iteration {}){c}", p.by, p.at, p.iteration),
+            format!("by {} at {} (iteration {}){c}", p.who(), p.at, p.iteration),
         );
     }
     if g.status.is_terminal() {
@@ -244,7 +244,7 @@ pub fn gate(g: &GateView) -> String {
             "decided:",
             format!(
                 "{} at {}",
-                g.decided_by.as_deref().unwrap_or("?"),
+                g.decider().as_deref().unwrap_or("?"),
                 g.decided_at.as_deref().unwrap_or("?")
             ),
         );
@@ -260,7 +260,7 @@ pub fn gate(g: &GateView) -> String {
 
 /// One line saying where a gate stands after a command.
 pub fn outcome(g: &GateView) -> String {
-    let by = g.decided_by.as_deref().unwrap_or("?");
+    let by = g.decider().unwrap_or_else(|| "?".into());
     match g.status {
         GateStatus::Approved => format!("gate {} approved by {by}", g.id),
         GateStatus::Denied => format!(

@@ -165,6 +165,7 @@ mod tests {
             approved_by: None,
             approved_at: None,
             decided_by: None,
+            decided_for: None,
             decided_at: None,
             reason: None,
             timed_out: false,

@@ -7,7 +7,7 @@ use async_nats::HeaderMap;
 use moira_client::Client;
 use moira_protocol::command::{Format, Reply};
 use moira_protocol::event::{Decoded, GateEvent};
-use moira_protocol::gate::{apply, decide, Context, Decision};
+use moira_protocol::gate::{apply, decide, Context, Decision, Deputy};
 use moira_protocol::time::now_ms;
 use moira_protocol::wire::{Verb, GATE_CHECK, HDR_CONTENT_TYPE};
 use moira_protocol::{Command, CommandError, ErrorCode, GateId, GateState, GateView};
@@ -149,7 +149,7 @@ impl Handler {
             };
             let service = moira_protocol::wire::is_service_subject(subject);
             let now = now_ms();
-            let signer = match self.check_signature(
+            let (signer, deputy) = match self.check_signature(
                 &registry,
                 &cmd,
                 gate_id,
@@ -175,6 +175,7 @@ impl Handler {
                 signer,
                 registry: Some(registry.revision().to_string()),
                 prev: last_digest,
+                deputy,
             };
             let events = match decide(state.as_ref(), &cmd, &ctx) {
                 // Never refuse on a state that may be stale: confirm first.
@@ -270,7 +271,8 @@ impl Handler {
     }
 
     /// Checks the command's signature, if it has one or must have one;
-    /// returns the fingerprint of the key that signed.
+    /// returns the fingerprint of the key that signed and, for a deputy's
+    /// decision, what their certificate lets them do.
     fn check_signature(
         &self,
         registry: &Registry,
@@ -279,14 +281,14 @@ impl Handler {
         state: Option<&GateState>,
         service: bool,
         now: u64,
-    ) -> Result<Option<String>, CommandError> {
+    ) -> Result<(Option<String>, Option<Deputy>), CommandError> {
         // An unknown way is refused before any key is looked at.
         if let Some(via) = cmd.via() {
             moira_protocol::gate::check_via(via)?;
         }
         let Some(sig) = cmd.signature() else {
             return match (self.signatures, service) {
-                (Signatures::Off, _) => Ok(None),
+                (Signatures::Off, _) => Ok((None, None)),
                 (Signatures::Require, false) => Err(err(
                     ErrorCode::Unsigned,
                     "this gate-keeper requires signed commands: sign with your SSH key (--key FILE, or --agent)",
@@ -314,24 +316,50 @@ impl Handler {
         moira_service::verify::check_fresh(at, now)?;
         // A decision on a missing gate: let decide say "not found".
         let Some(about) = moira_protocol::statement::About::of(cmd, gate_id, state) else {
-            return Ok(None);
+            return Ok((None, None));
         };
         // A retry of a command already applied was checked when it was
         // applied (a push-back since moved the iteration): decide answers it.
         if state.is_some_and(|s| s.applied.iter().any(|(applied, _)| *applied == id)) {
-            return Ok(None);
+            return Ok((None, None));
         }
         let bytes = moira_protocol::statement::statement(cmd, &about, id, at);
-        let key = moira_client::signing::verify(&bytes, sig)
+        let signed = moira_client::signing::verify_signed(&bytes, sig)
             .map_err(|e| err(ErrorCode::BadSignature, e.to_string()))?;
+        let key = signed.key;
         let fp = moira_client::signing::fingerprint(&key);
+        // A deputy: the certificate is checked at the gate-keeper's clock.
+        match (signed.certificate, cmd.on_behalf_of()) {
+            (Some(cert), Some(user)) if !service => {
+                let deputy = registry
+                    .check_deputy(cmd.actor(), user, &key, &cert, now / 1000)
+                    .map_err(|why| err(ErrorCode::WrongKey, why))?;
+                return Ok((Some(fp), Some(deputy)));
+            }
+            (Some(_), _) => {
+                return Err(err(
+                    ErrorCode::BadSignature,
+                    "the signature carries a certificate, which only a deputy's decision does: \
+                     name whom you act for (--for USER), or sign with your own key",
+                ))
+            }
+            (None, Some(user)) => {
+                return Err(err(
+                    ErrorCode::WrongKey,
+                    format!(
+                        "acting for {user} needs a signature made with the certificate {user} gave you (--key bob-cert.pub)"
+                    ),
+                ))
+            }
+            (None, None) => {}
+        }
         // moira-web signs with its own key for a person it authenticated:
         // that counts only as far as the registry says.
         if let Some(via) = cmd.via() {
             registry
                 .check_attested(cmd.actor(), via, &key)
                 .map_err(|why| err(ErrorCode::WrongKey, why))?;
-            return Ok(Some(fp));
+            return Ok((Some(fp), None));
         }
         // On the services' subject a runner signs for the run's submitter
         // (its gate opens) or as itself: its own service key counts.
@@ -351,7 +379,7 @@ impl Handler {
                 format!("the key {fp} is not {whose} in the approvers registry"),
             ));
         }
-        Ok(Some(fp))
+        Ok((Some(fp), None))
     }
 
     /// A check: the gate as the stream holds it now (never the cache), and

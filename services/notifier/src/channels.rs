@@ -213,7 +213,7 @@ pub fn body(n: &Notification) -> String {
         if let Some(v) = &g.valid_for {
             out += &format!("An approval holds for {v}\n");
         }
-        if let Some(by) = &g.decided_by {
+        if let Some(by) = g.decider() {
             out += &format!("Decided by: {by}\n");
         }
         if let Some(r) = &g.reason {
@@ -562,6 +562,7 @@ mod tests {
             registry: None,
             prev: None,
             via: None,
+            on_behalf_of: None,
         }])
         .expect("a gate");
         let n = crate::Notification {

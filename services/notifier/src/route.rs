@@ -98,7 +98,10 @@ pub(crate) fn targets(
         None => (&g.approvers.users, &g.approvers.roles),
     };
     for user in registry.approvers_of(users, roles) {
-        let done = g.approvals.iter().any(|a| a.by == user);
+        let done = g
+            .approvals
+            .iter()
+            .any(|a| a.by == user || a.on_behalf_of.as_deref() == Some(user.as_str()));
         if done || (!g.allow_self_approval && user == g.requested_by) {
             continue;
         }

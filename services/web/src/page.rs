@@ -537,7 +537,7 @@ fn gate_detail(g: &GateView, t: &Trail) -> Markup {
                     "), then " (format!("{:?}", g.on_timeout).to_lowercase())
                 }
             }
-            @if let Some(by) = &g.decided_by {
+            @if let Some(by) = g.decider() {
                 dt { "Decided by" } dd { (by) @if let Some(at) = &g.decided_at { " at " time datetime=(at) { (at) } } }
             }
             @if let Some(r) = &g.reason { dt { "Reason" } dd { (visible(r)) } }
@@ -554,7 +554,7 @@ fn gate_detail(g: &GateView, t: &Trail) -> Markup {
                 tr { th { "Who" } th { "When" } th { "Comment" } th { "Signature" } }
                 @for (i, a) in g.approvals.iter().enumerate() {
                     @let nth = g.approvals[..i].iter().filter(|p| p.by == a.by).count();
-                    tr { td { (a.by) } td { time datetime=(a.at) { (a.at) } }
+                    tr { td { (a.who()) } td { time datetime=(a.at) { (a.at) } }
                          td { (visible(a.comment.as_deref().unwrap_or(""))) } td { (t.approval(&a.by, nth, a.via.as_deref())) } }
                 }
             }
@@ -569,7 +569,7 @@ fn gate_detail(g: &GateView, t: &Trail) -> Markup {
                 tr { th { "Who" } th { "When" } th { "Iteration" } th { "Comment" } th { "Inputs" } th { "Signature" } }
                 @for (i, p) in g.push_backs.iter().enumerate() {
                     @let nth = g.push_backs[..i].iter().filter(|q| q.by == p.by).count();
-                    tr { td { (p.by) } td { time datetime=(p.at) { (p.at) } } td { (p.iteration) }
+                    tr { td { (p.who()) } td { time datetime=(p.at) { (p.at) } } td { (p.iteration) }
                          td { (visible(p.comment.as_deref().unwrap_or(""))) }
                          td { @for (k, val) in &p.inputs { code { (visible(k)) "=" (visible(val)) } " " } }
                          td { (t.push_back(&p.by, nth, p.via.as_deref())) } }

@@ -87,7 +87,7 @@ pub struct OpenGate {
 /// [`Common`] for one command struct; only the gate id and `via` differ
 /// between an open and a decision.
 macro_rules! impl_common {
-    ($name:ident, gate_id = |$g:ident| $gate:expr, via = |$v:ident| $via:expr, via_mut = |$m:ident| $via_mut:expr) => {
+    ($name:ident, gate_id = |$g:ident| $gate:expr, via = |$v:ident| $via:expr, via_mut = |$m:ident| $via_mut:expr, on_behalf_of = |$o:ident| $for:expr) => {
         impl Common for $name {
             fn id(&self) -> Option<CommandId> {
                 self.id
@@ -112,6 +112,10 @@ macro_rules! impl_common {
             fn via(&self) -> Option<&str> {
                 let $v = self;
                 $via
+            }
+            fn on_behalf_of(&self) -> Option<&str> {
+                let $o = self;
+                $for
             }
             fn encode(&self, format: Format) -> Vec<u8> {
                 format.encode(self)
@@ -149,13 +153,20 @@ macro_rules! decision_command {
             /// says whether the actor accepts decisions made this way.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub via: Option<String>,
+            /// Set when the actor decides as a deputy of another user: the
+            /// user whose OpenSSH certificate (signed with one of their
+            /// registered keys) the signature carries. The statement covers
+            /// it; unsigned, or signed without that certificate, it is refused.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub on_behalf_of: Option<String>,
         }
 
         impl_common!(
             $name,
             gate_id = |c| Some(c.gate_id),
             via = |c| c.via.as_deref(),
-            via_mut = |c| Some(&mut c.via)
+            via_mut = |c| Some(&mut c.via),
+            on_behalf_of = |c| c.on_behalf_of.as_deref()
         );
     };
 }
@@ -191,6 +202,8 @@ trait Common {
     /// `None` for a command that cannot be attested (opening a gate).
     fn via_mut(&mut self) -> Option<&mut Option<String>>;
     fn via(&self) -> Option<&str>;
+    /// `None` for a command no deputy can send (opening a gate).
+    fn on_behalf_of(&self) -> Option<&str>;
     fn encode(&self, format: Format) -> Vec<u8>;
 }
 
@@ -198,7 +211,8 @@ impl_common!(
     OpenGate,
     gate_id = |c| c.gate_id,
     via = |_c| None,
-    via_mut = |_c| None
+    via_mut = |_c| None,
+    on_behalf_of = |_c| None
 );
 
 // One short-lived value per request, so the open variant's size is no cost.
@@ -284,6 +298,11 @@ impl Command {
 
     pub fn signature(&self) -> Option<&String> {
         self.common().signature().0
+    }
+
+    /// The user a deputy decides for, if the actor acts as one.
+    pub fn on_behalf_of(&self) -> Option<&str> {
+        self.common().on_behalf_of()
     }
 
     /// Encodes the body for `verb().subject()`.

@@ -98,6 +98,7 @@ proptest! {
             registry: None,
             prev: None,
             via: None,
+            on_behalf_of: None,
         };
         let bytes = env.encode();
         match Envelope::decode(&bytes) {

@@ -59,6 +59,10 @@ pub struct Envelope {
     /// service's key, not the actor's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// For a decision a deputy made under another user's certificate: that
+    /// user (`actor` is the deputy, `signer` the deputy's key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
 }
 
 /// What a gate does when its deadline passes.
@@ -289,6 +293,7 @@ mod tests {
             registry: None,
             prev: None,
             via: None,
+            on_behalf_of: None,
         }
     }
 

@@ -79,6 +79,24 @@ pub struct Approval {
     /// How a service authenticated the approver, when the service signed
     /// for them (`key` is then the service's).
     pub via: Option<String>,
+    /// The user `by` approved for, as their deputy (`key` is the deputy's).
+    pub on_behalf_of: Option<String>,
+}
+
+impl Approval {
+    /// Whether `person` took part in this approval, as the approver or as
+    /// the user a deputy approved for.
+    pub fn involves(&self, person: &str) -> bool {
+        self.by == person || self.on_behalf_of.as_deref() == Some(person)
+    }
+
+    /// "bob" or "bob for alice".
+    pub fn who(&self) -> String {
+        match &self.on_behalf_of {
+            Some(u) => format!("{} for {u}", self.by),
+            None => self.by.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +109,8 @@ pub struct PushBack {
     pub iteration: u32,
     /// As [`Approval::via`].
     pub via: Option<String>,
+    /// As [`Approval::on_behalf_of`].
+    pub on_behalf_of: Option<String>,
 }
 
 /// The folded state of one gate.
@@ -112,6 +132,8 @@ pub struct GateState {
     pub approved_by: Option<String>,
     pub approved_at: Option<u64>,
     pub decided_by: Option<String>,
+    /// The user `decided_by` decided for, as their deputy.
+    pub decided_for: Option<String>,
     pub decided_at: Option<u64>,
     pub reason: Option<String>,
     /// True when the gate ended because its deadline passed.
@@ -346,6 +368,67 @@ pub struct Context {
     pub registry: Option<String>,
     /// The digest of the gate's last stored message (the hash chain).
     pub prev: Option<String>,
+    /// Set when the actor decides as a deputy and the signature's
+    /// certificate was checked: for whom, and how far.
+    pub deputy: Option<Deputy>,
+}
+
+/// What a delegation certificate lets its holder do for a user: act as
+/// them (their name and all their roles), or only in some of their roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deputy {
+    /// The user the deputy acts for.
+    pub user: String,
+    /// The certificate names the user without a role (`moira:alice`): the
+    /// deputy counts where the gate names the user.
+    pub as_user: bool,
+    /// The user's roles the deputy may act in (all of them when `as_user`).
+    pub roles: Vec<String>,
+}
+
+/// Who a decision counts as: the actor, or the user a deputy acts for.
+struct Acting<'a> {
+    /// Matched against the users a gate names (`None`: a deputy limited to
+    /// roles matches no name).
+    name: Option<&'a str>,
+    roles: &'a [String],
+    /// For messages: "bob" or "bob for alice".
+    shown: String,
+}
+
+impl<'a> Acting<'a> {
+    fn of(
+        actor: &'a str,
+        on_behalf_of: Option<&str>,
+        ctx: &'a Context,
+    ) -> Result<Acting<'a>, Rejection> {
+        let Some(user) = on_behalf_of else {
+            return Ok(Acting {
+                name: Some(actor),
+                roles: &ctx.actor_roles,
+                shown: actor.to_string(),
+            });
+        };
+        match &ctx.deputy {
+            Some(d) if d.user == user => Ok(Acting {
+                name: d.as_user.then_some(d.user.as_str()),
+                roles: &d.roles,
+                shown: format!("{actor} for {user}"),
+            }),
+            _ => Err(reject(
+                ErrorCode::NotAllowed,
+                format!(
+                    "{actor} says they act for {}, but the command is not signed with a                      certificate from that user's key; sign with the certificate they gave you",
+                    user.chars().take(64).collect::<String>()
+                ),
+            )),
+        }
+    }
+
+    fn accepted_by(&self, users: &[String], roles: &[String]) -> bool {
+        self.name.is_some_and(|n| users.iter().any(|u| u == n))
+            || self.roles.iter().any(|r| roles.contains(r))
+    }
 }
 
 /// The outcome of deciding a command.
@@ -369,6 +452,21 @@ pub fn decide(
     }
     if let Some(via) = cmd.via() {
         check_via(via)?;
+    }
+    if let Some(user) = cmd.on_behalf_of() {
+        check_actor(user)?;
+        if user == cmd.actor() {
+            return Err(reject(
+                ErrorCode::BadRequest,
+                "a deputy acts for someone else; leave on_behalf_of out to act as yourself",
+            ));
+        }
+        if cmd.via().is_some() {
+            return Err(reject(
+                ErrorCode::BadRequest,
+                "a deputy signs their own decisions; on_behalf_of cannot come with via",
+            ));
+        }
     }
     // An open is compared by its definition below.
     if let (Some(state), false) = (state, matches!(cmd, Command::Open(_))) {
@@ -404,6 +502,7 @@ pub fn decide(
         registry: ctx.registry.clone(),
         prev: ctx.prev.clone(),
         via: cmd.via().map(str::to_string),
+        on_behalf_of: cmd.on_behalf_of().map(str::to_string),
     };
     let event = match cmd {
         Command::Open(c) => {
@@ -501,14 +600,12 @@ fn open_gate(state: Option<&GateState>) -> Result<&GateState, Rejection> {
     Ok(state)
 }
 
-fn may_decide(state: &GateState, actor: &str, roles: &[String]) -> Result<(), Rejection> {
+fn may_decide(state: &GateState, who: &Acting) -> Result<(), Rejection> {
     let a = &state.spec.approvers;
-    if a.is_open()
-        || a.users.iter().any(|u| u == actor)
-        || roles.iter().any(|r| a.roles.contains(r))
-    {
+    if a.is_open() || who.accepted_by(&a.users, &a.roles) {
         return Ok(());
     }
+    let actor = &who.shown;
     let mut who = Vec::new();
     if !a.users.is_empty() {
         who.push(format!("users {}", a.users.join(", ")));
@@ -528,17 +625,21 @@ fn may_decide(state: &GateState, actor: &str, roles: &[String]) -> Result<(), Re
 
 /// With stages, only the current stage's approvers may approve now; one
 /// of a later stage is told to wait for the earlier ones.
-fn check_stage(state: &GateState, actor: &str, roles: &[String]) -> Result<(), Rejection> {
+fn check_stage(state: &GateState, who: &Acting) -> Result<(), Rejection> {
     let stages = &state.spec.stages;
     let Some(now) = crate::stages::current(state) else {
         return Ok(());
     };
-    if stages[now].accepts(actor, roles) {
+    let accepts = |s: &crate::stages::Stage| {
+        (s.users.is_empty() && s.roles.is_empty()) || who.accepted_by(&s.users, &s.roles)
+    };
+    if accepts(&stages[now]) {
         return Ok(());
     }
+    let actor = &who.shown;
     let n = now + 1;
     let have = crate::stages::progress(stages, &state.approvals)[now].len();
-    match stages.iter().skip(n).position(|s| s.accepts(actor, roles)) {
+    match stages.iter().skip(n).position(accepts) {
         Some(later) => Err(reject(
             ErrorCode::OutOfOrder,
             format!(
@@ -594,24 +695,42 @@ fn decide_approve(
     c: &ApproveGate,
     ctx: &Context,
 ) -> Result<GateEvent, Rejection> {
-    may_decide(state, &c.actor, &ctx.actor_roles)?;
-    check_stage(state, &c.actor, &ctx.actor_roles)?;
-    if !state.spec.allow_self_approval && c.actor == state.requested_by {
+    let who = Acting::of(&c.actor, c.on_behalf_of.as_deref(), ctx)?;
+    may_decide(state, &who)?;
+    check_stage(state, &who)?;
+    // The deputy and the user they act for are both people here: neither
+    // may approve a gate they opened, nor count twice.
+    let persons: Vec<&str> = std::iter::once(c.actor.as_str())
+        .chain(c.on_behalf_of.as_deref())
+        .collect();
+    if !state.spec.allow_self_approval && persons.contains(&state.requested_by.as_str()) {
         return Err(reject(
             ErrorCode::NotAllowed,
             format!(
-                "{} opened gate {} and it forbids self-approval; another approver must approve it",
-                c.actor, state.id
+                "{} opened gate {} and it forbids self-approval; another approver must approve it{}",
+                state.requested_by,
+                state.id,
+                if c.on_behalf_of.is_some() {
+                    format!(" ({} cannot approve it for them or as their deputy)", who.shown)
+                } else {
+                    String::new()
+                }
             ),
         ));
     }
-    if state.approvals.iter().any(|a| a.by == c.actor) {
+    if let Some(a) = state
+        .approvals
+        .iter()
+        .find(|a| persons.iter().any(|p| a.involves(p)))
+    {
         let left = state.spec.approvals_required as usize - state.approvals.len();
         return Err(reject(
             ErrorCode::NotAllowed,
             format!(
-                "{} already approved gate {}; {left} more approval(s) needed from others",
-                c.actor, state.id
+                "{} already approved gate {} ({}); {left} more approval(s) needed from others",
+                who.shown,
+                state.id,
+                a.who()
             ),
         ));
     }
@@ -668,7 +787,10 @@ fn decide_approve(
 }
 
 fn decide_deny(state: &GateState, c: &DenyGate, ctx: &Context) -> Result<GateEvent, Rejection> {
-    may_decide(state, &c.actor, &ctx.actor_roles)?;
+    may_decide(
+        state,
+        &Acting::of(&c.actor, c.on_behalf_of.as_deref(), ctx)?,
+    )?;
     if c.reason.trim().is_empty() {
         return Err(reject(ErrorCode::BadRequest, "a denial needs a reason"));
     }
@@ -683,7 +805,10 @@ fn decide_push_back(
     c: &PushBackGate,
     ctx: &Context,
 ) -> Result<GateEvent, Rejection> {
-    may_decide(state, &c.actor, &ctx.actor_roles)?;
+    may_decide(
+        state,
+        &Acting::of(&c.actor, c.on_behalf_of.as_deref(), ctx)?,
+    )?;
     if state.push_backs.len() >= MAX_PUSH_BACKS {
         return Err(reject(
             ErrorCode::TooLarge,
@@ -705,6 +830,12 @@ fn decide_push_back(
 }
 
 fn decide_cancel(state: &GateState, c: &CancelGate, ctx: &Context) -> Result<GateEvent, Rejection> {
+    if c.on_behalf_of.is_some() {
+        return Err(reject(
+            ErrorCode::NotAllowed,
+            "a deputy approves, denies or pushes back for the user they cover; cancel as yourself",
+        ));
+    }
     let a = &state.spec.approvers;
     // A run's gates are cancelled by the runner that checked the run
     // cancel against the run's own policy.
@@ -927,6 +1058,7 @@ pub fn timed_out_event(gate_id: GateId, timeout_at: u64, spec: &GateSpec) -> Env
         registry: None,
         prev: None,
         via: None,
+        on_behalf_of: None,
     }
 }
 
@@ -971,6 +1103,7 @@ fn opened(
         approved_by: None,
         approved_at: None,
         decided_by: None,
+        decided_for: None,
         decided_at: None,
         reason: None,
         timed_out: false,
@@ -1005,6 +1138,7 @@ pub fn apply(state: &mut Option<GateState>, env: &Envelope) {
         comment: comment.clone(),
         key: env.signer.clone(),
         via: env.via.clone(),
+        on_behalf_of: env.on_behalf_of.clone(),
     };
     match &env.event {
         GateEvent::GateOpened { .. } => {}
@@ -1019,12 +1153,14 @@ pub fn apply(state: &mut Option<GateState>, env: &Envelope) {
             s.approved_by = Some(env.actor.clone());
             s.approved_at = Some(env.at);
             s.decided_by = Some(env.actor.clone());
+            s.decided_for = env.on_behalf_of.clone();
             s.decided_at = Some(env.at);
         }
         GateEvent::GateDenied { reason } => {
             s.status = GateStatus::Denied;
             s.reason = Some(reason.clone());
             s.decided_by = Some(env.actor.clone());
+            s.decided_for = env.on_behalf_of.clone();
             s.decided_at = Some(env.at);
         }
         GateEvent::GatePushedBack { comment, inputs } => {
@@ -1035,6 +1171,7 @@ pub fn apply(state: &mut Option<GateState>, env: &Envelope) {
                 inputs: inputs.clone(),
                 iteration: s.iteration,
                 via: env.via.clone(),
+                on_behalf_of: env.on_behalf_of.clone(),
             });
             s.iteration += 1;
             s.approvals.clear();

@@ -82,6 +82,7 @@ fn ctx(command_id: CommandId, gate: GateId, now: u64) -> Context {
         signer: None,
         registry: None,
         prev: None,
+        deputy: None,
     }
 }
 

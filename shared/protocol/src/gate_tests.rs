@@ -22,6 +22,7 @@ fn ctx(roles: &[&str]) -> Context {
         signer: None,
         registry: None,
         prev: None,
+        deputy: None,
     }
 }
 
@@ -687,4 +688,191 @@ fn stages_approve_in_order_and_a_push_back_starts_them_again() {
     };
     let e = crate::gate::spec_from(&both, &Policy::dev()).expect_err("both");
     assert!(e.message.contains("not both"), "{}", e.message);
+}
+
+impl Given {
+    /// `actor` approving as `user`'s deputy, with the certificate checked.
+    fn as_deputy(
+        &self,
+        actor: &str,
+        user: &str,
+        deputy: Option<Deputy>,
+    ) -> Result<Decision, Rejection> {
+        let mut cx = ctx(&[]);
+        cx.new_gate_id = self.gate;
+        cx.deputy = deputy;
+        let cmd = Command::Approve(ApproveGate {
+            gate_id: self.gate,
+            actor: actor.into(),
+            on_behalf_of: Some(user.into()),
+            ..Default::default()
+        });
+        decide(self.state.as_ref(), &cmd, &cx)
+    }
+
+    fn deputy_ok(&mut self, actor: &str, user: &str, deputy: Deputy) {
+        match self.as_deputy(actor, user, Some(deputy)) {
+            Ok(Decision::Append(events)) => {
+                for e in &events {
+                    apply(&mut self.state, e);
+                }
+            }
+            other => panic!("expected events, got {other:?}"),
+        }
+    }
+}
+
+fn covers(user: &str, as_user: bool, roles: &[&str]) -> Deputy {
+    Deputy {
+        user: user.into(),
+        as_user,
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+    }
+}
+
+fn code(r: Result<Decision, Rejection>) -> ErrorCode {
+    match r {
+        Err(e) => e.code,
+        Ok(d) => panic!("expected a refusal, got {d:?}"),
+    }
+}
+
+#[test]
+fn a_deputy_counts_where_the_gate_names_the_user_they_cover_and_is_recorded_as_such() {
+    let mut g = open(OpenGate {
+        approvers: vec!["alice".into()],
+        actor: "carol".into(),
+        ..basic()
+    });
+    // bob alone is no approver of this gate.
+    assert_eq!(g.refused(g.approve("bob"), &[]), ErrorCode::NotAllowed);
+    g.deputy_ok("bob", "alice", covers("alice", true, &[]));
+    let s = g.state();
+    assert_eq!(s.status, GateStatus::Approved);
+    assert_eq!(s.approvals[0].by, "bob");
+    assert_eq!(s.approvals[0].on_behalf_of.as_deref(), Some("alice"));
+    assert_eq!(s.approvals[0].who(), "bob for alice");
+    assert_eq!(s.decided_for.as_deref(), Some("alice"));
+}
+
+#[test]
+fn a_deputy_without_a_checked_certificate_or_for_another_user_is_refused() {
+    let g = open(OpenGate {
+        approvers: vec!["alice".into()],
+        actor: "carol".into(),
+        ..basic()
+    });
+    assert_eq!(
+        code(g.as_deputy("bob", "alice", None)),
+        ErrorCode::NotAllowed
+    );
+    // The certificate checked was dan's, not alice's.
+    assert_eq!(
+        code(g.as_deputy("bob", "alice", Some(covers("dan", true, &[])))),
+        ErrorCode::NotAllowed
+    );
+    // Acting for oneself is not delegation.
+    assert_eq!(
+        code(g.as_deputy("alice", "alice", Some(covers("alice", true, &[])))),
+        ErrorCode::BadRequest
+    );
+}
+
+#[test]
+fn a_deputy_limited_to_a_role_does_not_count_where_the_gate_names_the_user() {
+    let mut g = open(OpenGate {
+        approvers: vec!["alice".into()],
+        actor: "carol".into(),
+        ..basic()
+    });
+    assert_eq!(
+        code(g.as_deputy("bob", "alice", Some(covers("alice", false, &["owner"])))),
+        ErrorCode::NotAllowed
+    );
+    let mut by_role = open(OpenGate {
+        roles: vec!["owner".into()],
+        actor: "carol".into(),
+        ..basic()
+    });
+    by_role.deputy_ok("bob", "alice", covers("alice", false, &["owner"]));
+    assert_eq!(by_role.state().status, GateStatus::Approved);
+    g.deputy_ok("bob", "alice", covers("alice", true, &["owner"]));
+}
+
+#[test]
+fn a_deputy_cannot_approve_their_own_gate_nor_the_covered_users_gate() {
+    // bob opened it: bob covering alice is still bob approving his own gate.
+    let g = open(OpenGate {
+        approvers: vec!["alice".into()],
+        actor: "bob".into(),
+        allow_self_approval: Some(false),
+        ..basic()
+    });
+    assert_eq!(
+        code(g.as_deputy("bob", "alice", Some(covers("alice", true, &[])))),
+        ErrorCode::NotAllowed
+    );
+    // alice opened it: her deputy cannot approve it for her either.
+    let g = open(OpenGate {
+        approvers: vec!["alice".into(), "dan".into()],
+        actor: "alice".into(),
+        allow_self_approval: Some(false),
+        ..basic()
+    });
+    assert_eq!(
+        code(g.as_deputy("bob", "alice", Some(covers("alice", true, &[])))),
+        ErrorCode::NotAllowed
+    );
+}
+
+#[test]
+fn a_deputy_and_the_user_they_cover_count_once_between_them() {
+    let two = || OpenGate {
+        approvers: vec!["alice".into(), "bob".into(), "dan".into()],
+        approvals: Some(2),
+        actor: "carol".into(),
+        ..basic()
+    };
+    // bob as himself, then bob for alice: bob would count twice.
+    let mut g = open(two());
+    g.when_ok(g.approve("bob"), &[]);
+    assert_eq!(
+        code(g.as_deputy("bob", "alice", Some(covers("alice", true, &[])))),
+        ErrorCode::NotAllowed
+    );
+    // alice herself, then bob for alice: alice would count twice.
+    let mut g = open(two());
+    g.when_ok(g.approve("alice"), &[]);
+    assert_eq!(
+        code(g.as_deputy("bob", "alice", Some(covers("alice", true, &[])))),
+        ErrorCode::NotAllowed
+    );
+    // bob for alice, then alice or bob: refused; dan completes it.
+    let mut g = open(two());
+    g.deputy_ok("bob", "alice", covers("alice", true, &[]));
+    assert_eq!(g.refused(g.approve("alice"), &[]), ErrorCode::NotAllowed);
+    assert_eq!(g.refused(g.approve("bob"), &[]), ErrorCode::NotAllowed);
+    g.when_ok(g.approve("dan"), &[]);
+    assert_eq!(g.state().status, GateStatus::Approved);
+}
+
+#[test]
+fn a_deputy_cannot_cancel_for_the_user_they_cover() {
+    let g = open(OpenGate {
+        approvers: vec!["alice".into()],
+        actor: "carol".into(),
+        ..basic()
+    });
+    let mut cx = ctx(&[]);
+    cx.deputy = Some(covers("alice", true, &[]));
+    let cmd = Command::Cancel(CancelGate {
+        gate_id: g.gate,
+        actor: "bob".into(),
+        on_behalf_of: Some("alice".into()),
+        ..Default::default()
+    });
+    assert_eq!(
+        code(decide(g.state.as_ref(), &cmd, &cx)),
+        ErrorCode::NotAllowed
+    );
 }

@@ -76,7 +76,8 @@ pub struct StageView {
     pub users: Vec<String>,
     pub roles: Vec<String>,
     pub count: u32,
-    /// Who approved in this stage, this iteration.
+    /// Who approved in this stage, this iteration ("bob", or "bob for
+    /// alice" for a deputy).
     pub approved_by: Vec<String>,
     pub met: bool,
 }
@@ -112,7 +113,7 @@ pub fn views(state: &GateState) -> Vec<StageView> {
             roles: s.roles.clone(),
             count: s.count,
             met: got.len() >= s.count as usize,
-            approved_by: got.into_iter().map(|a| a.by.clone()).collect(),
+            approved_by: got.into_iter().map(Approval::who).collect(),
         })
         .collect()
 }
@@ -182,6 +183,7 @@ mod tests {
             comment: None,
             key: None,
             via: None,
+            on_behalf_of: None,
         }
     }
 

@@ -72,6 +72,9 @@ struct Predicate<'a> {
     gate_id: String,
     inputs: &'a BTreeMap<String, String>,
     iteration: u32,
+    /// Only in a deputy's statement: the user they decide for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on_behalf_of: Option<&'a str>,
     reason: Option<&'a str>,
     verb: &'static str,
     /// Only in a statement a service signs for the actor (moira-web): how
@@ -169,6 +172,7 @@ pub fn recorded(state: Option<&GateState>, env: &Envelope) -> Option<(Command, A
     let actor = env.actor.clone();
     let gate_id = env.gate_id;
     let via = env.via.clone();
+    let on_behalf_of = env.on_behalf_of.clone();
     let cmd = match &env.event {
         GateEvent::GateOpened { spec, .. } => {
             let about = About {
@@ -227,6 +231,7 @@ pub fn recorded(state: Option<&GateState>, env: &Envelope) -> Option<(Command, A
                 comment: comment.clone(),
                 inputs: inputs.clone(),
                 via: via.clone(),
+                on_behalf_of: on_behalf_of.clone(),
                 ..Default::default()
             })
         }
@@ -235,6 +240,7 @@ pub fn recorded(state: Option<&GateState>, env: &Envelope) -> Option<(Command, A
             actor,
             reason: reason.clone(),
             via: via.clone(),
+            on_behalf_of: on_behalf_of.clone(),
             ..Default::default()
         }),
         GateEvent::GatePushedBack { comment, inputs } => {
@@ -244,6 +250,7 @@ pub fn recorded(state: Option<&GateState>, env: &Envelope) -> Option<(Command, A
                 comment: comment.clone(),
                 inputs: inputs.clone(),
                 via: via.clone(),
+                on_behalf_of: on_behalf_of.clone(),
                 ..Default::default()
             })
         }
@@ -252,6 +259,7 @@ pub fn recorded(state: Option<&GateState>, env: &Envelope) -> Option<(Command, A
             actor,
             reason: reason.clone(),
             via: via.clone(),
+            on_behalf_of: on_behalf_of.clone(),
             ..Default::default()
         }),
         GateEvent::GateTimedOut { .. } => return None,
@@ -281,6 +289,7 @@ pub fn statement(cmd: &Command, about: &About, command_id: CommandId, at: u64) -
             gate_id: about.gate_id.to_string(),
             inputs,
             iteration: about.iteration,
+            on_behalf_of: cmd.on_behalf_of(),
             reason,
             verb: cmd.verb().as_str(),
             via: cmd.via(),
@@ -320,6 +329,7 @@ pub fn timeout_statement(fired: &Envelope, opened_digest: &str) -> Vec<u8> {
             gate_id: fired.gate_id.to_string(),
             inputs: &empty,
             iteration: 0,
+            on_behalf_of: None,
             reason: None,
             verb: "timeout",
             via: None,

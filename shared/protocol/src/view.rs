@@ -23,6 +23,24 @@ pub struct ApprovalView {
     /// (`key` is then moira-web's key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// The user `by` approved for, as their deputy (`key` is the deputy's
+    /// key, carrying that user's certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
+}
+
+impl ApprovalView {
+    /// "bob", or "bob for alice" for a deputy.
+    pub fn who(&self) -> String {
+        deputy_text(&self.by, self.on_behalf_of.as_deref())
+    }
+}
+
+fn deputy_text(by: &str, on_behalf_of: Option<&str>) -> String {
+    match on_behalf_of {
+        Some(u) => format!("{by} for {u}"),
+        None => by.to_string(),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +53,8 @@ pub struct PushBackView {
     pub iteration: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +83,9 @@ pub struct GateView {
     pub approved_by: Option<String>,
     pub approved_at: Option<String>,
     pub decided_by: Option<String>,
+    /// The user `decided_by` decided for, as their deputy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_for: Option<String>,
     pub decided_at: Option<String>,
     pub reason: Option<String>,
     pub timed_out: bool,
@@ -179,6 +202,22 @@ impl GateView {
     }
 }
 
+impl PushBackView {
+    /// As [`ApprovalView::who`].
+    pub fn who(&self) -> String {
+        deputy_text(&self.by, self.on_behalf_of.as_deref())
+    }
+}
+
+impl GateView {
+    /// Who decided the gate ("bob", or "bob for alice"), once decided.
+    pub fn decider(&self) -> Option<String> {
+        self.decided_by
+            .as_deref()
+            .map(|by| deputy_text(by, self.decided_for.as_deref()))
+    }
+}
+
 impl From<&GateState> for GateView {
     fn from(s: &GateState) -> Self {
         GateView::from(s.clone())
@@ -222,11 +261,13 @@ impl From<GateState> for GateView {
                     comment: a.comment,
                     key: a.key,
                     via: a.via,
+                    on_behalf_of: a.on_behalf_of,
                 })
                 .collect(),
             approved_by: s.approved_by,
             approved_at: s.approved_at.map(rfc3339),
             decided_by: s.decided_by,
+            decided_for: s.decided_for,
             decided_at: s.decided_at.map(rfc3339),
             reason: s.reason,
             timed_out: s.timed_out,
@@ -241,6 +282,7 @@ impl From<GateState> for GateView {
                     inputs: p.inputs,
                     iteration: p.iteration,
                     via: p.via,
+                    on_behalf_of: p.on_behalf_of,
                 })
                 .collect(),
             push_backs_omitted: 0,

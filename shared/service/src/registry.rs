@@ -23,6 +23,20 @@
 //! person's `attested` lists that way; otherwise only the person's own
 //! signature does. `dev` (anyone picks a name) can never be listed.
 //!
+//! A user may let a deputy decide for them with an OpenSSH certificate
+//! over the deputy's key, signed with one of the user's own keys:
+//! `ssh-keygen -s alice -I bob-covers -n moira:alice -V +7d bob.pub`. A
+//! principal `moira:alice` lets the deputy act as alice; `moira:alice:role=owner`
+//! only in alice's role owner. The deputy must be a user here, and the
+//! certificate must be over one of the deputy's own keys. `revoked` ends a
+//! certificate before it expires, by serial, key id or the deputy key's
+//! fingerprint:
+//!
+//! ```toml
+//! [users.alice]
+//! revoked = ["serial:7", "id:bob-covers", "SHA256:…"]
+//! ```
+//!
 //! A file without keys is valid; it only cannot back `--signatures require`.
 
 use std::collections::BTreeMap;
@@ -51,7 +65,50 @@ struct User {
     attested: Vec<String>,
     /// Where the notifier mails this user's own messages.
     email: Option<String>,
+    /// Certificates this user made that no longer count.
+    revoked: Vec<Revoked>,
 }
+
+/// One way to revoke a delegation certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Revoked {
+    Serial(u64),
+    KeyId(String),
+    /// The SHA-256 fingerprint of the deputy's key: every certificate over it.
+    Key(String),
+}
+
+impl Revoked {
+    fn parse(text: &str) -> Option<Revoked> {
+        if let Some(n) = text.strip_prefix("serial:") {
+            return n.parse().ok().map(Revoked::Serial);
+        }
+        if let Some(id) = text.strip_prefix("id:") {
+            return (!id.is_empty()).then(|| Revoked::KeyId(id.to_string()));
+        }
+        text.parse::<ssh_key::Fingerprint>()
+            .ok()
+            .filter(|f| f.algorithm() == ssh_key::HashAlg::Sha256)
+            .map(|f| Revoked::Key(f.to_string()))
+    }
+
+    fn matches(&self, cert: &ssh_key::Certificate) -> bool {
+        match self {
+            Revoked::Serial(n) => cert.serial() == *n,
+            Revoked::KeyId(id) => cert.key_id() == id,
+            Revoked::Key(fp) => {
+                cert.public_key()
+                    .fingerprint(ssh_key::HashAlg::Sha256)
+                    .to_string()
+                    == *fp
+            }
+        }
+    }
+}
+
+/// The principal prefix of a delegation certificate: `moira:<user>` or
+/// `moira:<user>:role=<role>`.
+pub const DEPUTY_PRINCIPAL: &str = "moira:";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +146,10 @@ struct UserFile {
     /// The user's e-mail address, for messages of their own.
     #[serde(default)]
     email: Option<String>,
+    /// Delegation certificates of this user's that no longer count:
+    /// `serial:N`, `id:KEY-ID`, or a deputy key's `SHA256:` fingerprint.
+    #[serde(default)]
+    revoked: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +230,17 @@ impl Registry {
                     ));
                 }
             }
+            let revoked = u
+                .revoked
+                .iter()
+                .map(|r| {
+                    Revoked::parse(r).ok_or_else(|| {
+                        format!(
+                            "users.{name}.revoked: '{r}' is not serial:N, id:KEY-ID or a SHA256: key fingerprint"
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
             users.insert(
                 name,
                 User {
@@ -177,6 +249,7 @@ impl Registry {
                     slack: u.slack,
                     attested: u.attested,
                     email: u.email,
+                    revoked,
                 },
             );
         }
@@ -228,6 +301,120 @@ impl Registry {
             ));
         }
         Ok(())
+    }
+
+    /// What a delegation certificate lets `actor` do for `user`, for a
+    /// decision signed at `at_secs` with the certificate's subject key
+    /// (`key`). It counts only if: one of `user`'s keys signed it, it is a
+    /// user certificate in its window, it has no critical options, it
+    /// names `moira:<user>` or `moira:<user>:role=<r>` for a role `user`
+    /// holds, `user` has not revoked it, and `key` is one of `actor`'s own
+    /// keys. The error says which of these fails.
+    pub fn check_deputy(
+        &self,
+        actor: &str,
+        user: &str,
+        key: &ssh_key::PublicKey,
+        cert: &ssh_key::Certificate,
+        at_secs: u64,
+    ) -> Result<moira_protocol::gate::Deputy, String> {
+        let fp = |k: &ssh_key::public::KeyData| k.fingerprint(ssh_key::HashAlg::Sha256);
+        let Some(owner) = self.users.get(user) else {
+            return Err(format!(
+                "{user} is not in the approvers registry, so no one can act for them"
+            ));
+        };
+        let cas: Vec<ssh_key::Fingerprint> = owner.keys.iter().map(|k| fp(k.key_data())).collect();
+        let ca = fp(cert.signature_key());
+        if !cas.contains(&ca) {
+            return Err(format!(
+                "the certificate was signed by the key {ca}, which is not one of {user}'s keys in the registry"
+            ));
+        }
+        if cert.valid_after() > at_secs || at_secs >= cert.valid_before() {
+            return Err(format!(
+                "the certificate is valid from {} until {}, not at {}",
+                moira_protocol::time::rfc3339(cert.valid_after().saturating_mul(1000)),
+                moira_protocol::time::rfc3339(cert.valid_before().saturating_mul(1000)),
+                moira_protocol::time::rfc3339(at_secs.saturating_mul(1000)),
+            ));
+        }
+        // The CA's signature over the certificate, its window and its CA, by
+        // ssh-key (the checks above only name what fails).
+        cert.validate_at(at_secs, &cas)
+            .map_err(|_| format!("the certificate's signature by {user}'s key does not verify"))?;
+        if let Some((name, _)) = cert.critical_options().iter().next() {
+            return Err(format!(
+                "the certificate has the critical option {}, which moira does not apply; make it without -O",
+                name.chars().take(64).collect::<String>()
+            ));
+        }
+        let mut as_user = false;
+        let mut scoped = Vec::new();
+        for p in cert.valid_principals() {
+            let Some(rest) = p.strip_prefix(DEPUTY_PRINCIPAL) else {
+                continue;
+            };
+            match rest.split_once(":role=") {
+                None if rest == user => as_user = true,
+                Some((u, role)) if u == user => scoped.push(role.to_string()),
+                _ => {}
+            }
+        }
+        if !as_user && scoped.is_empty() {
+            return Err(format!(
+                "the certificate names neither {DEPUTY_PRINCIPAL}{user} nor {DEPUTY_PRINCIPAL}{user}:role=ROLE as a principal (-n)"
+            ));
+        }
+        if let Some(r) = owner.revoked.iter().find(|r| r.matches(cert)) {
+            let how = match r {
+                Revoked::Serial(n) => format!("serial:{n}"),
+                Revoked::KeyId(id) => format!("id:{id}"),
+                Revoked::Key(k) => k.clone(),
+            };
+            return Err(format!(
+                "{user} revoked this certificate ({how} in [users.{user}] revoked)"
+            ));
+        }
+        if !self.has_key(actor, key) {
+            return Err(format!(
+                "the certificate is over the key {}, which is not one of {actor}'s keys in the registry; a deputy signs with their own key",
+                fp(key.key_data())
+            ));
+        }
+        let roles = if as_user {
+            owner.roles.clone()
+        } else {
+            let held: Vec<String> = scoped
+                .into_iter()
+                .filter(|r| owner.roles.contains(r))
+                .collect();
+            if held.is_empty() {
+                return Err(format!(
+                    "the certificate covers only roles {user} does not hold in the registry"
+                ));
+            }
+            held
+        };
+        Ok(moira_protocol::gate::Deputy {
+            user: user.to_string(),
+            as_user,
+            roles,
+        })
+    }
+
+    /// The `allowed_signers` line that lets `ssh-keygen -Y verify` accept
+    /// what `user`'s deputies signed: `user`'s keys as `cert-authority`
+    /// for the principals `moira:<user>` and `moira:<user>:role=*`.
+    pub fn deputy_signers(&self, user: &str) -> Vec<String> {
+        self.keys_of(user)
+            .into_iter()
+            .map(|k| {
+                format!(
+                    "{DEPUTY_PRINCIPAL}{user},{DEPUTY_PRINCIPAL}{user}:role=* cert-authority,namespaces=\"moira\" {k}"
+                )
+            })
+            .collect()
     }
 
     /// The users who may approve for `users` and `roles`: those named, and

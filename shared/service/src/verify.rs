@@ -274,11 +274,12 @@ fn check_event(
         p.push("the event cannot be matched to a command".into());
         return;
     };
+    let mut deputy = None;
     match (&env.signature, env.signed_at) {
         (Some(sig), Some(at)) => {
             let bytes = statement(&cmd, &about, env.id, at);
-            match signing::verify(&bytes, sig) {
-                Ok(key) => {
+            match signing::verify_signed(&bytes, sig) {
+                Ok(signing::Signed { key, certificate }) => {
                     let fp = signing::fingerprint(&key);
                     if env.signer.as_deref().is_some_and(|s| s != fp) {
                         p.push(format!("it names signer {:?} but {fp} signed", env.signer));
@@ -286,7 +287,23 @@ fn check_event(
                     // A runner signs its gate opens and cancels with its
                     // own service key.
                     let service = by_service(env) || is_runner_open(env);
-                    if let Some(via) = &env.via {
+                    if let (Some(cert), Some(user)) = (&certificate, &env.on_behalf_of) {
+                        // A deputy: the certificate as it stood when they signed.
+                        match registry.check_deputy(&env.actor, user, &key, cert, at / 1000) {
+                            Ok(d) => deputy = Some(d),
+                            Err(why) => p.push(why),
+                        }
+                    } else if certificate.is_some() {
+                        p.push(
+                            "signed with a certificate, but it names no one the actor acted for"
+                                .into(),
+                        );
+                    } else if let Some(user) = &env.on_behalf_of {
+                        p.push(format!(
+                            "it says {} acted for {user}, but no certificate of {user}'s signed it",
+                            env.actor
+                        ));
+                    } else if let Some(via) = &env.via {
                         // moira-web signed for the person it authenticated.
                         if let Err(why) = registry.check_attested(&env.actor, via, &key) {
                             p.push(why);
@@ -321,6 +338,7 @@ fn check_event(
         signer: f.signer.clone(),
         registry: None,
         prev: None,
+        deputy,
     };
     match decide(before, &cmd, &ctx) {
         Ok(Decision::Append(events)) => {
@@ -383,9 +401,15 @@ pub struct Exported {
     pub seq: u64,
     pub kind: String,
     pub actor: String,
-    /// The principal to give `ssh-keygen -Y verify -I`: the actor, or
-    /// `moira-service:<name>` for what a service signed.
+    /// The principal to give `ssh-keygen -Y verify -I`: the actor,
+    /// `moira-service:<name>` for what a service signed, or the
+    /// certificate's principal (`moira:alice`) for what a deputy signed.
     pub identity: String,
+    /// For a deputy's decision: the time to check their certificate at
+    /// (`ssh-keygen -Y verify -O verify-time=…`), when it was signed, since
+    /// by default ssh-keygen checks it at the present and it may have
+    /// expired since.
+    pub verify_time: Option<String>,
     /// The statement file, and its signature beside it (`.sig`).
     pub statement: std::path::PathBuf,
     pub signature: std::path::PathBuf,
@@ -440,16 +464,32 @@ pub async fn export(
             // A service signs as itself: its keys are listed by service,
             // under the principal `moira-service:<name>`.
             let service = by_service(&env) || is_runner_open(&env);
+            let certified = signing::verify_signed(&statement_bytes, sig)
+                .ok()
+                .and_then(|s| s.certificate);
             let identity = if service {
                 let key = signing::verify(&statement_bytes, sig).ok();
                 let name = key.as_ref().and_then(|k| registry.service_of(k));
                 format!("moira-service:{}", name.unwrap_or("unknown"))
+            } else if let (Some(cert), Some(user)) = (&certified, &env.on_behalf_of) {
+                // ssh-keygen checks a certificate against the principal
+                // asked for: the one of the certificate's that names the user.
+                let mine = format!("{}{user}", crate::registry::DEPUTY_PRINCIPAL);
+                cert.valid_principals()
+                    .iter()
+                    .find(|p| **p == mine || p.starts_with(&format!("{mine}:role=")))
+                    .cloned()
+                    .unwrap_or(mine)
             } else {
                 env.actor.clone()
             };
             if service {
                 for (name, key) in registry.service_keys() {
                     signers.insert(format!("moira-service:{name} namespaces=\"moira\" {key}"));
+                }
+            } else if let (Some(_), Some(user)) = (&certified, &env.on_behalf_of) {
+                for line in registry.deputy_signers(user) {
+                    signers.insert(line);
                 }
             } else {
                 for key in registry.keys_of(&env.actor) {
@@ -461,6 +501,10 @@ pub async fn export(
                 kind: env.event.kind().to_string(),
                 actor: env.actor.clone(),
                 identity,
+                verify_time: match (&certified, env.signed_at) {
+                    (Some(_), Some(at)) => Some(ssh_keygen_time(at)),
+                    _ => None,
+                },
                 statement: statement_path,
                 signature: sig_path,
             });
@@ -475,6 +519,13 @@ pub async fn export(
         std::fs::write(dir.join("opened.msgpack"), s.opened_bytes()).map_err(io)?;
     }
     Ok(out)
+}
+
+/// `YYYYMMDDHHMMSSZ` (UTC), as `ssh-keygen -O verify-time` takes it.
+fn ssh_keygen_time(ms: u64) -> String {
+    let text = moira_protocol::time::rfc3339(ms);
+    let digits: String = text.chars().take(19).filter(char::is_ascii_digit).collect();
+    format!("{digits}Z")
 }
 
 /// Checks the signature of a run command or run event against `about`:
