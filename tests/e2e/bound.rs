@@ -679,7 +679,7 @@ async fn the_web_page_shows_what_a_gate_approves_escaped_and_the_api_checks_a_di
 }
 
 /// `PATH` with the built moira binaries first, as the examples expect.
-fn path_with_moira() -> String {
+pub(crate) fn path_with_moira() -> String {
     format!(
         "{}:{}",
         moira_tests::bin_dir().display(),
@@ -687,7 +687,7 @@ fn path_with_moira() -> String {
     )
 }
 
-fn example(rel: &str) -> std::path::PathBuf {
+pub(crate) fn example(rel: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples")
         .join(rel)

@@ -71,31 +71,8 @@ impl Delegated {
         }
     }
 
-    /// `ssh-keygen -s ca` over a copy of `subject`'s key named `name`, with
-    /// `args` (principals, validity, serial); returns the certificate path
-    /// (`<name>-cert.pub`, beside the copied private key).
     fn certify(&self, ca: &Path, subject: &Path, name: &str, args: &[&str]) -> PathBuf {
-        let d = self.dir.path();
-        std::fs::copy(subject, d.join(name)).expect("copy the key");
-        std::fs::copy(
-            format!("{}.pub", subject.display()),
-            d.join(format!("{name}.pub")),
-        )
-        .expect("copy the public key");
-        let out = std::process::Command::new("ssh-keygen")
-            .arg("-q")
-            .arg("-s")
-            .arg(ca)
-            .args(args)
-            .arg(d.join(format!("{name}.pub")))
-            .output()
-            .expect("ssh-keygen");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        d.join(format!("{name}-cert.pub"))
+        certify(self.dir.path(), ca, subject, name, args)
     }
 
     async fn as_key(&self, key: &Path) -> Client {
@@ -130,6 +107,32 @@ impl Delegated {
     fn cli(&self, args: &[&str]) -> (i32, String, String) {
         moira_env(&self.s.url(), args, &[])
     }
+}
+
+/// `ssh-keygen -s ca` over a copy of `subject`'s key named `name`, with
+/// `args` (principals, validity, serial); returns the certificate path
+/// (`<name>-cert.pub`, beside the copied private key).
+pub(crate) fn certify(d: &Path, ca: &Path, subject: &Path, name: &str, args: &[&str]) -> PathBuf {
+    std::fs::copy(subject, d.join(name)).expect("copy the key");
+    std::fs::copy(
+        format!("{}.pub", subject.display()),
+        d.join(format!("{name}.pub")),
+    )
+    .expect("copy the public key");
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-q")
+        .arg("-s")
+        .arg(ca)
+        .args(args)
+        .arg(d.join(format!("{name}.pub")))
+        .output()
+        .expect("ssh-keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.join(format!("{name}-cert.pub"))
 }
 
 fn for_alice(gate: GateId, actor: &str) -> Command {
@@ -569,4 +572,27 @@ async fn a_role_certificate_counts_only_in_that_role_and_a_deputy_is_still_one_p
         .await
         .expect("carol");
     assert_eq!(g.status, GateStatus::Approved);
+}
+
+#[test]
+fn the_delegation_example_approves_as_bob_for_alice_and_ssh_keygen_verifies_it() {
+    let out = std::process::Command::new("bash")
+        .arg(crate::bound::example("delegate.sh"))
+        .env("PATH", crate::bound::path_with_moira())
+        .env_remove("MOIRA_USER")
+        .output()
+        .expect("bash");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("(not_allowed)"), "bob alone: {stderr}");
+    assert!(stdout.contains("approved by bob for alice"), "{stdout}");
+    assert!(
+        format!("{stdout}{stderr}")
+            .contains("Good \"moira\" signature for moira:alice with ED25519-CERT key"),
+        "{stdout}{stderr}"
+    );
+    assert!(stdout.contains("Done: bob approved for alice"), "{stdout}");
 }

@@ -120,7 +120,7 @@ pub(crate) struct Signed {
     pub(crate) alice: PathBuf,
     pub(crate) bob: PathBuf,
     bob_ecdsa: PathBuf,
-    carol: PathBuf,
+    pub(crate) carol: PathBuf,
     pub(crate) mallory: PathBuf,
 }
 

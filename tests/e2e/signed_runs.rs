@@ -374,3 +374,35 @@ async fn a_timeout_copied_from_its_schedule_and_stored_early_moves_no_run_and_is
     assert_eq!(c, 1, "{out}");
     assert!(out.contains("before its deadline"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deputys_certificate_approval_moves_a_signed_run_and_its_trail_verifies() {
+    let t = Signed::start().await;
+    let _runner = runner(&t);
+    // bob is away: he certifies carol's key to act for him for a day.
+    let cert = crate::delegation::certify(
+        t.dir.path(),
+        &t.bob,
+        &t.carol,
+        "carol-for-bob",
+        &["-I", "carol-for-bob", "-n", "moira:bob", "-V", "-5m:+1d"],
+    );
+    let run = t.submit(GUARDED).await;
+    let gate = parked_on(&t.s.client, &run).await;
+    let deputy = Client::connect(&t.s.url())
+        .await
+        .expect("connect")
+        .with_signer(Signer::from_file(&cert).expect("certificate"));
+    let mut cmd = approve(gate, "carol", "covering for bob");
+    if let moira_client::protocol::Command::Approve(a) = &mut cmd {
+        a.on_behalf_of = Some("bob".into());
+    }
+    deputy.send(cmd).await.expect("carol for bob");
+    let done = tokio::time::timeout(Duration::from_secs(30), t.s.client.wait_run(&run))
+        .await
+        .expect("in time")
+        .expect("wait");
+    assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
+    let (c, out, err) = audit_run(&t, &run);
+    assert_eq!(c, 0, "{out}{err}");
+}

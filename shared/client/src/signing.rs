@@ -499,7 +499,9 @@ mod tests {
         ));
         // The plain check takes no certificate; a plain signature has none.
         assert!(verify(b"statement", &sig).is_err());
-        let plain = Signer::Key(Box::new(deputy)).sign(b"statement").expect("sign");
+        let plain = Signer::Key(Box::new(deputy))
+            .sign(b"statement")
+            .expect("sign");
         assert!(verify_signed(b"statement", &plain)
             .expect("verifies")
             .certificate
