@@ -6,6 +6,7 @@ mod bad_input;
 mod bound;
 mod bounds;
 mod browser;
+mod calls;
 mod chaos;
 mod cli;
 mod concurrency;

@@ -36,7 +36,7 @@ impl Runs {
         Self::start_with(runners, &[]).await
     }
 
-    async fn start_with(runners: usize, gatekeeper_args: &[&str]) -> Runs {
+    pub(crate) async fn start_with(runners: usize, gatekeeper_args: &[&str]) -> Runs {
         let server = NatsServer::start();
         let gk = gatekeeper(&server.url(), gatekeeper_args);
         let dir = TempDir::new("moira-runs").expect("tmp");

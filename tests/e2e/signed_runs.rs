@@ -99,6 +99,7 @@ async fn run_commands_in_require_mode_must_be_signed_by_their_submitter_and_canc
         let id = uuid::Uuid::now_v7().to_string();
         let run_id = run_id_for(&id);
         let statement = run_statement(&RunAbout {
+            includes: None,
             verb: RunVerb::Submit,
             run_id: &run_id,
             actor: "alice",
@@ -113,6 +114,8 @@ async fn run_commands_in_require_mode_must_be_signed_by_their_submitter_and_canc
             actor: "alice".into(),
             workflow: GUARDED.into(),
             vars: [("ENV".to_string(), sent.to_string())].into(),
+            path: None,
+            includes: BTreeMap::new(),
             signature: Some(key.sign(&statement).expect("sign")),
             signed_at: Some(at),
         }
@@ -157,6 +160,7 @@ async fn run_commands_in_require_mode_must_be_signed_by_their_submitter_and_canc
     let id = uuid::Uuid::now_v7().to_string();
     let none_vars = BTreeMap::new();
     let for_other_run = run_statement(&RunAbout {
+        includes: None,
         verb: RunVerb::Cancel,
         run_id: &tool_run,
         actor: "alice",
@@ -211,6 +215,9 @@ async fn a_run_written_straight_into_the_stream_is_never_acted_on_in_require_mod
             name: "sneaky".into(),
             workflow: "name: sneaky\nsteps:\n  - {name: s, run: 'echo pwned'}\n".into(),
             vars: BTreeMap::new(),
+            path: None,
+            includes: BTreeMap::new(),
+            parent: None,
         },
         signed: None,
     };
@@ -405,4 +412,89 @@ async fn a_deputys_certificate_approval_moves_a_signed_run_and_its_trail_verifie
     assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
     let (c, out, err) = audit_run(&t, &run);
     assert_eq!(c, 0, "{out}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_called_workflow_runs_under_its_parents_signed_submission_and_a_forged_child_does_not() {
+    let t = Signed::start().await;
+    let runner = runner(&t);
+    let d = t.dir.path();
+    std::fs::write(
+        d.join("child.yml"),
+        "name: child\nsteps:\n  - name: g\n    use: moira.gate\n    with: { message: \"Ship?\", approvers: { users: [bob] } }\n",
+    )
+    .expect("write");
+    std::fs::write(
+        d.join("parent.yml"),
+        "name: parent\nsteps:\n  - {name: c, call: child.yml}\n  - {name: after, run: 'echo shipped', depends_on: [c]}\n",
+    )
+    .expect("write");
+    let bundle = moira_workflow::bundle::load(&d.join("parent.yml")).expect("bundle");
+    let run = t
+        .as_key(&t.alice)
+        .await
+        .submit_bundle(&bundle, &Default::default(), "alice")
+        .await
+        .expect("a signed submit covers both files");
+    let parked = tokio::time::timeout(
+        Duration::from_secs(30),
+        t.s.client.wait_run_until(&run, |r| {
+            r.steps.get("c").is_some_and(|s| s.child.is_some())
+        }),
+    )
+    .await
+    .expect("in time")
+    .expect("wait");
+    let child = parked.steps[0].child.clone().expect("child");
+    let gate = parked_on(&t.s.client, &child).await;
+    t.as_key(&t.bob)
+        .await
+        .send(approve(gate, "bob", "ok"))
+        .await
+        .expect("bob");
+    let done = tokio::time::timeout(Duration::from_secs(30), t.s.client.wait_run(&run))
+        .await
+        .expect("in time")
+        .expect("wait");
+    assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
+    for id in [&run, &child] {
+        let (c, out, err) = audit_run(&t, id);
+        assert_eq!(c, 0, "{id}: {out}{err}");
+    }
+
+    // A child written by hand that claims this parent but holds another
+    // workflow is never acted on.
+    let forged_id = uuid::Uuid::new_v4().to_string();
+    let forged = RunEnvelope {
+        schema: 1,
+        run_id: forged_id.clone(),
+        actor: "alice".into(),
+        at: now_ms(),
+        event: RunEvent::RunSubmitted {
+            name: "child".into(),
+            workflow: "name: child\nsteps:\n  - {name: s, run: 'echo pwned'}\n".into(),
+            vars: BTreeMap::new(),
+            path: Some("child.yml".into()),
+            includes: bundle.includes.clone(),
+            parent: Some(moira_client::protocol::run::ParentRun {
+                run_id: run.clone(),
+                step: "c".into(),
+            }),
+        },
+        signed: None,
+    };
+    t.s.client
+        .append_run(&forged, Some(0))
+        .await
+        .expect("stored by hand");
+    t.s.client
+        .enqueue_run(&forged_id, "forged")
+        .await
+        .expect("enqueue");
+    let line = runner.wait_for_line("the run is not acted on", Duration::from_secs(30));
+    assert!(line.contains("started it"), "{line}");
+    let f = t.s.client.show_run(&forged_id).await.expect("run");
+    assert_eq!(f.steps[0].status, StepStatus::Pending, "{f:?}");
+    let (c, out, _) = audit_run(&t, &forged_id);
+    assert_eq!(c, 1, "{out}");
 }

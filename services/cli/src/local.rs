@@ -19,13 +19,13 @@ use moira_client::protocol::run::{RunStatus, StepStatus};
 use moira_client::{ApproveGate, Client, DenyGate, GateId, GateView, PushBackGate};
 
 use crate::dev::LocalStack;
-use crate::run::{read_workflow, render, RunArgs};
+use crate::run::{read_bundle, render, RunArgs};
 use crate::{render as gate_render, Cli};
 
 pub async fn run(cli: &Cli, file: &Path, args: &RunArgs) -> anyhow::Result<u8> {
-    let yaml = read_workflow(&file.to_path_buf())?;
+    let bundle = read_bundle(file)?;
     let vars: BTreeMap<String, String> = args.vars.iter().cloned().collect();
-    moira_workflow::Workflow::parse(&yaml, &vars)?;
+    moira_workflow::Workflow::parse(&bundle.text, &vars)?;
     let actor = cli.actor()?;
     let external = cli
         .nats_url
@@ -33,11 +33,11 @@ pub async fn run(cli: &Cli, file: &Path, args: &RunArgs) -> anyhow::Result<u8> {
         .filter(|_| cli.nats_url_on_command_line);
     if let Some(url) = external {
         let client = cli.connect_to(&url).await?;
-        return drive(&client, &url, &yaml, &vars, &actor).await;
+        return drive(&client, &url, &bundle, &vars, &actor).await;
     }
     let stack = LocalStack::start(&args.stack, None).await?;
     let result = match cli.connect_to(&stack.url).await {
-        Ok(client) => drive(&client, &stack.url, &yaml, &vars, &actor).await,
+        Ok(client) => drive(&client, &stack.url, &bundle, &vars, &actor).await,
         Err(e) => Err(e),
     };
     let stopped = stack.stop().await;
@@ -49,11 +49,11 @@ pub async fn run(cli: &Cli, file: &Path, args: &RunArgs) -> anyhow::Result<u8> {
 async fn drive(
     client: &Client,
     url: &str,
-    yaml: &str,
+    bundle: &moira_workflow::bundle::Bundle,
     vars: &BTreeMap<String, String>,
     actor: &str,
 ) -> anyhow::Result<u8> {
-    let run_id = client.submit_run(yaml, vars, actor).await?;
+    let run_id = client.submit_bundle(bundle, vars, actor).await?;
     errln!("run {run_id} started (another terminal can decide gates: MOIRA_NATS_URL={url} moira gate approve ID)");
 
     // Step output as it comes.

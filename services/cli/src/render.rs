@@ -53,12 +53,15 @@ pub fn table(gates: &[GateSummary]) -> String {
         .map(String::from)
         .to_vec()];
     for g in gates {
-        let run = match (&g.run_id, &g.step) {
+        let mut run = match (&g.run_id, &g.step) {
             (Some(r), Some(s)) => format!("{r}/{s}"),
             (Some(r), None) => r.clone(),
             (None, Some(s)) => s.clone(),
             (None, None) => "-".into(),
         };
+        if let Some(p) = &g.parent {
+            run += &format!(" (called by {p})");
+        }
         rows.push(vec![
             g.id.to_string(),
             status_word(g.status).to_string(),
@@ -108,6 +111,9 @@ pub fn gate(g: &GateView) -> String {
                 g.step.as_deref().unwrap_or("-")
             ),
         );
+    }
+    if let Some(p) = moira_protocol::view::parent_of(&g.metadata) {
+        field("called by:", format!("run/step {p}"));
     }
     field(
         "requested:",

@@ -67,8 +67,38 @@ pub struct SubmitArgs {
     wait: bool,
 }
 
-pub fn read_workflow(path: &PathBuf) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))
+/// The workflow file and every file its `call:` steps name, read from
+/// beside it.
+pub fn read_bundle(path: &std::path::Path) -> anyhow::Result<moira_workflow::bundle::Bundle> {
+    moira_workflow::bundle::load(path).map_err(usage)
+}
+
+/// How deep `run show` and `run logs` follow child runs.
+const TREE_DEPTH: usize = moira_workflow::bundle::MAX_CALL_DEPTH + 1;
+
+/// `run`, and under each `call:` step its child run, indented.
+async fn render_tree(client: &moira_client::Client, run: &RunView) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let mut todo = vec![(0usize, run.clone())];
+    while let Some((depth, r)) = todo.pop() {
+        let pad = "    ".repeat(depth);
+        for line in render(&r).lines() {
+            out += &format!("{pad}{line}\n");
+        }
+        if depth + 1 >= TREE_DEPTH {
+            continue;
+        }
+        // Children in step order: pushed in reverse, popped in order.
+        for s in r.steps.iter().rev() {
+            if let Some(child) = &s.child {
+                match client.show_run(child).await {
+                    Ok(c) => todo.push((depth + 1, c)),
+                    Err(e) => out += &format!("{pad}    (child run {child}: {e})\n"),
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
@@ -88,9 +118,9 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
     let client = cli.connect().await?;
     match cmd {
         RunCmd::Submit(a) => {
-            let yaml = read_workflow(&a.file)?;
+            let bundle = read_bundle(&a.file)?;
             let vars: BTreeMap<String, String> = a.vars.iter().cloned().collect();
-            let id = client.submit_run(&yaml, &vars, &cli.actor()?).await?;
+            let id = client.submit_bundle(&bundle, &vars, &cli.actor()?).await?;
             outln!("{id}");
             if a.wait {
                 errln!("waiting for run {id} (moira run show {id})");
@@ -104,7 +134,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
             if cli.json {
                 outln!("{}", serde_json::to_string(&run)?);
             } else {
-                out!("{}", render(&run));
+                out!("{}", render_tree(&client, &run).await?);
             }
             Ok(0)
         }
@@ -142,7 +172,24 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
             Ok(0)
         }
         RunCmd::Logs { id, step, follow } => {
-            client.show_run(id).await?;
+            let run = client.show_run(id).await?;
+            // A call step's output is its child run's: every step of it.
+            let child = step
+                .as_deref()
+                .and_then(|s| run.steps.iter().find(|v| v.name == s))
+                .and_then(|v| v.child.clone());
+            if let (Some(child), Some(step)) = (child, step) {
+                let mut lines = Box::pin(client.run_logs(&child, None, *follow).await?);
+                while let Some(line) = lines.next().await {
+                    let line = line?;
+                    if cli.json {
+                        outln!("{}", serde_json::to_string(&line)?);
+                    } else {
+                        outln!("[{step}/{}] {}", line.step, line.line);
+                    }
+                }
+                return Ok(0);
+            }
             let mut lines = Box::pin(client.run_logs(id, step.as_deref(), *follow).await?);
             while let Some(line) = lines.next().await {
                 let line = line?;
@@ -189,6 +236,9 @@ pub fn render(r: &RunView) -> String {
         r.name
     );
     out += &format!("  submitted by {} at {}\n", r.submitted_by, r.submitted_at);
+    if let Some(p) = &r.parent {
+        out += &format!("  called by run {}, step {}\n", p.run_id, p.step);
+    }
     for s in &r.steps {
         let mut line = format!("  {:<24} {:<10}", s.name, s.status.as_str());
         if let Some(c) = s.exit_code {
@@ -199,6 +249,9 @@ pub fn render(r: &RunView) -> String {
         }
         if let Some(g) = s.gate_id.filter(|_| s.status == StepStatus::Waiting) {
             line += &format!(" gate {g}");
+        }
+        if let Some(c) = &s.child {
+            line += &format!(" run {c}");
         }
         if let Some(reason) = &s.reason {
             line += &format!(" ({reason})");

@@ -222,6 +222,9 @@ pub fn body(n: &Notification) -> String {
         if let (Some(run), Some(step)) = (&g.run_id, &g.step) {
             out += &format!("Run {run}, step {step}\n");
         }
+        if let Some(p) = moira_protocol::view::parent_of(&g.metadata) {
+            out += &format!("Called by run/step {p}\n");
+        }
         if !g.status.is_terminal() {
             out += &format!(
                 "Approve: moira gate approve {}\nDeny:    moira gate deny {} --reason …\n",

@@ -33,7 +33,7 @@ pub(crate) async fn act(
     let id = &run.id;
     let record = |ev| env(id, ev, RUNNER_ACTOR);
     match action {
-        Action::Finish(status) => finish(client, id, status, last).await?,
+        Action::Finish(status) => finish(client, run, status, last).await?,
         Action::Skip { step, reason } => {
             append(client, last, record(RunEvent::StepSkipped { step, reason })).await?
         }
@@ -41,7 +41,18 @@ pub(crate) async fn act(
             append(client, last, record(RunEvent::StepAborted { step, reason })).await?
         }
         Action::Cancel { step } => {
+            if let Some(child) = run.steps.get(&step).and_then(|s| s.child.as_deref()) {
+                crate::call::cancel_child(client, run, child).await?;
+            }
             append(client, last, record(RunEvent::StepCancelled { step })).await?
+        }
+        Action::Call {
+            step,
+            attempt,
+            iteration,
+        } => return crate::call::call(client, wf, run, step, attempt, iteration, last).await,
+        Action::CheckChild { step } => {
+            return crate::call::check_child(client, wf, run, step, last).await
         }
         Action::CutOff {
             step,
@@ -72,10 +83,11 @@ pub(crate) async fn act(
 
 async fn finish(
     client: &Client,
-    id: &str,
+    run: &RunState,
     status: RunStatus,
     last: &mut u64,
 ) -> Result<(), ActError> {
+    let id = &run.id;
     append(
         client,
         last,
@@ -89,6 +101,8 @@ async fn finish(
         })
         .inc();
     tracing::info!(run_id = id, status = status.as_str(), "run finished");
+    // A child run's end moves its parent on.
+    crate::call::wake_parent(client, run).await?;
     Ok(())
 }
 
@@ -237,6 +251,7 @@ async fn auto_approve(
         let command_id = g.to_string();
         let none = BTreeMap::new();
         let about = RunAbout {
+            includes: None,
             verb: RunVerb::AutoApprove,
             run_id: id,
             actor: RUNNER_ACTOR,

@@ -162,6 +162,14 @@ async fn submit(
     check_actor(&cmd.actor)?;
     let wf = Workflow::parse(&cmd.workflow, &cmd.vars)
         .map_err(|e| err(ErrorCode::BadRequest, e.to_string()))?;
+    // A workflow that calls others comes with them, and is checked whole:
+    // every call resolves inside the bundle, no cycle, no chain too deep.
+    let calls = !cmd.includes.is_empty() || wf.steps.iter().any(|s| s.is_call());
+    let path = cmd.path.clone().unwrap_or_else(|| "workflow.yml".into());
+    if calls {
+        moira_workflow::bundle::check(&path, &cmd.workflow, &cmd.vars, &cmd.includes)
+            .map_err(|e| err(ErrorCode::BadRequest, e.to_string()))?;
+    }
     // The same command id gives the same run, so a retried submit runs once.
     let run_id = match &cmd.id {
         Some(id) => run_id_for(id),
@@ -173,6 +181,7 @@ async fn submit(
         None => None,
         Some((sig, id, at)) => {
             let about = RunAbout {
+                includes: Some(&cmd.includes).filter(|i| !i.is_empty()),
                 verb: RunVerb::Submit,
                 run_id: &run_id,
                 actor: &cmd.actor,
@@ -194,6 +203,9 @@ async fn submit(
             name: wf.name.clone(),
             workflow: cmd.workflow.clone(),
             vars,
+            path: calls.then_some(path),
+            includes: cmd.includes.clone(),
+            parent: None,
         },
         signed,
     };
@@ -226,6 +238,34 @@ async fn submit(
     moira_client::runs::fold_run([env])
         .map(|state| RunView::from(&state))
         .ok_or_else(|| err(ErrorCode::Internal, "the submitted run does not fold"))
+}
+
+/// Cancels the gates a cancelled run's steps wait on (the runner may
+/// cancel the gates of runs); a gate already decided is left as it is.
+pub(crate) async fn cancel_gates(
+    client: &Client,
+    run: &RunState,
+    by: &str,
+) -> Result<(), moira_client::ClientError> {
+    for st in run
+        .steps
+        .values()
+        .filter(|s| s.status == StepStatus::Waiting)
+    {
+        let Some(gate_id) = st.gate_id else { continue };
+        let c = CancelGate {
+            gate_id,
+            actor: RUNNER_ACTOR.to_string(),
+            reason: Some(format!("run {} cancelled by {by}", run.id)),
+            ..Default::default()
+        };
+        match client.send_as_service(Command::Cancel(c)).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(ErrorCode::AlreadyDecided) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Who may cancel a run: its submitter, the users its gates name as
@@ -292,6 +332,7 @@ async fn cancel(
         Some((sig, id, at)) => {
             let none = BTreeMap::new();
             let about = RunAbout {
+                includes: None,
                 verb: RunVerb::Cancel,
                 run_id: &run.id,
                 actor: &cmd.actor,
@@ -318,24 +359,9 @@ async fn cancel(
         .append_run(&env, None)
         .await
         .map_err(|e| err(ErrorCode::Unavailable, e.to_string()))?;
-    for st in run
-        .steps
-        .values()
-        .filter(|s| s.status == StepStatus::Waiting)
-    {
-        let Some(gate_id) = st.gate_id else { continue };
-        let c = CancelGate {
-            gate_id,
-            actor: RUNNER_ACTOR.to_string(),
-            reason: Some(format!("run {} cancelled by {}", run.id, cmd.actor)),
-            ..Default::default()
-        };
-        match client.send_as_service(Command::Cancel(c)).await {
-            Ok(_) => {}
-            Err(e) if e.code() == Some(ErrorCode::AlreadyDecided) => {}
-            Err(e) => return Err(from_client(e)),
-        }
-    }
+    cancel_gates(client, &run, &cmd.actor)
+        .await
+        .map_err(from_client)?;
     client
         .enqueue_run(&run.id, &format!("cancel:{}", run.id))
         .await

@@ -68,6 +68,12 @@ pub async fn advance(
         let mut last = rec.last_seq;
         if run.finished.is_some() {
             held.tasks.abort_all();
+            // Its end may not have reached its parent yet (a runner that
+            // stopped right after recording it): the job repeats it.
+            // Failing here fails the job, so it comes back and tries again.
+            if crate::call::wake_parent(client, &run).await.is_err() {
+                anyhow::bail!("cannot ask for a job on the parent of run {run_id}");
+            }
             if !shared.keep_work_files {
                 remove_run_files(&shared, &run_id).await;
             }
@@ -78,7 +84,9 @@ pub async fn advance(
         // The submission never changes: check it once per job.
         if let Some(registry) = shared.verify.as_ref().filter(|_| !submission_checked) {
             submission_checked = true;
-            if let Err(why) = moira_service::verify::check_submission(&run, &registry.current()) {
+            let origin =
+                moira_service::verify::check_run_origin(client, &run, &registry.current()).await;
+            if let Err(why) = origin {
                 tracing::error!(
                     run_id,
                     submitter = run.submitted_by,

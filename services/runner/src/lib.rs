@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 mod act;
+mod call;
 mod commands;
 mod exec;
 mod job;

@@ -32,6 +32,16 @@ pub enum Action {
     CheckGate {
         step: String,
     },
+    /// Start a `call:` step's child run (attempt and iteration to record).
+    Call {
+        step: String,
+        attempt: u32,
+        iteration: u32,
+    },
+    /// Look at the child run a `call:` step waits on.
+    CheckChild {
+        step: String,
+    },
     Skip {
         step: String,
         reason: String,
@@ -100,6 +110,9 @@ pub fn plan(wf: &Workflow, run: &RunState, redelivered_job: Option<u64>, now: u6
             }
             StepStatus::Running => {}
             StepStatus::Waiting if cancelled => out.push(Action::Cancel { step: name }),
+            StepStatus::Waiting if st.child.is_some() => {
+                out.push(Action::CheckChild { step: name })
+            }
             StepStatus::Waiting => out.push(Action::CheckGate { step: name }),
             StepStatus::Pending if cancelled => out.push(Action::Cancel { step: name }),
             StepStatus::Pending => {
@@ -199,6 +212,12 @@ fn pending(wf: &Workflow, run: &RunState, step: &Step, st: &StepState, now: u64)
         } else {
             Action::AutoApprove { step: name }
         })
+    } else if go && step.is_call() {
+        Some(Action::Call {
+            step: name,
+            attempt: st.attempt + 1,
+            iteration: st.iteration.max(1),
+        })
     } else if go {
         Some(Action::Start {
             step: name,
@@ -259,6 +278,7 @@ mod tests {
             cancelled_by: None,
             steps: BTreeMap::new(),
             submitted_signature: None,
+            ..Default::default()
         }
     }
 

@@ -165,11 +165,18 @@ pub(crate) fn open_spec(wf: &Workflow, run: &RunState, def: &Step, review: bool)
             .map(|t| t.render(&look))
             .unwrap_or_else(|_| t.to_string())
     };
+    let mut req = wf.gate_request(def, review, render);
+    // A child run's gates say which run and step called it.
+    if let Some(p) = &run.parent {
+        use moira_protocol::view::{PARENT_RUN_KEY, PARENT_STEP_KEY};
+        req.metadata.insert(PARENT_RUN_KEY.into(), p.run_id.clone());
+        req.metadata.insert(PARENT_STEP_KEY.into(), p.step.clone());
+    }
     OpenGate {
         gate_id: Some(gate_id(&run.id, &def.name, review, 1)),
         actor: run.submitted_by.clone(),
         run_id: Some(run.id.clone()),
-        ..wf.gate_request(def, review, render)
+        ..req
     }
 }
 

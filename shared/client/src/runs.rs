@@ -40,6 +40,9 @@ pub struct StepView {
     pub iteration: u32,
     pub attempt: u32,
     pub reason: Option<String>,
+    /// A `call:` step's child run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<String>,
 }
 
 /// The JSON shape of `moira run show --json` and of each `run list --json` item.
@@ -53,6 +56,9 @@ pub struct RunView {
     pub submitted_at: String,
     pub vars: BTreeMap<String, String>,
     pub steps: Vec<StepView>,
+    /// For a child run: the run and step that called it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRun>,
 }
 
 /// A run as the read model holds it: its view and the sequence of the
@@ -87,6 +93,7 @@ impl From<&RunState> for RunView {
                     iteration: st.iteration.max(1),
                     attempt: st.attempt,
                     reason: st.reason,
+                    child: st.child,
                 }
             })
             .collect();
@@ -98,6 +105,7 @@ impl From<&RunState> for RunView {
             submitted_at: rfc3339(s.submitted_at),
             vars: s.vars.clone(),
             steps,
+            parent: s.parent.clone(),
         }
     }
 }
@@ -118,6 +126,12 @@ pub struct SubmitRun {
     /// `--var` overrides.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// The workflow file's name, when it calls other files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The files its `call:` steps run, by path relative to its folder.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub includes: BTreeMap<String, String>,
     /// SSHSIG over the submit's [`run_statement`] (every variable as the
     /// run will record it, the run id [`run_id_for`] the command id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -256,6 +270,23 @@ impl Client {
         vars: &BTreeMap<String, String>,
         actor: &str,
     ) -> Result<String, ClientError> {
+        let bundle = moira_workflow::bundle::Bundle {
+            text: yaml.to_string(),
+            path: String::new(),
+            includes: BTreeMap::new(),
+        };
+        self.submit_bundle(&bundle, vars, actor).await
+    }
+
+    /// [`Client::submit_run`] of a workflow and the files it calls
+    /// ([`moira_workflow::bundle::load`]).
+    pub async fn submit_bundle(
+        &self,
+        bundle: &moira_workflow::bundle::Bundle,
+        vars: &BTreeMap<String, String>,
+        actor: &str,
+    ) -> Result<String, ClientError> {
+        let yaml = bundle.text.as_str();
         if !moira_protocol::ids::is_valid_name(actor) {
             return Err(ClientError::Invalid(moira_protocol::gate::bad_name(
                 "the submitter's",
@@ -263,12 +294,19 @@ impl Client {
             )));
         }
         let wf = Workflow::parse(yaml, vars).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let calls = !bundle.includes.is_empty() || wf.steps.iter().any(|s| s.is_call());
+        if calls {
+            moira_workflow::bundle::check(&bundle.path, yaml, vars, &bundle.includes)
+                .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        }
         let id = uuid::Uuid::now_v7().to_string();
         let mut cmd = SubmitRun {
             id: Some(id.clone()),
             actor: actor.to_string(),
             workflow: yaml.to_string(),
             vars: vars.clone(),
+            path: calls.then(|| bundle.path.clone()),
+            includes: bundle.includes.clone(),
             signature: None,
             signed_at: None,
         };
@@ -277,6 +315,7 @@ impl Client {
                 wf.vars.iter().map(|(k, v)| (k.clone(), v.text())).collect();
             let run_id = run_id_for(&id);
             let about = RunAbout {
+                includes: Some(&bundle.includes).filter(|i| !i.is_empty()),
                 verb: RunVerb::Submit,
                 run_id: &run_id,
                 actor,
@@ -520,6 +559,7 @@ impl Client {
             let id = cmd.id.clone().unwrap_or_default();
             let none = BTreeMap::new();
             let about = RunAbout {
+                includes: None,
                 verb: RunVerb::Cancel,
                 run_id,
                 actor,

@@ -112,6 +112,38 @@ pub enum RunEvent {
         /// The workflow file as submitted, and the variables after --var.
         workflow: String,
         vars: BTreeMap<String, String>,
+        /// The file's name in call chains (the root's file name, or a
+        /// called file's path relative to the root's folder).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        /// The files its steps may call, by path (see `moira_workflow::bundle`).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        includes: BTreeMap<String, String>,
+        /// For a child run: the run and step that called it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<ParentRun>,
+    },
+    /// A `call:` step started its child run and waits for it.
+    StepCalled {
+        step: String,
+        attempt: u32,
+        iteration: u32,
+        child: String,
+    },
+    /// The child run of a `call:` step ended: what it means for the step.
+    CallReturned {
+        step: String,
+        child: String,
+        /// How the child ended.
+        outcome: RunStatus,
+        /// The step's status (`Pending` with `retry`).
+        status: StepStatus,
+        #[serde(default)]
+        retry: bool,
+        #[serde(default)]
+        outputs: BTreeMap<String, String>,
+        #[serde(default)]
+        reason: Option<String>,
     },
     StepStarted {
         step: String,
@@ -222,6 +254,8 @@ impl RunEnvelope {
         match &self.event {
             RunEvent::RunSubmitted { .. } => "RunSubmitted",
             RunEvent::StepStarted { .. } => "StepStarted",
+            RunEvent::StepCalled { .. } => "StepCalled",
+            RunEvent::CallReturned { .. } => "CallReturned",
             RunEvent::StepFinished { .. } => "StepFinished",
             RunEvent::StepWaiting { .. } => "StepWaiting",
             RunEvent::GateResolved { .. } => "GateResolved",
@@ -254,6 +288,17 @@ pub struct StepState {
     pub push_back_inputs: Inputs,
     /// The step ran and now waits on its review (not a gate step).
     pub in_review: bool,
+    /// A `call:` step's child run (the current attempt's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<String>,
+}
+
+/// The run and step that started a child run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ParentRun {
+    pub run_id: String,
+    pub step: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -269,6 +314,12 @@ pub struct RunState {
     pub steps: BTreeMap<String, StepState>,
     /// The submitter's signature, as the `RunSubmitted` event carries it.
     pub submitted_signature: Option<RunSignature>,
+    /// The file's name in call chains.
+    pub path: Option<String>,
+    /// The files its `call:` steps may run.
+    pub includes: BTreeMap<String, String>,
+    /// For a child run, who called it.
+    pub parent: Option<ParentRun>,
 }
 
 impl RunState {
@@ -312,6 +363,9 @@ pub fn apply_run(state: &mut Option<RunState>, env: &RunEnvelope) {
             name,
             workflow,
             vars,
+            path,
+            includes,
+            parent,
         } = &env.event
         {
             *state = Some(RunState {
@@ -325,6 +379,9 @@ pub fn apply_run(state: &mut Option<RunState>, env: &RunEnvelope) {
                 cancelled_by: None,
                 steps: BTreeMap::new(),
                 submitted_signature: env.signed.clone(),
+                path: path.clone(),
+                includes: includes.clone(),
+                parent: parent.clone(),
             });
         }
         return;
@@ -349,6 +406,36 @@ pub fn apply_run(state: &mut Option<RunState>, env: &RunEnvelope) {
             st.in_review = false;
             // A new result needs a new review.
             st.gate_id = None;
+        }
+        RunEvent::StepCalled {
+            step,
+            attempt,
+            iteration,
+            child,
+        } => {
+            let st = s.step(step);
+            st.status = StepStatus::Waiting;
+            st.attempt = *attempt;
+            st.iteration = *iteration;
+            st.child = Some(child.clone());
+            st.reason = None;
+        }
+        RunEvent::CallReturned {
+            step,
+            child,
+            status,
+            retry,
+            outputs,
+            reason,
+            ..
+        } => {
+            let st = s.step(step);
+            if st.child.as_deref() != Some(child) || st.status != StepStatus::Waiting {
+                return;
+            }
+            st.outputs = outputs.clone();
+            st.reason = reason.clone();
+            st.status = if *retry { StepStatus::Pending } else { *status };
         }
         RunEvent::StepFinished {
             step,

@@ -376,7 +376,7 @@ struct RunStatementBytes<'a> {
     predicate: RunPredicate<'a>,
     #[serde(rename = "predicateType")]
     predicate_type: &'static str,
-    subject: [Subject; 1],
+    subject: Vec<Subject>,
 }
 
 // Sorted, like the decision predicate.
@@ -407,6 +407,10 @@ pub struct RunAbout<'a> {
     pub command_id: &'a str,
     /// When it was signed, ms since the epoch.
     pub at: u64,
+    /// For a submit of a workflow that calls others: those files, each
+    /// listed after the run in the subject as `moira-workflow:<path>`, so
+    /// the signature covers every file the run may start.
+    pub includes: Option<&'a BTreeMap<String, String>>,
 }
 
 /// The exact bytes of a run statement: compact JSON, keys sorted, the
@@ -432,12 +436,24 @@ pub fn run_statement(a: &RunAbout<'_>) -> Vec<u8> {
             verb: a.verb.as_str(),
         },
         predicate_type: RUN_PREDICATE_TYPE,
-        subject: [Subject {
+        subject: std::iter::once(Subject {
             digest: Sha256Digest {
                 sha256: sha256_hex(a.workflow.as_bytes()),
             },
             name: format!("moira-run:{}", a.run_id),
-        }],
+        })
+        .chain(
+            a.includes
+                .into_iter()
+                .flatten()
+                .map(|(path, text)| Subject {
+                    digest: Sha256Digest {
+                        sha256: sha256_hex(text.as_bytes()),
+                    },
+                    name: format!("moira-workflow:{path}"),
+                }),
+        )
+        .collect(),
     };
     serde_json::to_vec(&s).unwrap_or_default()
 }

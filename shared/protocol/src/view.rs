@@ -138,7 +138,23 @@ pub struct GateSummary {
     pub iteration: u32,
     /// The stream sequence of the gate's last event this summary reflects.
     pub last_seq: u64,
+    /// For a gate of a child run: the run and step that called it
+    /// (`RUN/STEP`, from the gate's `parent_run` and `parent_step` metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
+
+/// The `RUN/STEP` of the run that called a child run's gate, from the
+/// metadata the runner gives it.
+pub fn parent_of(metadata: &BTreeMap<String, String>) -> Option<String> {
+    let run = metadata.get(PARENT_RUN_KEY)?;
+    let step = metadata.get(PARENT_STEP_KEY).map_or("?", String::as_str);
+    Some(format!("{run}/{step}"))
+}
+
+/// Metadata keys a runner puts on the gates of a child run.
+pub const PARENT_RUN_KEY: &str = "parent_run";
+pub const PARENT_STEP_KEY: &str = "parent_step";
 
 impl GateSummary {
     pub fn of(s: &GateState, last_seq: u64) -> Self {
@@ -158,6 +174,7 @@ impl GateSummary {
             approvals_required: s.spec.approvals_required,
             iteration: s.iteration,
             last_seq,
+            parent: parent_of(&s.spec.metadata),
         }
     }
 }
@@ -181,6 +198,7 @@ impl GateSummary {
             approvals_required: v.approvals_required,
             iteration: v.iteration,
             last_seq,
+            parent: parent_of(&v.metadata),
         }
     }
 }

@@ -563,6 +563,7 @@ pub fn check_run_signature(
 /// The statement a `RunSubmitted` event was signed over.
 pub fn submitted_about<'a>(run: &'a RunState, signed: &'a RunSignature) -> RunAbout<'a> {
     RunAbout {
+        includes: Some(&run.includes).filter(|i| !i.is_empty()),
         verb: RunVerb::Submit,
         run_id: &run.id,
         actor: &run.submitted_by,
@@ -590,6 +591,61 @@ pub fn check_submission(run: &RunState, registry: &Registry) -> Result<String, S
         false,
     )
     .map_err(|e| format!("its submission's signature does not hold: {}", e.message))
+}
+
+/// Where a run came from, checked: a root run's submission is signed by
+/// its submitter ([`check_submission`]); a child run (a `call:` step's) is
+/// named by its parent's step, has the parent's submitter and bundle, and
+/// is the file of that bundle the step calls, and so on up to the root,
+/// whose signature covers every file of the bundle. Returns the root
+/// signer's fingerprint.
+pub async fn check_run_origin(
+    client: &Client,
+    run: &RunState,
+    registry: &Registry,
+) -> Result<String, String> {
+    let mut child = run.clone();
+    for _ in 0..=moira_workflow::bundle::MAX_CALL_DEPTH {
+        let Some(up) = child.parent.clone() else {
+            return check_submission(&child, registry);
+        };
+        let parent = client
+            .read_run_fresh(&up.run_id)
+            .await
+            .map_err(|e| format!("its parent run {} cannot be read: {e}", up.run_id))?
+            .ok_or_else(|| format!("its parent run {} does not exist", up.run_id))?
+            .state;
+        let named =
+            parent.steps.get(&up.step).and_then(|s| s.child.as_deref()) == Some(child.id.as_str());
+        if !named {
+            return Err(format!(
+                "its parent run {} has no step '{}' that started it",
+                up.run_id, up.step
+            ));
+        }
+        let calls = moira_workflow::Workflow::parse(&parent.workflow, &parent.vars)
+            .ok()
+            .and_then(|wf| wf.step(&up.step).and_then(|s| s.call.clone()));
+        let from = parent.path.clone().unwrap_or_default();
+        let expected = calls.and_then(|c| moira_workflow::bundle::resolve(&from, &c).ok());
+        let path_ok = expected.is_some() && expected == child.path;
+        let text_ok = child
+            .path
+            .as_ref()
+            .and_then(|p| parent.includes.get(p))
+            .is_some_and(|t| *t == child.workflow);
+        if !path_ok || !text_ok || parent.includes != child.includes {
+            return Err(format!(
+                "its workflow is not the file its parent's step '{}' calls from the parent's submitted files",
+                up.step
+            ));
+        }
+        if parent.submitted_by != child.submitted_by {
+            return Err("it names another submitter than its parent run".into());
+        }
+        child = parent;
+    }
+    Err("its parents nest deeper than calls may".into())
 }
 
 /// Checks the signed events of one run: the submission (by its
@@ -627,6 +683,7 @@ pub async fn verify_run(
         let about = match (&env.event, &state, &env.signed) {
             (RunEvent::RunSubmitted { .. }, _, _) => None,
             (RunEvent::RunCancelled { by }, Some(run), Some(s)) => Some(RunAbout {
+                includes: None,
                 verb: RunVerb::Cancel,
                 run_id: &run.id,
                 actor: by,
@@ -640,6 +697,7 @@ pub async fn verify_run(
                 if outputs.get("approved_by").map(String::as_str) == Some(AUTO_APPROVER) =>
             {
                 Some(RunAbout {
+                    includes: None,
                     verb: RunVerb::AutoApprove,
                     run_id: &run.id,
                     actor: &env.actor,
@@ -666,14 +724,36 @@ pub async fn verify_run(
             signer: None,
             problems: Vec::new(),
         };
-        if let RunEvent::RunSubmitted { .. } = env.event {
+        // A child run is started by a runner for its parent's step: it is
+        // as good as the parent's signed submission, and it is cancelled
+        // with its parent.
+        let child_of = state.as_ref().and_then(|s| s.parent.clone());
+        let mut vouched = false;
+        if let RunEvent::RunSubmitted { parent, .. } = &env.event {
             let mut fresh = None;
             apply_run(&mut fresh, &env);
-            if let (Some(run), Some(_)) = (&fresh, &env.signed) {
-                match check_submission(run, registry) {
+            match (&fresh, &env.signed, parent) {
+                (Some(run), _, Some(_)) => {
+                    vouched = true;
+                    match check_run_origin(client, run, registry).await {
+                        Ok(fp) => f.signer = Some(fp),
+                        Err(e) => f.problems.push(e),
+                    }
+                }
+                (Some(run), Some(_), None) => match check_submission(run, registry) {
                     Ok(fp) => f.signer = Some(fp),
                     Err(e) => f.problems.push(e),
-                }
+                },
+                _ => {}
+            }
+        } else if let (RunEvent::RunCancelled { by }, Some(up), None) =
+            (&env.event, &child_of, &env.signed)
+        {
+            vouched = true;
+            let parent = client.read_run_fresh(&up.run_id).await.ok().flatten();
+            if parent.is_none_or(|p| p.state.cancelled_by.as_deref() != Some(by)) {
+                f.problems
+                    .push(format!("cancelled as by {by}, but its parent run was not"));
             }
         } else if let (Some(about), Some(s)) = (&about, &env.signed) {
             let service = about.verb == RunVerb::AutoApprove;
@@ -682,7 +762,7 @@ pub async fn verify_run(
                 Err(e) => f.problems.push(e.message),
             }
         }
-        if signed_kind && env.signed.is_none() && rules.require_signatures {
+        if signed_kind && env.signed.is_none() && rules.require_signatures && !vouched {
             f.problems.push("not signed".into());
         }
         if signed_kind {

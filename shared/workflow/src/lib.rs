@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod expr;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -137,16 +138,96 @@ pub struct Review {
     pub timeout: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// A step as written: `with:` is read as the gate's fields for a gate step
+/// and as the called workflow's variables for a `call:` step.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawStep {
+    name: String,
+    #[serde(default)]
+    run: Option<String>,
+    #[serde(default, rename = "use")]
+    uses: Option<String>,
+    #[serde(default)]
+    call: Option<String>,
+    #[serde(default)]
+    with: Option<serde_yaml::Value>,
+    #[serde(default)]
+    approval: Option<Review>,
+    #[serde(default)]
+    depends_on: Vec<String>,
+    #[serde(default)]
+    when: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    retries: u32,
+    #[serde(default)]
+    on_deny: OnDeny,
+    #[serde(default)]
+    continue_on_failure: bool,
+}
+
+impl TryFrom<RawStep> for Step {
+    type Error = String;
+
+    fn try_from(r: RawStep) -> Result<Step, String> {
+        let (with, args) = match (r.with, &r.call) {
+            (None, _) => (None, BTreeMap::new()),
+            (Some(v), Some(_)) => (
+                None,
+                serde_yaml::from_value(v).map_err(|e| {
+                    format!(
+                        "step '{}': with: of a call: step is the called workflow's variables, NAME: value ({e})",
+                        r.name
+                    )
+                })?,
+            ),
+            (Some(v), None) => (
+                Some(
+                    serde_yaml::from_value(v)
+                        .map_err(|e| format!("step '{}': with: {e}", r.name))?,
+                ),
+                BTreeMap::new(),
+            ),
+        };
+        Ok(Step {
+            name: r.name,
+            run: r.run,
+            uses: r.uses,
+            call: r.call,
+            with,
+            args,
+            approval: r.approval,
+            depends_on: r.depends_on,
+            when: r.when,
+            env: r.env,
+            timeout: r.timeout,
+            retries: r.retries,
+            on_deny: r.on_deny,
+            continue_on_failure: r.continue_on_failure,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawStep")]
 pub struct Step {
     pub name: String,
     #[serde(default)]
     pub run: Option<String>,
     #[serde(default, rename = "use")]
     pub uses: Option<String>,
+    /// Another workflow file (relative to this one) to run as a child run.
+    #[serde(default)]
+    pub call: Option<String>,
     #[serde(default)]
     pub with: Option<GateWith>,
+    /// `with:` of a `call:` step: the child's variables (templates allowed).
+    #[serde(default)]
+    pub args: BTreeMap<String, Scalar>,
     #[serde(default)]
     pub approval: Option<Review>,
     #[serde(default)]
@@ -168,6 +249,9 @@ pub struct Step {
 impl Step {
     pub fn is_gate(&self) -> bool {
         self.uses.as_deref() == Some(GATE_USE)
+    }
+    pub fn is_call(&self) -> bool {
+        self.call.is_some()
     }
     pub fn gate(&self) -> Option<&GateWith> {
         self.with.as_ref().filter(|_| self.is_gate())
@@ -191,6 +275,10 @@ pub struct Workflow {
     #[serde(default)]
     pub vars: BTreeMap<String, Scalar>,
     pub steps: Vec<Step>,
+    /// What a run of this workflow gives the step that called it: names
+    /// and templates over its steps' outputs (`${{ steps.build.outputs.digest }}`).
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
 }
 
 impl Workflow {
@@ -365,9 +453,15 @@ impl Workflow {
         }
         for s in &self.steps {
             let at = format!("step '{}'", s.name);
+            let kinds = [s.run.is_some(), s.uses.is_some(), s.call.is_some()];
             match (&s.run, &s.uses) {
-                (Some(_), Some(_)) => p.push(format!("{at}: has both run: and use:; pick one")),
-                (None, None) => p.push(format!("{at}: needs run: (a command) or use: {GATE_USE}")),
+                _ if kinds.iter().filter(|k| **k).count() > 1 => p.push(format!(
+                    "{at}: has more than one of run:, use: and call:; pick one"
+                )),
+                (None, None) if s.call.is_some() => {}
+                (None, None) => p.push(format!(
+                    "{at}: needs run: (a command), use: {GATE_USE} or call: (a workflow file)"
+                )),
                 (None, Some(u)) if u != GATE_USE => p.push(format!(
                     "{at}: unknown use: '{u}'; the only one is {GATE_USE}"
                 )),
@@ -414,7 +508,31 @@ impl Workflow {
                     ));
                 }
             } else if s.with.is_some() {
-                p.push(format!("{at}: with: belongs to use: {GATE_USE} steps"));
+                p.push(format!(
+                    "{at}: with: belongs to use: {GATE_USE} and call: steps"
+                ));
+            }
+            if let Some(file) = &s.call {
+                if let Err(e) = bundle::check_target(file) {
+                    p.push(format!("{at}: call: {e}"));
+                }
+                if s.approval.is_some() {
+                    p.push(format!(
+                        "{at}: approval: reviews a step that ran; put the gate inside the called workflow"
+                    ));
+                }
+                if s.timeout.is_some() {
+                    p.push(format!(
+                        "{at}: timeout: applies to commands; give the called workflow's steps and gates their own"
+                    ));
+                }
+                for k in s.args.keys() {
+                    if !valid_env_name(k) {
+                        p.push(format!(
+                            "{at}: with: '{k}' is not a variable name (letters, digits and '_')"
+                        ));
+                    }
+                }
             }
             if let Some(r) = &s.approval {
                 for i in &r.input {
@@ -475,6 +593,31 @@ impl Workflow {
                 }
             }
         }
+        for (name, text) in &self.outputs {
+            if !valid_env_name(name) {
+                p.push(format!(
+                    "outputs: '{name}' is not a name (letters, digits and '_')"
+                ));
+            }
+            match Template::parse(text) {
+                Err(e) => p.push(format!("outputs.{name}: {e}")),
+                Ok(t) => {
+                    for path in t.paths() {
+                        match &path {
+                            Path::Var(n) if !self.vars.contains_key(n) => {
+                                p.push(format!("outputs.{name}: unknown variable vars.{n}"))
+                            }
+                            Path::Output { step, .. } | Path::Status { step }
+                                if self.step(step).is_none() =>
+                            {
+                                p.push(format!("outputs.{name}: {path} names an unknown step"))
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
         if let Some(cycle) = self.cycle() {
             p.push(format!(
                 "the steps depend on each other in a cycle: {}",
@@ -513,6 +656,7 @@ impl Workflow {
             .env
             .iter()
             .map(|(k, v)| (format!("env.{k}"), v.text()))
+            .chain(s.args.iter().map(|(k, v)| (format!("with.{k}"), v.text())))
             .collect();
         let ancestors = self.ancestors(&s.name);
         for (field, text) in texts
