@@ -442,3 +442,31 @@ async fn a_failed_child_is_called_again_while_the_call_step_has_retries() {
     let c = done.steps.iter().find(|st| st.name == "c").expect("c");
     assert_eq!(c.attempt, 2, "{c:?}");
 }
+
+#[test]
+fn the_subflow_example_ships_after_the_childs_sign_off_and_stops_when_it_is_denied() {
+    let out = std::process::Command::new("bash")
+        .arg(crate::bound::example("subflow/run.sh"))
+        .env("PATH", crate::bound::path_with_moira())
+        .env_remove("MOIRA_USER")
+        .output()
+        .expect("bash");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("deploying v1.2.0; staging signed off by bob"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[staging/smoke] smoke tests of v1.2.0 on staging pass"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(the called workflow ended rejected)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Done: v1.2.0 shipped"), "{stdout}");
+}

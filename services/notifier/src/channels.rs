@@ -532,7 +532,7 @@ mod tests {
     }
 
     #[test]
-    fn a_message_names_exactly_what_the_gate_approves_and_slack_text_is_escaped() {
+    fn a_message_names_what_the_gate_approves_and_who_called_its_run_and_slack_text_is_escaped() {
         use moira_protocol::binding::Artifact;
         let spec = moira_protocol::gate::spec_from(
             &moira_protocol::command::OpenGate {
@@ -543,6 +543,11 @@ mod tests {
                     digest: format!("sha256:{}", "ab".repeat(32)),
                 }],
                 valid_for_ms: Some(7_200_000),
+                metadata: [
+                    ("parent_run".to_string(), "r-parent".to_string()),
+                    ("parent_step".to_string(), "staging".to_string()),
+                ]
+                .into(),
                 ..Default::default()
             },
             &moira_protocol::gate::Policy::dev(),
@@ -583,6 +588,10 @@ mod tests {
             "{body}"
         );
         assert!(body.contains("An approval holds for 2h"), "{body}");
+        assert!(
+            body.contains("Called by run/step r-parent/staging"),
+            "a child run's gate names its caller: {body}"
+        );
         let slack = super::slack_text(&n);
         assert!(
             slack.contains("&lt;b&gt;") && !slack.contains("<b>"),

@@ -200,7 +200,7 @@ pub(crate) async fn check_child(
     };
     let reason = (outcome != RunStatus::Succeeded).then(|| {
         format!(
-            "the called workflow (run {child}) {}{}",
+            "the called workflow ended {}{}",
             outcome.as_str(),
             if retry { "; calling it again" } else { "" }
         )
