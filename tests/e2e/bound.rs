@@ -760,3 +760,68 @@ async fn the_agent_example_runs_a_tool_call_only_as_approved() {
     assert!(!out.contains("agent: running"), "{out}");
     assert!(err.contains("not the one that was approved"), "{err}");
 }
+
+const REVIEWED: &str = r#"name: reviewed
+steps:
+  - name: build
+    run: |
+      printf 'bytes of %s' "$MOIRA_RUN_ID" > {dir}/$MOIRA_RUN_ID.bin
+      echo "digest=$(sha256sum {dir}/$MOIRA_RUN_ID.bin | cut -d' ' -f1)" >> "$MOIRA_OUTPUT"
+      echo "digests=sha256:forged-by-the-step" >> "$MOIRA_OUTPUT"
+    approval:
+      prompt: "Ship sha256 ${{ steps.build.outputs.digest }}?"
+      subject:
+        - { name: app.bin, digest: "sha256:${{ steps.build.outputs.digest }}" }
+      stages:
+        - { users: [carol] }
+        - { users: [bob] }
+  - name: deploy
+    depends_on: [build]
+    run: echo "approved=$MOIRA_APPROVED_DIGESTS"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_names_its_steps_own_digest_takes_stages_in_order_and_its_dependents_get_that_digest(
+) {
+    use moira_client::protocol::run::RunStatus;
+    let s = crate::runs::Runs::start(1).await;
+    let run = s.submit(REVIEWED, &[]).await;
+    let gate = parked_gate(&s.client, &run, "build").await;
+    let built = std::fs::read(s.dir.path().join(format!("{run}.bin"))).expect("built");
+    let digest = digest_of(&built);
+    let shown = s.client.show(gate).await.expect("show");
+    assert_eq!(shown.subject[0].digest, digest, "{shown:?}");
+    assert_eq!(shown.message, format!("Ship {}?", digest.replace(':', " ")));
+    assert_eq!(shown.stages.len(), 2);
+    // bob is the second stage: refused until carol approved.
+    let early = s
+        .client
+        .approve(ApproveGate {
+            gate_id: gate,
+            actor: "bob".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        early.err().and_then(|e| e.code()),
+        Some(moira_client::ErrorCode::OutOfOrder)
+    );
+    for who in ["carol", "bob"] {
+        s.client
+            .approve(ApproveGate {
+                gate_id: gate,
+                actor: who.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{who}: {e}"));
+    }
+    let done = s.finished(&run).await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
+    // The step's own "digests" line never stands in for what was approved.
+    s.step_printed(&run, "deploy", &format!("approved={digest}"))
+        .await;
+    let url = s.server.url();
+    let (code, _, err) = check(&url, gate, &["--digest", &digest]);
+    assert_eq!(code, 0, "{err}");
+}

@@ -470,3 +470,43 @@ fn the_subflow_example_ships_after_the_childs_sign_off_and_stops_when_it_is_deni
     );
     assert!(stdout.contains("Done: v1.2.0 shipped"), "{stdout}");
 }
+
+#[test]
+fn run_local_asks_for_the_gates_of_a_called_workflow_too() {
+    let dir = moira_testkit::TempDir::new("moira-local-call").expect("tmp");
+    let d = dir.path();
+    std::fs::write(
+        d.join("child.yml"),
+        "name: child\nvars: {who: x}\nsteps:\n  - name: ask\n    use: moira.gate\n    with: {message: \"Go for ${{ vars.who }}?\"}\n  - {name: hi, run: 'echo hi ${{ vars.who }}', depends_on: [ask]}\noutputs:\n  answer: \"${{ steps.ask.outputs.approved_by }}\"\n",
+    )
+    .expect("write");
+    let root = d.join("root.yml");
+    std::fs::write(
+        &root,
+        "name: root\nsteps:\n  - {name: c, call: child.yml, with: {who: me}}\n  - {name: after, run: 'echo after ${{ steps.c.outputs.answer }}', depends_on: [c]}\n",
+    )
+    .expect("write");
+    let mut p = moira_tests::ProcBuilder::new(moira_tests::bin("moira"), "moira run --local")
+        .args(["--as", "alice", "run"])
+        .arg(&root)
+        .args([
+            "--local",
+            "--port",
+            &moira_testkit::free_port().to_string(),
+            "--data",
+        ])
+        .arg(d.join("stack"))
+        .env("MOIRA_LOG", "warn")
+        .stdin_piped()
+        .spawn()
+        .expect("spawn");
+    p.wait_for_line("Go for me?", Duration::from_secs(60));
+    p.wait_for_line("Approve?", Duration::from_secs(60));
+    p.write_stdin("y\n");
+    p.wait_for_line("[c/hi] hi me", Duration::from_secs(60));
+    p.wait_for_line("[after] after alice", Duration::from_secs(60));
+    assert_eq!(
+        p.wait(Duration::from_secs(60)).and_then(|s| s.code()),
+        Some(0)
+    );
+}

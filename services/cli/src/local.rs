@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use moira_client::protocol::run::{RunStatus, StepStatus};
-use moira_client::{ApproveGate, Client, DenyGate, GateId, GateView, PushBackGate};
+use moira_client::{ApproveGate, Client, DenyGate, GateId, GateView, PushBackGate, RunView};
 
 use crate::dev::LocalStack;
 use crate::run::{read_bundle, render, RunArgs};
@@ -56,51 +56,94 @@ async fn drive(
     let run_id = client.submit_bundle(bundle, vars, actor).await?;
     errln!("run {run_id} started (another terminal can decide gates: MOIRA_NATS_URL={url} moira gate approve ID)");
 
-    // Step output as it comes.
-    let mut logs = Box::pin(client.run_logs(&run_id, None, true).await?);
-    tokio::spawn(async move {
-        while let Some(Ok(l)) = logs.next().await {
-            outln!("[{}] {}", l.step, l.line);
-        }
-    });
-
     let mut answers = stdin_lines();
     let mut asked: BTreeSet<(GateId, u32)> = BTreeSet::new();
-    loop {
-        let view = client
-            .wait_run_until(&run_id, |r| {
-                r.finished.is_some()
-                    || r.steps.values().any(|s| {
-                        s.status == StepStatus::Waiting
-                            && s.gate_id
-                                .is_some_and(|g| !asked.contains(&(g, s.gate_iteration)))
-                    })
-            })
-            .await?;
-        if view.status.is_terminal() {
-            err!("{}", render(&view));
-            return Ok(if view.status == RunStatus::Succeeded {
-                0
-            } else {
-                1
-            });
+    let view = drive_run(
+        client,
+        &run_id,
+        actor,
+        &mut answers,
+        &mut asked,
+        String::new(),
+    )
+    .await?;
+    err!("{}", render(&view));
+    Ok(if view.status == RunStatus::Succeeded {
+        0
+    } else {
+        1
+    })
+}
+
+/// Prints a run's step output as it comes (`prefix` names the calling
+/// steps of a child run, `staging/`).
+async fn print_logs(client: &Client, run_id: &str, prefix: String) -> anyhow::Result<()> {
+    let mut logs = Box::pin(client.run_logs(run_id, None, true).await?);
+    tokio::spawn(async move {
+        while let Some(Ok(l)) = logs.next().await {
+            outln!("[{prefix}{}] {}", l.step, l.line);
         }
-        let rec = client
-            .read_run(&run_id)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("the run vanished"))?;
-        for st in rec
-            .state
-            .steps
-            .values()
-            .filter(|s| s.status == StepStatus::Waiting)
-        {
-            let Some(gate) = st.gate_id else { continue };
-            if asked.insert((gate, st.gate_iteration)) {
-                ask(client, gate, st.in_review, actor, &mut answers).await?;
+    });
+    Ok(())
+}
+
+/// Asks at the terminal for each gate the run waits on, and drives each
+/// child run a `call:` step waits on the same way, until the run ends.
+fn drive_run<'a>(
+    client: &'a Client,
+    run_id: &'a str,
+    actor: &'a str,
+    answers: &'a mut mpsc::Receiver<String>,
+    asked: &'a mut BTreeSet<(GateId, u32)>,
+    prefix: String,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<RunView>> + 'a>> {
+    Box::pin(async move {
+        let depth = prefix.matches('/').count();
+        print_logs(client, run_id, prefix.clone()).await?;
+        let mut driven: BTreeSet<String> = BTreeSet::new();
+        loop {
+            let view = client
+                .wait_run_until(run_id, |r| {
+                    r.finished.is_some()
+                        || r.steps.values().any(|s| {
+                            s.status == StepStatus::Waiting
+                                && (s
+                                    .gate_id
+                                    .is_some_and(|g| !asked.contains(&(g, s.gate_iteration)))
+                                    || s.child.as_ref().is_some_and(|c| !driven.contains(c)))
+                        })
+                })
+                .await?;
+            if view.status.is_terminal() {
+                return Ok(view);
+            }
+            let rec = client
+                .read_run(run_id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("the run vanished"))?;
+            for st in rec
+                .state
+                .steps
+                .values()
+                .filter(|s| s.status == StepStatus::Waiting)
+            {
+                if let Some(child) = &st.child {
+                    if driven.insert(child.clone())
+                        && depth < moira_workflow::bundle::MAX_CALL_DEPTH
+                    {
+                        errln!("step {} runs the called workflow as run {child}", st.name);
+                        let inner = format!("{prefix}{}/", st.name);
+                        drive_run(client, child, actor, answers, asked, inner).await?;
+                    }
+                    continue;
+                }
+                let Some(gate) = st.gate_id else { continue };
+                if asked.insert((gate, st.gate_iteration)) {
+                    ask(client, gate, st.in_review, actor, answers).await?;
+                }
             }
         }
-    }
+    })
 }
 
 fn stdin_lines() -> mpsc::Receiver<String> {

@@ -125,7 +125,12 @@ pub const APPROVED_DIGESTS_ENV: &str = "MOIRA_APPROVED_DIGESTS";
 fn approved_digests(wf: &Workflow, run: &RunState, step: &Step) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for a in wf.ancestors(&step.name) {
-        if wf.step(&a).and_then(Step::gate).is_none() {
+        let Some(def) = wf.step(&a) else { continue };
+        // A gate step, or a step whose review names what it approves (its
+        // own `digests` output is then the review's).
+        let approves =
+            def.gate().is_some() || def.approval.as_ref().is_some_and(|r| !r.subject.is_empty());
+        if !approves {
             continue;
         }
         let Some(d) = run.steps.get(&a).and_then(|s| s.outputs.get("digests")) else {
@@ -236,10 +241,16 @@ pub(crate) fn resolution(def: &Step, waited_iteration: u32, g: &GateView) -> Opt
         GateStatus::TimedOut => (GateOutcome::TimedOut, StepStatus::Failed),
         GateStatus::Cancelled => (GateOutcome::Cancelled, StepStatus::Cancelled),
     };
-    // A review's outputs are the step's own; it only adds the reviewer's.
+    // A review's outputs are the step's own; it only adds the reviewer's,
+    // and what it approved when it names a subject.
     if review {
+        let names_subject = !g.subject.is_empty();
         outputs.retain(|k, _| {
-            k == "approved_by" || k == "approved_at" || k == "reason" || g.inputs.contains_key(k)
+            k == "approved_by"
+                || k == "approved_at"
+                || k == "reason"
+                || (k == "digests" && names_subject)
+                || g.inputs.contains_key(k)
         });
     }
     Some(RunEvent::GateResolved {

@@ -136,6 +136,13 @@ pub struct Review {
     pub approvers: ApproversSpec,
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Artifacts the review approves (templates may read the reviewed
+    /// step's own outputs: `${{ steps.plan.outputs.digest }}`).
+    #[serde(default)]
+    pub subject: Vec<moira_protocol::binding::Artifact>,
+    /// Ordered approval stages, as on a gate.
+    #[serde(default)]
+    pub stages: Vec<moira_protocol::stages::Stage>,
 }
 
 /// A step as written: `with:` is read as the gate's fields for a gate step
@@ -340,6 +347,15 @@ impl Workflow {
                 inputs: r.input,
                 timeout_ms: ms(&r.timeout),
                 metadata: meta,
+                subject: r
+                    .subject
+                    .iter()
+                    .map(|a| moira_protocol::binding::Artifact {
+                        name: render(&a.name),
+                        digest: render(&a.digest),
+                    })
+                    .collect(),
+                stages: r.stages,
                 ..base
             };
         }
@@ -651,6 +667,10 @@ impl Workflow {
         }
         if let Some(r) = &s.approval {
             texts.push(("approval.prompt", &r.prompt));
+            for a in &r.subject {
+                texts.push(("approval.subject.name", &a.name));
+                texts.push(("approval.subject.digest", &a.digest));
+            }
         }
         let env: Vec<(String, String)> = s
             .env
@@ -678,6 +698,10 @@ impl Workflow {
                     Path::Output { step, .. } | Path::Status { step } if self.step(step).is_none() => {
                         p.push(format!("{at}: {field}: {path} names an unknown step"))
                     }
+                    // A review is opened after its step ran: it may read
+                    // that step's own outputs.
+                    Path::Output { step, .. } | Path::Status { step }
+                        if step == &s.name && field.starts_with("approval.") => {}
                     Path::Output { step, .. } | Path::Status { step } if !ancestors.contains(step) => p.push(format!(
                         "{at}: {field}: {path} is read before that step is sure to have run; add '{step}' to depends_on"
                     )),
