@@ -7,17 +7,8 @@
 #
 #   examples/delegate.sh          (moira and ssh-keygen on PATH, or MOIRA=path/to/moira)
 set -euo pipefail
-moira=${MOIRA:-moira}
-work=$(mktemp -d "${TMPDIR:-/tmp}/moira-delegate.XXXXXX")
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-export MOIRA_NATS_URL="nats://127.0.0.1:$port"
-dev_pid=""
-cleanup() {
-  if [ -n "$dev_pid" ]; then kill -INT "$dev_pid" 2>/dev/null || true; wait "$dev_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-say() { printf '\n== %s\n' "$*"; }
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$here/dev-stack.sh"
 
 say "1. Each person has an SSH key; the registry lists them (alice is an owner)"
 for who in alice bob carol; do
@@ -32,14 +23,7 @@ keys = ["$(cat "$work/bob.pub")"]
 [users.carol]
 keys = ["$(cat "$work/carol.pub")"]
 TOML
-"$moira" dev --port "$port" --web-port 0 --data "$work/dev" --approvers "$work/approvers.toml" \
-  >"$work/dev.out" 2>"$work/dev.err" &
-dev_pid=$!
-deadline=$((SECONDS + 60))
-until grep -q "Press Ctrl-C" "$work/dev.err" 2>/dev/null; do
-  kill -0 "$dev_pid" 2>/dev/null && [ $SECONDS -lt $deadline ] || { cat "$work/dev.err" >&2; exit 1; }
-  sleep 0.1
-done
+start_dev --approvers "$work/approvers.toml"
 
 say "2. carol asks alice to approve a production change"
 gate=$("$moira" --as carol --key "$work/carol" --json gate open --message "Rotate the production database password?" \

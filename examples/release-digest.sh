@@ -8,17 +8,7 @@
 #   examples/release-digest.sh          (moira on PATH, or MOIRA=path/to/moira)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-moira=${MOIRA:-moira}
-work=$(mktemp -d "${TMPDIR:-/tmp}/moira-release.XXXXXX")
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-export MOIRA_NATS_URL="nats://127.0.0.1:$port"
-dev_pid=""
-cleanup() {
-  if [ -n "$dev_pid" ]; then kill -INT "$dev_pid" 2>/dev/null || true; wait "$dev_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-say() { printf '\n== %s\n' "$*"; }
+. "$here/dev-stack.sh"
 # until_status RUN STATUS: wait (at most 60 s) until the run has STATUS.
 until_status() {
   local deadline=$((SECONDS + 60))
@@ -29,13 +19,7 @@ until_status() {
 }
 gate_of() { "$moira" --json gate list --run "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])'; }
 
-"$moira" dev --port "$port" --web-port 0 --data "$work/dev" >"$work/dev.out" 2>"$work/dev.err" &
-dev_pid=$!
-deadline=$((SECONDS + 60))
-until grep -q "Press Ctrl-C" "$work/dev.err" 2>/dev/null; do
-  kill -0 "$dev_pid" 2>/dev/null && [ $SECONDS -lt $deadline ] || { cat "$work/dev.err" >&2; exit 1; }
-  sleep 0.1
-done
+start_dev
 
 say "1. alice submits the release; it builds and parks at the review"
 run=$("$moira" --as alice run submit "$here/release-digest.yml" --var tag=v1.2.0 --var dist="$work/dist")

@@ -7,17 +7,7 @@
 #   examples/subflow/run.sh          (moira on PATH, or MOIRA=path/to/moira)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-moira=${MOIRA:-moira}
-work=$(mktemp -d "${TMPDIR:-/tmp}/moira-subflow.XXXXXX")
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-export MOIRA_NATS_URL="nats://127.0.0.1:$port"
-dev_pid=""
-cleanup() {
-  if [ -n "$dev_pid" ]; then kill -INT "$dev_pid" 2>/dev/null || true; wait "$dev_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-say() { printf '\n== %s\n' "$*"; }
+. "$here/../dev-stack.sh"
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 # until_true EXPR CMD...: wait (at most 60 s) until EXPR holds over CMD's JSON output (d).
 until_true() {
@@ -31,13 +21,7 @@ until_true() {
 child_of() { "$moira" --json run show "$1" | field '[s["child"] for s in d["steps"] if s["name"]=="staging"][0]'; }
 gate_of() { "$moira" --json run show "$1" | field '[s["gate_id"] for s in d["steps"] if s["name"]=="approve"][0]'; }
 
-"$moira" dev --port "$port" --web-port 0 --data "$work/dev" >"$work/dev.out" 2>"$work/dev.err" &
-dev_pid=$!
-deadline=$((SECONDS + 60))
-until grep -q "Press Ctrl-C" "$work/dev.err" 2>/dev/null; do
-  kill -0 "$dev_pid" 2>/dev/null && [ $SECONDS -lt $deadline ] || { cat "$work/dev.err" >&2; exit 1; }
-  sleep 0.1
-done
+start_dev
 
 say "1. alice submits the release; moira run submit sends sign-off.yml with it"
 run=$("$moira" --as alice run submit "$here/release.yml" --var tag=v1.2.0)

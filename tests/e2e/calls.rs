@@ -85,6 +85,17 @@ impl Runs {
     }
 }
 
+async fn approve_as(client: &Client, gate: GateId, who: &str) {
+    client
+        .send(moira_client::Command::Approve(ApproveGate {
+            gate_id: gate,
+            actor: who.into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("{who} approves: {e}"));
+}
+
 /// The child run a parent's `staging` step started, once it has.
 async fn child_of(client: &Client, parent: &str) -> String {
     let view = tokio::time::timeout(
@@ -152,14 +163,7 @@ async fn approving_the_childs_gate_finishes_child_and_parent_and_the_child_gives
     let p = s.client.show_run(&parent).await.expect("parent");
     assert_eq!(p.status, RunStatus::Waiting, "{p:?}");
 
-    s.client
-        .send(moira_client::Command::Approve(ApproveGate {
-            gate_id: gate,
-            actor: "bob".into(),
-            ..Default::default()
-        }))
-        .await
-        .expect("bob approves");
+    approve_as(&s.client, gate, "bob").await;
     let done = s.finished(&parent).await;
     assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
     let c = s.finished(&child).await;
@@ -358,14 +362,7 @@ async fn a_runner_killed_while_the_child_waits_runs_no_finished_step_again() {
     let gate = child_gate(&s.client, &child).await;
     s.runners[0].kill();
     s.runners.push(runner(&s.server.url(), &s.dir, 1));
-    s.client
-        .send(moira_client::Command::Approve(ApproveGate {
-            gate_id: gate,
-            actor: "bob".into(),
-            ..Default::default()
-        }))
-        .await
-        .expect("bob approves");
+    approve_as(&s.client, gate, "bob").await;
     let done = s.finished(&parent).await;
     assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
     for step in ["build", "smoke", "deploy"] {
@@ -396,14 +393,7 @@ async fn a_push_back_inside_the_child_works_as_in_any_run_and_the_parent_goes_on
         s.client.show_run(&parent).await.expect("parent").status,
         RunStatus::Waiting
     );
-    s.client
-        .send(moira_client::Command::Approve(ApproveGate {
-            gate_id: gate,
-            actor: "bob".into(),
-            ..Default::default()
-        }))
-        .await
-        .expect("bob approves");
+    approve_as(&s.client, gate, "bob").await;
     assert_eq!(s.finished(&parent).await.status, RunStatus::Succeeded);
 }
 
