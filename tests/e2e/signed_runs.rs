@@ -498,3 +498,71 @@ async fn a_called_workflow_runs_under_its_parents_signed_submission_and_a_forged
     let (c, out, _) = audit_run(&t, &forged_id);
     assert_eq!(c, 1, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_submit_covers_every_called_file_and_one_changed_byte_is_refused() {
+    let t = Signed::start().await;
+    let _runner = runner(&t);
+    let parent = "name: parent\nsteps:\n  - {name: c, call: child.yml}\n";
+    let child = "name: child\nsteps:\n  - {name: s, run: 'echo ok'}\n";
+    let includes: BTreeMap<String, String> = [("child.yml".to_string(), child.to_string())].into();
+    let key = Signer::from_file(&t.alice).expect("key");
+    let submit = |sent: &BTreeMap<String, String>| {
+        let id = uuid::Uuid::now_v7().to_string();
+        let run_id = run_id_for(&id);
+        let at = now_ms();
+        let statement = run_statement(&RunAbout {
+            includes: Some(&includes),
+            verb: RunVerb::Submit,
+            run_id: &run_id,
+            actor: "alice",
+            workflow: parent,
+            vars: &BTreeMap::new(),
+            step: None,
+            command_id: &id,
+            at,
+        });
+        let text = String::from_utf8(statement.clone()).expect("utf-8");
+        assert!(
+            text.contains("\"name\":\"moira-workflow:child.yml\""),
+            "{text}"
+        );
+        SubmitRun {
+            id: Some(id),
+            actor: "alice".into(),
+            workflow: parent.into(),
+            vars: BTreeMap::new(),
+            path: Some("parent.yml".into()),
+            includes: sent.clone(),
+            signature: Some(key.sign(&statement).expect("sign")),
+            signed_at: Some(at),
+        }
+    };
+    // The called file is changed after signing: refused, nothing stored.
+    let changed: BTreeMap<String, String> = [(
+        "child.yml".to_string(),
+        child.replace("echo ok", "echo pwned"),
+    )]
+    .into();
+    let reply = raw(
+        &t.s.client,
+        RUN_SUBMIT,
+        serde_json::to_vec(&submit(&changed)),
+    )
+    .await;
+    assert_eq!(code(&reply), Some(ErrorCode::BadSignature), "{reply:?}");
+    // As signed: it runs.
+    let reply = raw(
+        &t.s.client,
+        RUN_SUBMIT,
+        serde_json::to_vec(&submit(&includes)),
+    )
+    .await;
+    assert_eq!(code(&reply), None, "{reply:?}");
+    let run = reply.run.expect("the run").id;
+    let done = tokio::time::timeout(Duration::from_secs(30), t.s.client.wait_run(&run))
+        .await
+        .expect("in time")
+        .expect("wait");
+    assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
+}
