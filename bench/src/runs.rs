@@ -64,6 +64,10 @@ pub(crate) async fn resume_latency(url: &str, n: usize) -> anyhow::Result<Vec<Du
                     .is_some_and(|s| s.status == StepStatus::Waiting)
             })
             .await?;
+        // A decision comes after the run is parked, not within the same
+        // millisecond: let the job that parked it end, so the figure is the
+        // path a real decision takes (the resumer, a new job, a runner).
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let t0 = now_ms();
         client
             .approve(ApproveGate {

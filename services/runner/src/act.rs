@@ -13,7 +13,7 @@ use moira_protocol::GateId;
 use moira_workflow::Workflow;
 
 use crate::exec::{self, StepRun};
-use crate::job::{append, ActError, Done, Held};
+use crate::job::{append, ActError, Done, Held, Tail};
 use crate::plan::Action;
 use crate::steps::{
     env, gate_id_of_iteration, open_spec, ours, resolution, step_command, RUNNER_ACTOR,
@@ -26,7 +26,7 @@ pub(crate) async fn act(
     wf: &Workflow,
     run: &RunState,
     action: Action,
-    last: &mut u64,
+    last: &mut Tail,
     held: &mut Held,
 ) -> Result<bool, ActError> {
     let client = &shared.client;
@@ -85,7 +85,7 @@ async fn finish(
     client: &Client,
     run: &RunState,
     status: RunStatus,
-    last: &mut u64,
+    last: &mut Tail,
 ) -> Result<(), ActError> {
     let id = &run.id;
     append(
@@ -113,7 +113,7 @@ async fn cut_off(
     step: String,
     attempt: u32,
     retry: bool,
-    last: &mut u64,
+    last: &mut Tail,
 ) -> Result<(), ActError> {
     let reason = if retry {
         "cut off: its runner stopped; retrying".to_string()
@@ -143,7 +143,7 @@ async fn start(
     step: String,
     attempt: u32,
     iteration: u32,
-    last: &mut u64,
+    last: &mut Tail,
     held: &mut Held,
 ) -> Result<bool, ActError> {
     let (client, id) = (&shared.client, &run.id);
@@ -198,7 +198,7 @@ async fn auto_approve(
     wf: &Workflow,
     run: &RunState,
     step: String,
-    last: &mut u64,
+    last: &mut Tail,
 ) -> Result<bool, ActError> {
     let id = &run.id;
     let Some(def) = wf.step(&step) else {
@@ -282,7 +282,7 @@ async fn open_gate(
     run: &RunState,
     step: String,
     review: bool,
-    last: &mut u64,
+    last: &mut Tail,
 ) -> Result<bool, ActError> {
     let id = &run.id;
     let Some(def) = wf.step(&step) else {
@@ -322,7 +322,7 @@ async fn check_gate(
     wf: &Workflow,
     run: &RunState,
     step: String,
-    last: &mut u64,
+    last: &mut Tail,
 ) -> Result<bool, ActError> {
     let (client, id) = (&shared.client, &run.id);
     let Some(def) = wf.step(&step) else {

@@ -16,7 +16,7 @@ use moira_protocol::run::{ParentRun, RunEnvelope, RunEvent, RunState, RunStatus,
 use moira_protocol::time::now_ms;
 use moira_workflow::{Template, Workflow};
 
-use crate::job::{append, ActError};
+use crate::job::{append, ActError, Tail};
 use crate::plan::lookup;
 use crate::steps::{env, RUNNER_ACTOR};
 
@@ -110,7 +110,7 @@ pub(crate) async fn call(
     step: String,
     attempt: u32,
     iteration: u32,
-    last: &mut u64,
+    last: &mut Tail,
 ) -> Result<bool, ActError> {
     let child = child_id(&run.id, &step, iteration, attempt);
     let submission = match child_submission(wf, run, &step, &child) {
@@ -148,7 +148,7 @@ pub(crate) async fn check_child(
     wf: &Workflow,
     run: &RunState,
     step: String,
-    last: &mut u64,
+    last: &mut Tail,
 ) -> Result<bool, ActError> {
     let Some(st) = run.steps.get(&step) else {
         return Ok(false);

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use moira_client::append::AppendError;
 use moira_client::Client;
-use moira_protocol::run::{RunEnvelope, RunEvent};
+use moira_protocol::run::{apply_run, RunEnvelope, RunEvent, RunState};
 use moira_workflow::Workflow;
 
 use crate::act::act;
@@ -59,13 +59,21 @@ pub async fn advance(
     };
     let _stop_watching = AbortOnDrop(watcher);
     let mut submission_checked = false;
+    // The run as this job last wrote it, when nothing else can have come in
+    // between (see below): planned again without reading it back.
+    let mut known: Option<(RunState, u64)> = None;
     loop {
-        let Some(rec) = client.read_run_fresh(&run_id).await? else {
-            tracing::warn!(run_id, "a job for an unknown run; dropping it");
-            return Ok(());
+        let (run, last_seq) = match known.take() {
+            Some(k) => k,
+            None => {
+                let Some(rec) = client.read_run_fresh(&run_id).await? else {
+                    tracing::warn!(run_id, "a job for an unknown run; dropping it");
+                    return Ok(());
+                };
+                (rec.state, rec.last_seq)
+            }
         };
-        let run = rec.state;
-        let mut last = rec.last_seq;
+        let mut last = Tail::at(&run_id, last_seq);
         if run.finished.is_some() {
             held.tasks.abort_all();
             // Its end may not have reached its parent yet (a runner that
@@ -106,7 +114,7 @@ pub async fn advance(
                     },
                     RUNNER_ACTOR,
                 );
-                client.append_run(&ev, Some(last)).await.ok();
+                client.append_run(&ev, Some(last.seq)).await.ok();
                 return Ok(());
             }
         };
@@ -124,6 +132,7 @@ pub async fn advance(
                 Ok(true) => progressed = true,
                 Ok(false) => {}
                 Err(ActError::Conflict) => {
+                    tracing::debug!(run_id, "another writer moved the run on; reading it again");
                     conflict = true;
                     break;
                 }
@@ -131,7 +140,22 @@ pub async fn advance(
                 Err(ActError::Refused(m)) => return Err(anyhow::anyhow!(m)),
             }
         }
-        if conflict || progressed {
+        if conflict {
+            continue;
+        }
+        if progressed {
+            // Each event of this pass was appended with the run's expected
+            // last sequence, so none came in between: the run now is what
+            // was read plus those events, in order. Anything else (a
+            // finished step of ours, a cancel) bumps the sequence, and the
+            // next expected-sequence append then conflicts and reads again.
+            if let Some(events) = last.appended.take().filter(|e| !e.is_empty()) {
+                let mut next = Some(run);
+                for ev in &events {
+                    apply_run(&mut next, ev);
+                }
+                known = next.map(|n| (n, last.seq));
+            }
             continue;
         }
         // Nothing to do now: wait for a step of ours, or stop (parked, or
@@ -196,12 +220,39 @@ impl From<moira_client::ClientError> for ActError {
     }
 }
 
+/// Where a job's appends to its run stand: the run's last sequence, and
+/// the events this job appended after the read (`None` once an append is
+/// about another run, so the next pass reads again).
+pub(crate) struct Tail {
+    run_id: String,
+    pub seq: u64,
+    appended: Option<Vec<RunEnvelope>>,
+}
+
+impl Tail {
+    fn at(run_id: &str, seq: u64) -> Tail {
+        Tail {
+            run_id: run_id.to_string(),
+            seq,
+            appended: Some(Vec::new()),
+        }
+    }
+}
+
+/// Appends a run event with the run's expected last sequence.
 pub(crate) async fn append(
     client: &Client,
-    last: &mut u64,
+    last: &mut Tail,
     ev: RunEnvelope,
 ) -> Result<(), ActError> {
-    *last = client.append_run(&ev, Some(*last)).await?;
+    last.seq = client.append_run(&ev, Some(last.seq)).await?;
+    if ev.run_id == last.run_id {
+        if let Some(list) = last.appended.as_mut() {
+            list.push(ev);
+        }
+    } else {
+        last.appended = None;
+    }
     Ok(())
 }
 
