@@ -96,7 +96,18 @@ struct SplittableCluster {
 }
 
 impl SplittableCluster {
+    /// Starts the cluster; a port taken between picking it and binding it
+    /// (another test's process) starts it again on new ports.
     async fn start() -> SplittableCluster {
+        for _ in 0..3 {
+            if let Some(c) = Self::try_start().await {
+                return c;
+            }
+        }
+        panic!("the split cluster's ports kept being taken by other processes");
+    }
+
+    async fn try_start() -> Option<SplittableCluster> {
         use moira_testkit::free_port;
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let cports: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -133,15 +144,24 @@ impl SplittableCluster {
             names.push(name);
         }
         for n in &nodes {
-            n.wait_for_line("Server is ready", std::time::Duration::from_secs(20));
+            let line = n.try_wait_for(
+                &["Server is ready", "address already in use"],
+                1,
+                std::time::Duration::from_secs(20),
+            );
+            match line {
+                Some(l) if l.contains("address already in use") => return None,
+                Some(_) => {}
+                None => panic!("a split cluster node never became ready: {:?}", n.output()),
+            }
         }
-        SplittableCluster {
+        Some(SplittableCluster {
             _nodes: nodes,
             ports,
             names,
             proxies: vec![to_n3_from_n1, to_n3_from_n2, from_n3_to_n1, from_n3_to_n2],
             _stores: stores,
-        }
+        })
     }
 
     fn url(&self, i: usize) -> String {
