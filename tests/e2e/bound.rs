@@ -693,19 +693,26 @@ pub(crate) fn example(rel: &str) -> std::path::PathBuf {
         .join(rel)
 }
 
-#[test]
-fn the_release_example_ships_only_the_digest_two_stages_approved() {
+/// Runs an example script as a newcomer would (the built `moira` on
+/// PATH); asserts it succeeded and returns its stdout and stderr.
+pub(crate) fn run_example(rel: &str) -> (String, String) {
     let out = std::process::Command::new("bash")
-        .arg(example("release-digest.sh"))
+        .arg(example(rel))
         .env("PATH", path_with_moira())
         .env_remove("MOIRA_USER")
         .output()
         .expect("bash");
     let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(out.status.success(), "{rel}: {stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+#[test]
+fn the_release_example_ships_only_the_digest_two_stages_approved() {
+    let (stdout, stderr) = run_example("release-digest.sh");
     assert!(stderr.contains("(out_of_order)"), "bob before QA: {stderr}");
     assert!(
         stdout.contains("deploying ") && stdout.contains("refusing "),

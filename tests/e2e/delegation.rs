@@ -576,17 +576,7 @@ async fn a_role_certificate_counts_only_in_that_role_and_a_deputy_is_still_one_p
 
 #[test]
 fn the_delegation_example_approves_as_bob_for_alice_and_ssh_keygen_verifies_it() {
-    let out = std::process::Command::new("bash")
-        .arg(crate::bound::example("delegate.sh"))
-        .env("PATH", crate::bound::path_with_moira())
-        .env_remove("MOIRA_USER")
-        .output()
-        .expect("bash");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) = crate::bound::run_example("delegate.sh");
     assert!(stderr.contains("(not_allowed)"), "bob alone: {stderr}");
     assert!(stdout.contains("approved by bob for alice"), "{stdout}");
     assert!(

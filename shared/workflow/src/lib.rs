@@ -347,14 +347,7 @@ impl Workflow {
                 inputs: r.input,
                 timeout_ms: ms(&r.timeout),
                 metadata: meta,
-                subject: r
-                    .subject
-                    .iter()
-                    .map(|a| moira_protocol::binding::Artifact {
-                        name: render(&a.name),
-                        digest: render(&a.digest),
-                    })
-                    .collect(),
+                subject: rendered(&r.subject, &render),
                 stages: r.stages,
                 ..base
             };
@@ -382,14 +375,7 @@ impl Workflow {
                 .on_timeout
                 .filter(|o| *o != OnTimeout::Fail || g.timeout.is_some()),
             metadata: meta,
-            subject: g
-                .subject
-                .iter()
-                .map(|a| moira_protocol::binding::Artifact {
-                    name: render(&a.name),
-                    digest: render(&a.digest),
-                })
-                .collect(),
+            subject: rendered(&g.subject, &render),
             valid_for_ms: ms(&g.valid_for),
             stages: g.stages,
             ..base
@@ -758,6 +744,20 @@ impl Workflow {
             Some(indegree.keys().map(|k| k.to_string()).collect())
         }
     }
+}
+
+/// A gate's or review's artifacts with their templates filled in.
+fn rendered(
+    subject: &[moira_protocol::binding::Artifact],
+    render: &impl Fn(&str) -> String,
+) -> Vec<moira_protocol::binding::Artifact> {
+    subject
+        .iter()
+        .map(|a| moira_protocol::binding::Artifact {
+            name: render(&a.name),
+            digest: render(&a.digest),
+        })
+        .collect()
 }
 
 fn check_duration(p: &mut Vec<String>, at: &str, field: &str, value: Option<&str>) {
