@@ -17,6 +17,19 @@ use crate::{Workflow, WorkflowError, MAX_WORKFLOW_BYTES};
 pub const MAX_CALL_DEPTH: usize = 4;
 /// The most files a bundle holds, the root included.
 pub const MAX_FILES: usize = 32;
+/// The most bytes a bundle holds, all files together. Each child run
+/// carries the bundle, so this leaves room under the broker's default
+/// 1 MiB message for the child's own copy of its file.
+pub const MAX_BUNDLE_BYTES: usize = 512 * 1024;
+
+fn too_big(text: &str, includes: &BTreeMap<String, String>) -> Option<String> {
+    let total: usize = text.len() + includes.values().map(String::len).sum::<usize>();
+    (total > MAX_BUNDLE_BYTES).then(|| {
+        format!(
+            "the workflow and the files it calls are {total} bytes together; at most {MAX_BUNDLE_BYTES} are accepted"
+        )
+    })
+}
 
 /// Whether `file` may be a `call:` target: a relative `.yml`/`.yaml` path
 /// with `/` between its parts, no control characters, at most 256 bytes.
@@ -129,6 +142,9 @@ pub fn load(root: &Path) -> Result<Bundle, String> {
         let child = read(&folder.join(&key)).map_err(|e| format!("{from}: call: {e}"))?;
         todo.extend(targets(&child).into_iter().map(|t| (key.clone(), t)));
         includes.insert(key, child);
+        if let Some(e) = too_big(&text, &includes) {
+            return Err(e);
+        }
     }
     Ok(Bundle {
         text,
@@ -153,6 +169,10 @@ pub fn check(
             "the bundle holds {} files; at most {MAX_FILES} are accepted",
             includes.len() + 1
         ));
+        return Err(WorkflowError::Invalid(problems));
+    }
+    if let Some(e) = too_big(text, includes) {
+        problems.push(e);
         return Err(WorkflowError::Invalid(problems));
     }
     if let Err(e) = check_root_name(path) {
@@ -339,6 +359,12 @@ mod tests {
         );
         let p = problems("name: r\nsteps:\n  - {name: x, call: c.yml}\n", &[]);
         assert!(p.contains("c.yml is not among the submitted files"), "{p}");
+        let big = format!("{child}# {}\n", "x".repeat(200 * 1024));
+        let p = problems(
+            "name: r\nsteps:\n  - {name: x, call: c.yml}\n  - {name: y, call: d.yml}\n  - {name: z, call: e.yml}\n",
+            &[("c.yml", &big), ("d.yml", &big), ("e.yml", &big)],
+        );
+        assert!(p.contains("at most 524288 are accepted"), "{p}");
         // A gate's with: is still a gate's; a call's is variables.
         assert!(Workflow::parse(
             "name: r\nsteps:\n  - {name: x, call: c.yml, run: 'true'}\n",
