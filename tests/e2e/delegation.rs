@@ -552,8 +552,8 @@ async fn a_role_certificate_counts_only_in_that_role_and_a_deputy_is_still_one_p
     let (c, msg) = code(t.as_key(&full).await.send(for_alice(own, "bob")).await);
     assert_eq!(c, ErrorCode::NotAllowed, "{msg}");
     assert!(msg.contains("self-approval"), "{msg}");
-    // Two approvals from alice, bob and carol... bob, then bob for alice: bob
-    // would count twice.
+    // Two approvals needed from alice, bob and carol: bob as himself, then
+    // bob for alice, would count bob twice.
     let two = t
         .open(("mallory", &t.mallory), &["alice", "bob", "carol"], &[], 2)
         .await;

@@ -425,8 +425,8 @@ fn certificate_user(cli: &Cli) -> anyhow::Result<Option<String>> {
     let mut users: Vec<&str> = cert
         .valid_principals()
         .iter()
-        .filter_map(|p| p.strip_prefix("moira:"))
-        .map(|rest| rest.split_once(":role=").map_or(rest, |(u, _)| u))
+        .filter_map(|p| moira_service::registry::deputy_principal(p))
+        .map(|(user, _)| user)
         .collect();
     users.sort();
     users.dedup();

@@ -102,7 +102,6 @@ async fn start_child(client: &Client, child: &str) -> Result<(), ActError> {
 }
 
 /// Starts one attempt of a `call:` step.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn call(
     client: &Client,
     wf: &Workflow,

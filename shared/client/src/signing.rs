@@ -202,14 +202,6 @@ impl Signer {
         }
     }
 
-    /// The certificate the signatures carry, if any.
-    pub fn certificate(&self) -> Option<&Certificate> {
-        match self {
-            Signer::Certified { certificate, .. } => Some(certificate),
-            _ => None,
-        }
-    }
-
     /// Signs `msg` in the `moira` namespace; returns the armored signature
     /// (`-----BEGIN SSH SIGNATURE-----`).
     pub fn sign(&self, msg: &[u8]) -> Result<String, SignError> {
@@ -352,18 +344,19 @@ pub struct Signed {
 /// Checks an armored signature over `msg`, made with a plain key or with a
 /// key and its certificate, in the `moira` namespace.
 pub fn verify_signed(msg: &[u8], armored: &str) -> Result<Signed, VerifyError> {
-    let armored = armored.trim();
-    let plain_err = match SshSig::from_pem(armored) {
-        Ok(_) => {
-            return verify_in(NAMESPACE, msg, armored).map(|key| Signed {
+    // Most signatures are a plain key's: one parse. Only what ssh-key
+    // cannot read as one is tried as a certificate's.
+    let plain_err = match verify_in(NAMESPACE, msg, armored) {
+        Err(VerifyError::Malformed(e)) => e,
+        other => {
+            return other.map(|key| Signed {
                 key,
                 certificate: None,
             })
         }
-        Err(e) => e,
     };
-    let Ok(sig) = CertSig::decode_pem(armored) else {
-        return Err(VerifyError::Malformed(plain_err.to_string()));
+    let Ok(sig) = CertSig::decode_pem(armored.trim()) else {
+        return Err(VerifyError::Malformed(plain_err));
     };
     if sig.namespace != NAMESPACE {
         return Err(VerifyError::Namespace(

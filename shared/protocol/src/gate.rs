@@ -92,10 +92,15 @@ impl Approval {
 
     /// "bob" or "bob for alice".
     pub fn who(&self) -> String {
-        match &self.on_behalf_of {
-            Some(u) => format!("{} for {u}", self.by),
-            None => self.by.clone(),
-        }
+        who_text(&self.by, self.on_behalf_of.as_deref())
+    }
+}
+
+/// How a decider is shown: "bob", or "bob for alice" for a deputy.
+pub fn who_text(by: &str, on_behalf_of: Option<&str>) -> String {
+    match on_behalf_of {
+        Some(u) => format!("{by} for {u}"),
+        None => by.to_string(),
     }
 }
 
@@ -413,12 +418,12 @@ impl<'a> Acting<'a> {
             Some(d) if d.user == user => Ok(Acting {
                 name: d.as_user.then_some(d.user.as_str()),
                 roles: &d.roles,
-                shown: format!("{actor} for {user}"),
+                shown: who_text(actor, Some(user)),
             }),
             _ => Err(reject(
                 ErrorCode::NotAllowed,
                 format!(
-                    "{actor} says they act for {}, but the command is not signed with a                      certificate from that user's key; sign with the certificate they gave you",
+                    "{actor} says they act for {}, but the command is not signed with a certificate from that user's key; sign with the certificate they gave you",
                     user.chars().take(64).collect::<String>()
                 ),
             )),
@@ -630,9 +635,7 @@ fn check_stage(state: &GateState, who: &Acting) -> Result<(), Rejection> {
     let Some(now) = crate::stages::current(state) else {
         return Ok(());
     };
-    let accepts = |s: &crate::stages::Stage| {
-        (s.users.is_empty() && s.roles.is_empty()) || who.accepted_by(&s.users, &s.roles)
-    };
+    let accepts = |s: &crate::stages::Stage| s.accepts(who.name, who.roles);
     if accepts(&stages[now]) {
         return Ok(());
     }

@@ -46,10 +46,11 @@ impl Default for Stage {
 }
 
 impl Stage {
-    /// Whether `actor` (with `roles`) may approve in this stage.
-    pub fn accepts(&self, actor: &str, roles: &[String]) -> bool {
+    /// Whether someone named `name` (`None`: a deputy limited to roles,
+    /// who matches no name) with `roles` may approve in this stage.
+    pub fn accepts(&self, name: Option<&str>, roles: &[String]) -> bool {
         (self.users.is_empty() && self.roles.is_empty())
-            || self.users.iter().any(|u| u == actor)
+            || name.is_some_and(|n| self.users.iter().any(|u| u == n))
             || roles.iter().any(|r| self.roles.contains(r))
     }
 

@@ -32,14 +32,7 @@ pub struct ApprovalView {
 impl ApprovalView {
     /// "bob", or "bob for alice" for a deputy.
     pub fn who(&self) -> String {
-        deputy_text(&self.by, self.on_behalf_of.as_deref())
-    }
-}
-
-fn deputy_text(by: &str, on_behalf_of: Option<&str>) -> String {
-    match on_behalf_of {
-        Some(u) => format!("{by} for {u}"),
-        None => by.to_string(),
+        crate::gate::who_text(&self.by, self.on_behalf_of.as_deref())
     }
 }
 
@@ -223,7 +216,7 @@ impl GateView {
 impl PushBackView {
     /// As [`ApprovalView::who`].
     pub fn who(&self) -> String {
-        deputy_text(&self.by, self.on_behalf_of.as_deref())
+        crate::gate::who_text(&self.by, self.on_behalf_of.as_deref())
     }
 }
 
@@ -232,7 +225,7 @@ impl GateView {
     pub fn decider(&self) -> Option<String> {
         self.decided_by
             .as_deref()
-            .map(|by| deputy_text(by, self.decided_for.as_deref()))
+            .map(|by| crate::gate::who_text(by, self.decided_for.as_deref()))
     }
 }
 

@@ -110,6 +110,17 @@ impl Revoked {
 /// `moira:<user>:role=<role>`.
 pub const DEPUTY_PRINCIPAL: &str = "moira:";
 
+/// A delegation principal read: `moira:alice` is `("alice", None)`,
+/// `moira:alice:role=owner` is `("alice", Some("owner"))`; anything else
+/// is not one.
+pub fn deputy_principal(p: &str) -> Option<(&str, Option<&str>)> {
+    let rest = p.strip_prefix(DEPUTY_PRINCIPAL)?;
+    Some(match rest.split_once(":role=") {
+        Some((user, role)) => (user, Some(role)),
+        None => (rest, None),
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -352,12 +363,9 @@ impl Registry {
         let mut as_user = false;
         let mut scoped = Vec::new();
         for p in cert.valid_principals() {
-            let Some(rest) = p.strip_prefix(DEPUTY_PRINCIPAL) else {
-                continue;
-            };
-            match rest.split_once(":role=") {
-                None if rest == user => as_user = true,
-                Some((u, role)) if u == user => scoped.push(role.to_string()),
+            match deputy_principal(p) {
+                Some((u, None)) if u == user => as_user = true,
+                Some((u, Some(role))) if u == user => scoped.push(role.to_string()),
                 _ => {}
             }
         }

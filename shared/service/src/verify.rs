@@ -464,22 +464,20 @@ pub async fn export(
             // A service signs as itself: its keys are listed by service,
             // under the principal `moira-service:<name>`.
             let service = by_service(&env) || is_runner_open(&env);
-            let certified = signing::verify_signed(&statement_bytes, sig)
-                .ok()
-                .and_then(|s| s.certificate);
+            // One check of the signature: whose key, and any certificate.
+            let signed = signing::verify_signed(&statement_bytes, sig).ok();
+            let certified = signed.as_ref().and_then(|s| s.certificate.as_ref());
             let identity = if service {
-                let key = signing::verify(&statement_bytes, sig).ok();
-                let name = key.as_ref().and_then(|k| registry.service_of(k));
+                let name = signed.as_ref().and_then(|s| registry.service_of(&s.key));
                 format!("moira-service:{}", name.unwrap_or("unknown"))
-            } else if let (Some(cert), Some(user)) = (&certified, &env.on_behalf_of) {
+            } else if let (Some(cert), Some(user)) = (certified, &env.on_behalf_of) {
                 // ssh-keygen checks a certificate against the principal
                 // asked for: the one of the certificate's that names the user.
-                let mine = format!("{}{user}", crate::registry::DEPUTY_PRINCIPAL);
                 cert.valid_principals()
                     .iter()
-                    .find(|p| **p == mine || p.starts_with(&format!("{mine}:role=")))
+                    .find(|p| crate::registry::deputy_principal(p).is_some_and(|(u, _)| u == user))
                     .cloned()
-                    .unwrap_or(mine)
+                    .unwrap_or_else(|| format!("{}{user}", crate::registry::DEPUTY_PRINCIPAL))
             } else {
                 env.actor.clone()
             };
@@ -487,7 +485,7 @@ pub async fn export(
                 for (name, key) in registry.service_keys() {
                     signers.insert(format!("moira-service:{name} namespaces=\"moira\" {key}"));
                 }
-            } else if let (Some(_), Some(user)) = (&certified, &env.on_behalf_of) {
+            } else if let (Some(_), Some(user)) = (certified, &env.on_behalf_of) {
                 for line in registry.deputy_signers(user) {
                     signers.insert(line);
                 }
@@ -501,7 +499,7 @@ pub async fn export(
                 kind: env.event.kind().to_string(),
                 actor: env.actor.clone(),
                 identity,
-                verify_time: match (&certified, env.signed_at) {
+                verify_time: match (certified, env.signed_at) {
                     (Some(_), Some(at)) => Some(ssh_keygen_time(at)),
                     _ => None,
                 },
