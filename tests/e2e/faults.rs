@@ -155,6 +155,30 @@ impl SplittableCluster {
                 None => panic!("a split cluster node never became ready: {:?}", n.output()),
             }
         }
+        // Usable once the nodes elected a JetStream meta leader, as the
+        // shared cluster fixture waits; a route port taken after "ready"
+        // shows up here instead, and the cluster starts again.
+        let leader = [
+            "new metadata leader",
+            "is new JetStream cluster metadata leader",
+        ];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let elected = 'wait: loop {
+            for n in &nodes {
+                if n.try_wait_for(&leader, 1, std::time::Duration::from_millis(100))
+                    .is_some()
+                {
+                    break 'wait true;
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                break false;
+            }
+        };
+        if !elected {
+            eprintln!("the split cluster elected no meta leader; starting it again on new ports");
+            return None;
+        }
         Some(SplittableCluster {
             _nodes: nodes,
             ports,
